@@ -1,0 +1,9 @@
+# Warnings on everywhere; sanitizers when DIFFPROBE_SANITIZE is set.
+function(diffprobe_set_warnings target)
+  target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic -Wno-unknown-pragmas>)
+endfunction()
+
+if(DIFFPROBE_SANITIZE)
+  add_compile_options(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
+  add_link_options(-fsanitize=address,undefined)
+endif()

@@ -1,0 +1,63 @@
+#pragma once
+// Pluggable memory for tensors. A forward pass allocates activations through an Allocator;
+// the CachingAllocator keeps freed blocks and hands them out again, so after the first pass
+// at a given shape no op calls malloc, and a released skip tensor's memory is reused at once.
+#include <cstddef>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+
+#include "diffprobe/core/device.hpp"
+
+namespace diffprobe {
+
+inline constexpr std::size_t kTensorAlignment = 64;
+
+class Allocator {
+ public:
+  virtual ~Allocator() = default;
+  /// Returns `bytes` bytes aligned to kTensorAlignment (never nullptr; throws on failure).
+  virtual void* allocate(std::size_t bytes) = 0;
+  virtual void deallocate(void* p, std::size_t bytes) noexcept = 0;
+  virtual Device device() const noexcept = 0;
+};
+
+/// Plain aligned heap memory (the default for tensors created outside a forward pass).
+Allocator& cpu_allocator() noexcept;
+
+/// Size-bucketed cache of CPU blocks. Thread-safe. Statistics let tests and benchmarks see the
+/// peak working set of a forward pass.
+class CachingAllocator final : public Allocator {
+ public:
+  CachingAllocator() = default;
+  ~CachingAllocator() override;
+  CachingAllocator(const CachingAllocator&) = delete;
+  CachingAllocator& operator=(const CachingAllocator&) = delete;
+
+  void* allocate(std::size_t bytes) override;
+  void deallocate(void* p, std::size_t bytes) noexcept override;
+  Device device() const noexcept override { return Device::cpu(); }
+
+  /// Frees every cached (currently unused) block.
+  void release_cached() noexcept;
+  std::size_t bytes_in_use() const noexcept;
+  std::size_t peak_bytes_in_use() const noexcept;
+  std::size_t bytes_reserved() const noexcept;  // in use + cached
+  std::size_t system_allocations() const noexcept;  // how often the heap was asked
+  void reset_peak() noexcept;
+
+ private:
+  mutable std::mutex mu_;
+  std::multimap<std::size_t, void*> free_;  // block size -> cached block
+  std::unordered_map<void*, std::size_t> live_;  // handed-out block -> its size
+  std::size_t in_use_ = 0, peak_ = 0, reserved_ = 0, sys_allocs_ = 0;
+};
+
+}  // namespace diffprobe
+
+namespace diffprobe {
+/// The plain allocator of a device. CUDA's is provided by the CUDA backend; without it
+/// this throws DeviceError.
+Allocator& default_allocator(Device device);
+}  // namespace diffprobe

@@ -1,0 +1,16 @@
+#pragma once
+// diffprobe: diffusion U-Net features for image classification. One include for the public API.
+#include "diffprobe/version.hpp"
+#include "diffprobe/core/allocator.hpp"
+#include "diffprobe/core/context.hpp"
+#include "diffprobe/core/device.hpp"
+#include "diffprobe/core/dtype.hpp"
+#include "diffprobe/core/error.hpp"
+#include "diffprobe/core/shape.hpp"
+#include "diffprobe/core/tensor.hpp"
+#include "diffprobe/core/threads.hpp"
+#include "diffprobe/ops/attention.hpp"
+#include "diffprobe/ops/conv2d.hpp"
+#include "diffprobe/ops/elementwise.hpp"
+#include "diffprobe/ops/group_norm.hpp"
+#include "diffprobe/ops/linear.hpp"

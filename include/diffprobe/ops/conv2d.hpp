@@ -1,0 +1,53 @@
+#pragma once
+// 2-D convolution (3x3 pad 1 stride 1/2, 1x1) with bias and an optional fused residual add.
+// Describe once, run many times: the backend prepares the weights (reordered for the device
+// and precision) and its primitives per input shape on first use, then reuses them.
+#include <memory>
+
+#include "diffprobe/core/context.hpp"
+#include "diffprobe/core/tensor.hpp"
+
+namespace diffprobe::ops {
+
+struct Conv2dSpec {
+  int stride = 1;
+  int padding = 1;
+};
+
+namespace detail {
+struct OpCache;  // backend-private prepared state (weights, primitives), keyed by device/precision/shape
+}
+
+class Conv2d {
+ public:
+  Conv2d() = default;
+  /// weight: f32 [O, I, k, k] (PyTorch order); bias: f32 [O] or undefined. k is 1 or 3 (any odd k
+  /// works on the CPU). Throws ShapeError / DTypeError on bad weights.
+  Conv2d(Tensor weight, Tensor bias, Conv2dSpec spec = {});
+
+  /// y = conv(x) + bias (+ residual). x: [N, I, H, W] (NHWC preferred; NCHW accepted).
+  /// residual: undefined or y's shape. y has x's layout, dtype f32, on x's device.
+  Tensor forward(const Tensor& x, const ExecContext& ctx = {}, const Tensor& residual = {}) const;
+
+  /// Output shape for an input shape (throws ShapeError when the channels disagree).
+  Shape output_shape(const Shape& in) const;
+  /// 2 * multiply-adds for an input shape.
+  double flops(const Shape& in) const;
+  /// Prepares weights for a device and precision now (e.g. at model load) rather than at first use.
+  void prepare(const ExecContext& ctx) const;
+
+  bool defined() const noexcept { return weight_.defined(); }
+  const Tensor& weight() const noexcept { return weight_; }
+  const Tensor& bias() const noexcept { return bias_; }
+  const Conv2dSpec& spec() const noexcept { return spec_; }
+  std::int64_t in_channels() const noexcept { return weight_.defined() ? weight_.shape()[1] : 0; }
+  std::int64_t out_channels() const noexcept { return weight_.defined() ? weight_.shape()[0] : 0; }
+  std::int64_t kernel_size() const noexcept { return weight_.defined() ? weight_.shape()[2] : 0; }
+
+ private:
+  Tensor weight_, bias_;
+  Conv2dSpec spec_;
+  std::shared_ptr<detail::OpCache> cache_;
+};
+
+}  // namespace diffprobe::ops

@@ -1,0 +1,25 @@
+#pragma once
+// GroupNorm fused with ADM's per-(sample, channel) modulation and SiLU, in one pass over memory:
+//   h = x + pre_bias                          (ResBlock without scale-shift: GN(h + e))
+//   y = GN(h) * gamma + beta                  (statistics in fp32 over each group of C/groups channels x H x W)
+//   y = y * (1 + scale) + shift               (scale = scale_shift[:, :C], shift = scale_shift[:, C:])
+//   y = silu(y)                               (when silu)
+#include "diffprobe/core/context.hpp"
+#include "diffprobe/core/tensor.hpp"
+
+namespace diffprobe::ops {
+
+struct GroupNormArgs {
+  int groups = 32;
+  float eps = 1e-5f;
+  Tensor pre_bias;     // optional f32 [N, C]
+  Tensor scale_shift;  // optional f32 [N, 2C], scale first
+  bool silu = false;
+};
+
+/// x: f32 [N, C, H, W] (NHWC or NCHW), C divisible by groups; gamma, beta: f32 [C].
+/// Returns a tensor of x's shape and layout.
+Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, const GroupNormArgs& args = {},
+                  const ExecContext& ctx = {});
+
+}  // namespace diffprobe::ops

@@ -1,0 +1,128 @@
+#include "diffprobe/core/allocator.hpp"
+
+#include <cstdlib>
+#include <new>
+#include <string>
+
+#include "device_hooks.hpp"
+#include "diffprobe/core/error.hpp"
+
+namespace diffprobe {
+namespace {
+
+std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
+
+void* aligned_heap_alloc(std::size_t bytes) {
+  void* p = std::aligned_alloc(kTensorAlignment, round_up(bytes == 0 ? 1 : bytes, kTensorAlignment));
+  if (!p) throw std::bad_alloc();
+  return p;
+}
+
+class HeapAllocator final : public Allocator {
+ public:
+  void* allocate(std::size_t bytes) override { return aligned_heap_alloc(bytes); }
+  void deallocate(void* p, std::size_t) noexcept override { std::free(p); }
+  Device device() const noexcept override { return Device::cpu(); }
+};
+
+// Buckets: round to 4 KiB below 1 MiB, to 1/8 of the next power of two above, so a block
+// can serve requests up to ~12% smaller without wasting much.
+std::size_t bucket_size(std::size_t bytes) {
+  if (bytes <= (1u << 20)) return round_up(bytes == 0 ? 1 : bytes, 4096);
+  std::size_t p = 1;
+  while (p < bytes) p <<= 1;
+  return round_up(bytes, p / 8);
+}
+
+}  // namespace
+
+Allocator& cpu_allocator() noexcept {
+  static HeapAllocator heap;
+  return heap;
+}
+
+Allocator& default_allocator(Device device) {
+  if (device.is_cpu()) return cpu_allocator();
+  auto& hooks = detail::cuda_hooks();
+  if (!hooks.allocator)
+    throw DeviceError("default_allocator", "device " + device.str() +
+                                               " requested, but this build has no CUDA backend");
+  return hooks.allocator(device.index);
+}
+
+namespace detail {
+DeviceHooks& cuda_hooks() noexcept {
+  static DeviceHooks hooks;
+  return hooks;
+}
+}  // namespace detail
+
+CachingAllocator::~CachingAllocator() { release_cached(); }
+
+void* CachingAllocator::allocate(std::size_t bytes) {
+  const std::size_t size = bucket_size(bytes);
+  {
+    std::lock_guard lock(mu_);
+    auto it = free_.lower_bound(size);
+    // Reuse a cached block if it is not more than 25% larger than needed.
+    if (it != free_.end() && it->first <= size + size / 4) {
+      void* p = it->second;
+      in_use_ += it->first;
+      live_.emplace(p, it->first);
+      free_.erase(it);
+      peak_ = std::max(peak_, in_use_);
+      return p;
+    }
+  }
+  void* p = aligned_heap_alloc(size);
+  std::lock_guard lock(mu_);
+  live_.emplace(p, size);
+  in_use_ += size;
+  reserved_ += size;
+  ++sys_allocs_;
+  peak_ = std::max(peak_, in_use_);
+  return p;
+}
+
+void CachingAllocator::deallocate(void* p, std::size_t /*bytes*/) noexcept {
+  if (!p) return;
+  std::lock_guard lock(mu_);
+  // A reused block may be larger than the request: book it at its real size.
+  auto it = live_.find(p);
+  if (it == live_.end()) return;  // not ours; ignore rather than corrupt the cache
+  in_use_ -= it->second;
+  free_.emplace(it->second, p);
+  live_.erase(it);
+}
+
+void CachingAllocator::release_cached() noexcept {
+  std::lock_guard lock(mu_);
+  for (auto& [size, p] : free_) {
+    std::free(p);
+    reserved_ -= size;
+  }
+  free_.clear();
+}
+
+std::size_t CachingAllocator::bytes_in_use() const noexcept {
+  std::lock_guard lock(mu_);
+  return in_use_;
+}
+std::size_t CachingAllocator::peak_bytes_in_use() const noexcept {
+  std::lock_guard lock(mu_);
+  return peak_;
+}
+std::size_t CachingAllocator::bytes_reserved() const noexcept {
+  std::lock_guard lock(mu_);
+  return reserved_;
+}
+std::size_t CachingAllocator::system_allocations() const noexcept {
+  std::lock_guard lock(mu_);
+  return sys_allocs_;
+}
+void CachingAllocator::reset_peak() noexcept {
+  std::lock_guard lock(mu_);
+  peak_ = in_use_;
+}
+
+}  // namespace diffprobe

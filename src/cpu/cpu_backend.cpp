@@ -1,0 +1,53 @@
+// Binds the CPU op implementations into the op layer's Backend interface.
+#include "cpu/cpu_ops.hpp"
+
+namespace diffprobe::ops::detail {
+namespace {
+
+class CpuBackend final : public Backend {
+ public:
+  Tensor conv2d(const Conv2d& op, OpCache& cache, const Tensor& x, const Tensor& residual,
+                const ExecContext& ctx) override {
+    return cpu::conv2d(op, cache, x, residual, ctx);
+  }
+  void conv2d_prepare(const Conv2d& op, OpCache& cache, const ExecContext& ctx) override {
+    cpu::conv2d_prepare(op, cache, ctx);
+  }
+  Tensor linear(const Linear& op, OpCache& cache, const Tensor& x, bool silu_input, const ExecContext& ctx) override {
+    return cpu::linear(op, cache, x, silu_input, ctx);
+  }
+  void linear_prepare(const Linear& op, OpCache& cache, const ExecContext& ctx) override {
+    cpu::linear_prepare(op, cache, ctx);
+  }
+  Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, const GroupNormArgs& args,
+                    const ExecContext& ctx) override {
+    return cpu::group_norm(x, gamma, beta, args, ctx);
+  }
+  Tensor attention(const Tensor& qkv, int heads, QkvOrder order, const ExecContext& ctx) override {
+    return cpu::attention(qkv, heads, order, ctx);
+  }
+  Tensor silu(const Tensor& x, const ExecContext& ctx) override { return cpu::silu(x, ctx); }
+  Tensor add(const Tensor& a, const Tensor& b, const ExecContext& ctx) override { return cpu::add(a, b, ctx); }
+  Tensor avg_pool2x2(const Tensor& x, const ExecContext& ctx) override { return cpu::avg_pool2x2(x, ctx); }
+  Tensor upsample_nearest2x(const Tensor& x, const ExecContext& ctx) override {
+    return cpu::upsample_nearest2x(x, ctx);
+  }
+  Tensor concat_channels(const Tensor& a, const Tensor& b, const ExecContext& ctx) override {
+    return cpu::concat_channels(a, b, ctx);
+  }
+  Tensor adaptive_pool2d(const Tensor& x, int oh, int ow, bool max, const ExecContext& ctx) override {
+    return cpu::adaptive_pool2d(x, oh, ow, max, ctx);
+  }
+  Tensor timestep_embedding(const Tensor& t, int dim, const ExecContext& ctx) override {
+    return cpu::timestep_embedding(t, dim, ctx);
+  }
+};
+
+}  // namespace
+
+Backend& cpu_backend() {
+  static CpuBackend backend;
+  return backend;
+}
+
+}  // namespace diffprobe::ops::detail

@@ -1,0 +1,61 @@
+#pragma once
+// The op layer's device dispatch. Public ops (include/diffprobe/ops/) validate their arguments
+// once, then call the backend of the operands' device. The CPU backend (src/cpu/, oneDNN) is
+// always present; the CUDA backend (kernels/) registers itself when it is linked in.
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "diffprobe/ops/attention.hpp"
+#include "diffprobe/ops/conv2d.hpp"
+#include "diffprobe/ops/elementwise.hpp"
+#include "diffprobe/ops/group_norm.hpp"
+#include "diffprobe/ops/linear.hpp"
+
+namespace diffprobe::ops::detail {
+
+/// Backend-prepared state of one parameterised op (reordered weights, primitives per shape).
+/// Each backend stores what it likes under keys of its choosing.
+struct OpCache {
+  std::mutex mu;
+  std::map<std::string, std::shared_ptr<void>> entries;
+
+  template <class T, class Make> std::shared_ptr<T> get_or_create(const std::string& key, Make&& make) {
+    std::lock_guard lock(mu);
+    auto& slot = entries[key];
+    if (!slot) slot = std::shared_ptr<T>(make());
+    return std::static_pointer_cast<T>(slot);
+  }
+};
+
+/// Arguments arrive validated: shapes agree, dtypes are f32, all operands on this backend's device.
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Tensor conv2d(const Conv2d& op, OpCache& cache, const Tensor& x, const Tensor& residual,
+                        const ExecContext& ctx) = 0;
+  virtual void conv2d_prepare(const Conv2d& op, OpCache& cache, const ExecContext& ctx) = 0;
+  virtual Tensor linear(const Linear& op, OpCache& cache, const Tensor& x, bool silu_input,
+                        const ExecContext& ctx) = 0;
+  virtual void linear_prepare(const Linear& op, OpCache& cache, const ExecContext& ctx) = 0;
+  virtual Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                            const GroupNormArgs& args, const ExecContext& ctx) = 0;
+  virtual Tensor attention(const Tensor& qkv, int heads, QkvOrder order, const ExecContext& ctx) = 0;
+  virtual Tensor silu(const Tensor& x, const ExecContext& ctx) = 0;
+  virtual Tensor add(const Tensor& a, const Tensor& b, const ExecContext& ctx) = 0;
+  virtual Tensor avg_pool2x2(const Tensor& x, const ExecContext& ctx) = 0;
+  virtual Tensor upsample_nearest2x(const Tensor& x, const ExecContext& ctx) = 0;
+  virtual Tensor concat_channels(const Tensor& a, const Tensor& b, const ExecContext& ctx) = 0;
+  virtual Tensor adaptive_pool2d(const Tensor& x, int out_h, int out_w, bool max, const ExecContext& ctx) = 0;
+  virtual Tensor timestep_embedding(const Tensor& t, int dim, const ExecContext& ctx) = 0;
+};
+
+Backend& cpu_backend();
+/// Registered by the CUDA backend at static initialisation; nullptr in CPU-only builds.
+Backend*& cuda_backend_slot() noexcept;
+
+/// The backend serving `device`; DeviceError when that device has none in this build.
+Backend& backend_for(Device device, const char* where);
+
+}  // namespace diffprobe::ops::detail
