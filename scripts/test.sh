@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Builds and tests everything, as CI does:
+#   1. scripts/setup.sh (packages; a no-op when all are installed)
+#   2. preset "default": Release build, every test (unit, io, parity, cli, install, ...)
+#   3. preset "sanitize": ASan + UBSan build, the fast tests only (labels slow, parity and install
+#      are left out: they take minutes even without sanitizers and add no memory-safety coverage)
+# Ends with ctest's summary of both runs; exits non-zero on any build or test failure.
+# Environment: JOBS (default: nproc), TEST_TIMEOUT (seconds per test, default 600),
+# SKIP_SANITIZE=1 to stop after the default preset.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+jobs=${JOBS:-$(nproc)}
+timeout=${TEST_TIMEOUT:-600}
+logs=build/test-logs
+status=0
+summaries=()
+
+bash scripts/setup.sh
+mkdir -p "$logs"
+
+# Runs ctest for a preset; keeps going on failure so both summaries are printed.
+run_ctest() {
+  local preset=$1
+  shift
+  local rc=0
+  ctest --preset "$preset" -j "$jobs" --timeout "$timeout" "$@" 2>&1 | tee "$logs/ctest-$preset.log" ||
+    rc=$?
+  summaries+=("$preset: $(grep -E '^[0-9]+% tests passed' "$logs/ctest-$preset.log" | tail -1 ||
+    echo "no summary (ctest exited with $rc)")")
+  ((rc == 0)) || status=1
+}
+
+echo "== default: configure, build (-j$jobs), test"
+cmake --preset default
+cmake --build --preset default -j "$jobs"
+run_ctest default
+
+if [[ ${SKIP_SANITIZE:-0} != 1 ]]; then
+  echo "== sanitize (ASan + UBSan): configure, build (-j$jobs), fast tests"
+  cmake --preset sanitize
+  cmake --build --preset sanitize -j "$jobs"
+  run_ctest sanitize
+fi
+
+echo "== summary"
+for s in "${summaries[@]}"; do echo "$s"; done
+exit "$status"
