@@ -8,7 +8,7 @@ set -euo pipefail
 packages=(
   cmake ninja-build g++                   # toolchain
   libdnnl-dev                             # oneDNN: convolutions and matmuls
-  libeigen3-dev libfmt-dev nlohmann-json3-dev
+  libeigen3-dev libfmt-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   zlib1g-dev libpng-dev libjpeg-dev       # checkpoints (zip) and images
   python3 python3-torch python3-numpy python3-matplotlib  # reference model, parity data, training, plots
