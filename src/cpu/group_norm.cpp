@@ -1,0 +1,307 @@
+// Fused GroupNorm (+ pre-bias, scale-shift, SiLU) on the CPU, NHWC and NCHW.
+//
+// Statistics: ADM activations can sit far from zero (means of 100+ against unit spread), where
+// the textbook E[x^2] - E[x]^2 in fp32 cancels catastrophically. Each channel's values are
+// therefore summed relative to that channel's first value (a shift close to its mean), in fp32
+// over short blocks and in double across blocks; channels are then merged with Chan's formula in
+// double. One read of x for the statistics, one read + one write for the output.
+//
+// The per-(sample, channel) affine y = ((x - m_hi) - m_lo) * a + b folds mean, rstd, gamma, beta,
+// pre_bias and (1 + scale), shift; the apply pass is one multiply-add (and SiLU) per element. The
+// shift m is split into two floats: with a mean of 1000, m rounded to fp32 alone would be off by
+// up to 3e-5, a visible error once x - m is of order 1.
+//
+// Work is split into pieces that depend only on the shape, each reduced in a fixed order, so the
+// result does not depend on the thread count.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "cpu/cpu_ops.hpp"
+#include "cpu/simd.hpp"
+#include "diffprobe/core/threads.hpp"
+
+namespace diffprobe::cpu {
+namespace {
+
+using i64 = std::int64_t;
+
+// Pixels summed in fp32 before spilling into double: keeps fp32 partial sums short.
+constexpr i64 kBlockPixels = 32;
+constexpr i64 kPlaneBlock = 512;
+
+// ---- statistics kernels -------------------------------------------------------------------------
+
+// a1[c] += x[c] - k[c]; a2[c] += (x[c] - k[c])^2 for one NHWC pixel.
+DIFFPROBE_INLINE void pixel_sums_body(const float* x, const float* k, float* a1, float* a2, i64 C) {
+#pragma omp simd
+  for (i64 c = 0; c < C; ++c) {
+    const float d = x[c] - k[c];
+    a1[c] += d;
+    a2[c] += d * d;
+  }
+}
+
+// Sums of (x - k) and (x - k)^2 over a contiguous run of n values (fp32, n small).
+DIFFPROBE_INLINE void run_sums_body(const float* x, i64 n, float k, float& s1, float& s2) {
+  float a1 = 0.0f, a2 = 0.0f;
+#pragma omp simd reduction(+ : a1, a2)
+  for (i64 i = 0; i < n; ++i) {
+    const float d = x[i] - k;
+    a1 += d;
+    a2 += d * d;
+  }
+  s1 = a1;
+  s2 = a2;
+}
+
+// Per-channel double sums over pixels [p0, p1) of one NHWC sample.
+DIFFPROBE_INLINE void nhwc_chunk_sums_body(const float* xs, i64 p0, i64 p1, i64 C, const float* k, float* a1,
+                                           float* a2, double* d1, double* d2) {
+  std::fill(d1, d1 + C, 0.0);
+  std::fill(d2, d2 + C, 0.0);
+  for (i64 b = p0; b < p1; b += kBlockPixels) {
+    std::fill(a1, a1 + C, 0.0f);
+    std::fill(a2, a2 + C, 0.0f);
+    const i64 e = std::min(p1, b + kBlockPixels);
+    for (i64 p = b; p < e; ++p) pixel_sums_body(xs + p * C, k, a1, a2, C);
+#pragma omp simd
+    for (i64 c = 0; c < C; ++c) {
+      d1[c] += static_cast<double>(a1[c]);
+      d2[c] += static_cast<double>(a2[c]);
+    }
+  }
+}
+
+void nhwc_chunk_sums_generic(const float* xs, i64 p0, i64 p1, i64 C, const float* k, float* a1, float* a2,
+                             double* d1, double* d2) {
+  nhwc_chunk_sums_body(xs, p0, p1, C, k, a1, a2, d1, d2);
+}
+DIFFPROBE_AVX512 void nhwc_chunk_sums_avx512(const float* xs, i64 p0, i64 p1, i64 C, const float* k,
+                                             float* a1, float* a2, double* d1, double* d2) {
+  nhwc_chunk_sums_body(xs, p0, p1, C, k, a1, a2, d1, d2);
+}
+
+DIFFPROBE_INLINE void plane_sums_body(const float* x, i64 n, float k, double& s1, double& s2) {
+  double t1 = 0.0, t2 = 0.0;
+  for (i64 b = 0; b < n; b += kPlaneBlock) {
+    float a1, a2;
+    run_sums_body(x + b, std::min(kPlaneBlock, n - b), k, a1, a2);
+    t1 += a1;
+    t2 += a2;
+  }
+  s1 = t1;
+  s2 = t2;
+}
+
+void plane_sums_generic(const float* x, i64 n, float k, double& s1, double& s2) {
+  plane_sums_body(x, n, k, s1, s2);
+}
+DIFFPROBE_AVX512 void plane_sums_avx512(const float* x, i64 n, float k, double& s1, double& s2) {
+  plane_sums_body(x, n, k, s1, s2);
+}
+
+// ---- apply kernels ------------------------------------------------------------------------------
+
+// Per-(sample, channel) coefficients of the apply pass.
+struct Affine {
+  const float *m_hi, *m_lo, *a, *b;
+};
+
+// One NHWC pixel: y[c] = ((x[c] - m_hi[c]) - m_lo[c]) * a[c] + b[c], then SiLU.
+void apply_pixel_generic(const float* x, float* y, const Affine& f, i64 C, bool silu) {
+  if (silu) {
+    for (i64 c = 0; c < C; ++c) y[c] = simd::silu(((x[c] - f.m_hi[c]) - f.m_lo[c]) * f.a[c] + f.b[c]);
+  } else {
+#pragma omp simd
+    for (i64 c = 0; c < C; ++c) y[c] = ((x[c] - f.m_hi[c]) - f.m_lo[c]) * f.a[c] + f.b[c];
+  }
+}
+
+void apply_plane_generic(const float* x, float* y, float m_hi, float m_lo, float a, float b, i64 n,
+                         bool silu) {
+  if (silu) {
+    for (i64 i = 0; i < n; ++i) y[i] = simd::silu(((x[i] - m_hi) - m_lo) * a + b);
+  } else {
+#pragma omp simd
+    for (i64 i = 0; i < n; ++i) y[i] = ((x[i] - m_hi) - m_lo) * a + b;
+  }
+}
+
+#if DIFFPROBE_HAVE_AVX512
+template <bool kSilu>
+DIFFPROBE_AVX512 void apply_pixel_avx512(const float* x, float* y, const Affine& f, i64 C) {
+  i64 c = 0;
+  for (; c + 16 <= C; c += 16) {
+    __m512 v = _mm512_sub_ps(_mm512_loadu_ps(x + c), _mm512_loadu_ps(f.m_hi + c));
+    v = _mm512_sub_ps(v, _mm512_loadu_ps(f.m_lo + c));
+    v = _mm512_fmadd_ps(v, _mm512_loadu_ps(f.a + c), _mm512_loadu_ps(f.b + c));
+    if constexpr (kSilu) v = simd::silu512(v);
+    _mm512_storeu_ps(y + c, v);
+  }
+  if (c < C) {
+    const __mmask16 k = simd::tail_mask(C - c);
+    __m512 v = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + c), _mm512_maskz_loadu_ps(k, f.m_hi + c));
+    v = _mm512_sub_ps(v, _mm512_maskz_loadu_ps(k, f.m_lo + c));
+    v = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(k, f.a + c), _mm512_maskz_loadu_ps(k, f.b + c));
+    if constexpr (kSilu) v = simd::silu512(v);
+    _mm512_mask_storeu_ps(y + c, k, v);
+  }
+}
+
+template <bool kSilu>
+DIFFPROBE_AVX512 void apply_plane_avx512(const float* x, float* y, float m_hi, float m_lo, float a, float b,
+                                         i64 n) {
+  const __m512 vm = _mm512_set1_ps(m_hi), vl = _mm512_set1_ps(m_lo), va = _mm512_set1_ps(a),
+               vb = _mm512_set1_ps(b);
+  i64 i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 v = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm), vl), va, vb);
+    if constexpr (kSilu) v = simd::silu512(v);
+    _mm512_storeu_ps(y + i, v);
+  }
+  if (i < n) {
+    const __mmask16 k = simd::tail_mask(n - i);
+    __m512 v = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), vm), vl), va, vb);
+    if constexpr (kSilu) v = simd::silu512(v);
+    _mm512_mask_storeu_ps(y + i, k, v);
+  }
+}
+#endif
+
+}  // namespace
+
+Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, const ops::GroupNormArgs& args,
+                  const ExecContext& ctx) {
+  ThreadScope scope(ctx.threads);
+  const Shape& s = x.shape();
+  const i64 N = s[0], C = s[1], HW = s[2] * s[3], G = args.groups, cg = C / G;
+  const bool nhwc = x.layout() == Layout::NHWC;
+  Tensor out = Tensor::empty(s, DType::F32, x.layout(), Device::cpu(), out_allocator(ctx));
+  if (out.numel() == 0) return out;
+
+  const float* xp = x.data<float>();
+  float* yp = out.data<float>();
+  const float* gp = gamma.data<float>();
+  const float* bp = beta.data<float>();
+  const float* pb = args.pre_bias.defined() ? args.pre_bias.data<float>() : nullptr;
+  const float* ss = args.scale_shift.defined() ? args.scale_shift.data<float>() : nullptr;
+  const bool avx = simd::use_avx512();
+
+  // Per-(sample, channel) shift: the channel's first value.
+  std::vector<float> shift(static_cast<std::size_t>(N * C));
+  for (i64 n = 0; n < N; ++n)
+    for (i64 c = 0; c < C; ++c) shift[n * C + c] = xp[nhwc ? n * HW * C + c : (n * C + c) * HW];
+
+  std::vector<double> s1(static_cast<std::size_t>(N * C)), s2(static_cast<std::size_t>(N * C));
+  if (nhwc) {
+    // Pixel chunks of ~16K values each; per-chunk channel sums, merged in chunk order.
+    const i64 chunk = std::max<i64>(kBlockPixels, 16384 / C);
+    const i64 nchunks = (HW + chunk - 1) / chunk;
+    std::vector<double> part(static_cast<std::size_t>(N * nchunks * C * 2));
+#pragma omp parallel
+    {
+      std::vector<float> a1(static_cast<std::size_t>(C)), a2(static_cast<std::size_t>(C));
+#pragma omp for schedule(static)
+      for (i64 item = 0; item < N * nchunks; ++item) {
+        const i64 n = item / nchunks, p0 = (item % nchunks) * chunk, p1 = std::min(HW, p0 + chunk);
+        double* d1 = part.data() + item * C * 2;
+        double* d2 = d1 + C;
+        const float* xs = xp + n * HW * C;
+        if (avx)
+          nhwc_chunk_sums_avx512(xs, p0, p1, C, shift.data() + n * C, a1.data(), a2.data(), d1, d2);
+        else
+          nhwc_chunk_sums_generic(xs, p0, p1, C, shift.data() + n * C, a1.data(), a2.data(), d1, d2);
+      }
+    }
+    for (i64 n = 0; n < N; ++n)
+      for (i64 ch = 0; ch < nchunks; ++ch) {
+        const double* d1 = part.data() + (n * nchunks + ch) * C * 2;
+        for (i64 c = 0; c < C; ++c) {
+          s1[n * C + c] += d1[c];
+          s2[n * C + c] += d1[C + c];
+        }
+      }
+  } else {
+#pragma omp parallel for schedule(static)
+    for (i64 nc = 0; nc < N * C; ++nc) {
+      if (avx)
+        plane_sums_avx512(xp + nc * HW, HW, shift[nc], s1[nc], s2[nc]);
+      else
+        plane_sums_generic(xp + nc * HW, HW, shift[nc], s1[nc], s2[nc]);
+    }
+  }
+
+  // Group statistics (Chan's merge of per-channel mean / M2, in double) folded into the affine.
+  std::vector<float> am(static_cast<std::size_t>(N * C)), al(am.size()), aa(am.size()), ab(am.size());
+  const double M = static_cast<double>(HW);
+  for (i64 n = 0; n < N; ++n) {
+    for (i64 g = 0; g < G; ++g) {
+      const i64 c0 = n * C + g * cg;
+      double mean = 0.0;
+      for (i64 j = 0; j < cg; ++j) {
+        const i64 c = g * cg + j;
+        mean += shift[c0 + j] + s1[c0 + j] / M + (pb ? pb[n * C + c] : 0.0);
+      }
+      mean /= static_cast<double>(cg);
+      double m2 = 0.0;
+      for (i64 j = 0; j < cg; ++j) {
+        const i64 c = g * cg + j;
+        const double mc = shift[c0 + j] + s1[c0 + j] / M + (pb ? pb[n * C + c] : 0.0);
+        m2 += std::max(0.0, s2[c0 + j] - s1[c0 + j] * s1[c0 + j] / M) + M * (mc - mean) * (mc - mean);
+      }
+      const double rstd = 1.0 / std::sqrt(m2 / (M * static_cast<double>(cg)) + static_cast<double>(args.eps));
+      for (i64 j = 0; j < cg; ++j) {
+        const i64 c = g * cg + j;
+        const double sc = ss ? 1.0 + ss[n * 2 * C + c] : 1.0;
+        const double sh = ss ? ss[n * 2 * C + C + c] : 0.0;
+        const double m = mean - (pb ? pb[n * C + c] : 0.0);
+        am[c0 + j] = static_cast<float>(m);
+        al[c0 + j] = static_cast<float>(m - static_cast<double>(am[c0 + j]));
+        aa[c0 + j] = static_cast<float>(rstd * gp[c] * sc);
+        ab[c0 + j] = static_cast<float>(bp[c] * sc + sh);
+      }
+    }
+  }
+
+  const bool silu = args.silu;
+  if (nhwc) {
+#pragma omp parallel for schedule(static)
+    for (i64 row = 0; row < N * HW; ++row) {
+      const i64 n = row / HW;
+      const float* xr = xp + row * C;
+      float* yr = yp + row * C;
+      const Affine f{am.data() + n * C, al.data() + n * C, aa.data() + n * C, ab.data() + n * C};
+#if DIFFPROBE_HAVE_AVX512
+      if (avx) {
+        if (silu)
+          apply_pixel_avx512<true>(xr, yr, f, C);
+        else
+          apply_pixel_avx512<false>(xr, yr, f, C);
+        continue;
+      }
+#endif
+      apply_pixel_generic(xr, yr, f, C, silu);
+    }
+  } else {
+#pragma omp parallel for schedule(static)
+    for (i64 nc = 0; nc < N * C; ++nc) {
+      const float* xr = xp + nc * HW;
+      float* yr = yp + nc * HW;
+#if DIFFPROBE_HAVE_AVX512
+      if (avx) {
+        if (silu)
+          apply_plane_avx512<true>(xr, yr, am[nc], al[nc], aa[nc], ab[nc], HW);
+        else
+          apply_plane_avx512<false>(xr, yr, am[nc], al[nc], aa[nc], ab[nc], HW);
+        continue;
+      }
+#endif
+      apply_plane_generic(xr, yr, am[nc], al[nc], aa[nc], ab[nc], HW, silu);
+    }
+  }
+  return out;
+}
+
+}  // namespace diffprobe::cpu

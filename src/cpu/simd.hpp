@@ -1,0 +1,85 @@
+#pragma once
+// SIMD helpers for the hand-written CPU kernels. The library is built for the baseline x86-64 ISA,
+// so AVX-512 code lives in functions marked DIFFPROBE_AVX512 and is chosen at run time with
+// simd::use_avx512(). Plain loops shared by both variants go in DIFFPROBE_INLINE bodies: inlined
+// into an AVX-512 caller they are auto-vectorised with 512-bit registers.
+#include <atomic>
+#include <cmath>
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#define DIFFPROBE_HAVE_AVX512 1
+// GCC 12's AVX-512 headers pass _mm512_undefined_ps() as the unused merge source, which
+// -Wmaybe-uninitialized reports at every use (GCC bug 105593); the value is never read.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#define DIFFPROBE_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+#else
+#define DIFFPROBE_HAVE_AVX512 0
+#define DIFFPROBE_AVX512
+#endif
+
+#define DIFFPROBE_INLINE inline __attribute__((always_inline))
+
+namespace diffprobe::cpu::simd {
+
+namespace detail {
+inline std::atomic<bool>& avx512_allowed() {
+  static std::atomic<bool> allowed{true};
+  return allowed;
+}
+}  // namespace detail
+
+/// True when the AVX-512 kernels may run: the CPU has them and tests have not switched them off.
+inline bool use_avx512() noexcept {
+#if DIFFPROBE_HAVE_AVX512
+  static const bool cpu_has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                              __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+  return cpu_has && detail::avx512_allowed().load(std::memory_order_relaxed);
+#else
+  return false;
+#endif
+}
+
+/// Lets tests run the portable kernels on an AVX-512 machine. Returns the previous setting.
+inline bool set_avx512_allowed(bool allowed) noexcept { return detail::avx512_allowed().exchange(allowed); }
+
+/// Reference-quality scalar SiLU for the portable paths.
+inline float silu(float x) noexcept { return x / (1.0f + std::exp(-x)); }
+
+#if DIFFPROBE_HAVE_AVX512
+/// exp(x) for 16 floats, about 1 ulp (Cephes' polynomial on [-ln2/2, ln2/2], scaled with scalef so
+/// overflow gives inf and underflow gives 0). NaN propagates.
+DIFFPROBE_AVX512 inline __m512 exp512(__m512 x) {
+  // max/min return their second operand on NaN: keep x second so NaN survives the clamp.
+  x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
+  x = _mm512_min_ps(_mm512_set1_ps(89.0f), x);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+/// x * sigmoid(x) for 16 floats.
+DIFFPROBE_AVX512 inline __m512 silu512(__m512 x) {
+  const __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), x));
+  return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+
+/// Mask selecting the first `n` (0..16) lanes.
+DIFFPROBE_AVX512 inline __mmask16 tail_mask(long n) {
+  return static_cast<__mmask16>(n >= 16 ? 0xffffu : ((1u << n) - 1u));
+}
+#endif
+
+}  // namespace diffprobe::cpu::simd
