@@ -1,0 +1,88 @@
+#include "cpu/onednn_common.hpp"
+
+namespace diffprobe::cpu::onednn {
+
+dnnl::engine& engine() {
+  static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  return eng;
+}
+
+dnnl::stream& stream() {
+  thread_local dnnl::stream s(engine());
+  return s;
+}
+
+bool bf16_native() noexcept {
+  // cpu_isa values are bit sets: an ISA includes another when it has all of its bits.
+  const auto want = static_cast<unsigned>(dnnl::cpu_isa::avx512_core_bf16);
+  const auto have = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+  return (have & want) == want;
+}
+
+void check_precision(Precision p, const char* where) {
+  if (p == Precision::FP16)
+    throw UnsupportedError(where, "fp16 is not supported on the CPU; use fp32 or bf16");
+  if (p == Precision::BF16 && !bf16_native())
+    throw UnsupportedError(where,
+                           "bf16 needs a CPU with AVX512-BF16 (oneDNN would only emulate it here); use fp32");
+}
+
+void rethrow(const dnnl::error& e, const char* where, const std::string& what) {
+  const std::string why = what + ": oneDNN: " + e.what();
+  if (e.status == dnnl_unimplemented) throw UnsupportedError(where, why);
+  if (e.status == dnnl_invalid_arguments) throw ArgumentError(where, why);
+  throw UnsupportedError(where, why + " (status " + std::to_string(static_cast<int>(e.status)) + ")");
+}
+
+dnnl::primitive_attr user_scratchpad_attr() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+WithScratch<dnnl::reorder> make_reorder(const dnnl::memory::desc& from, const dnnl::memory::desc& to) {
+  dnnl::reorder::primitive_desc pd(engine(), from, engine(), to, user_scratchpad_attr());
+  return {dnnl::reorder(pd), pd.scratchpad_desc()};
+}
+
+Scratch::Scratch(std::size_t bytes, Allocator* alloc) {
+  if (bytes == 0) return;
+  block_ = Tensor::empty(Shape{static_cast<std::int64_t>((bytes + 3) / 4)}, DType::F32, Layout::Contiguous,
+                         Device::cpu(), alloc);
+}
+
+void Scratch::bind(std::unordered_map<int, dnnl::memory>& args, const dnnl::memory::desc& md) const {
+  if (md.get_size() == 0) return;
+  args.insert_or_assign(DNNL_ARG_SCRATCHPAD, dnnl::memory(md, engine(), data()));
+}
+
+dnnl::memory PackedWeights::get(const dnnl::memory::desc& want, const dnnl::memory& user) {
+  std::lock_guard lock(mu_);
+  for (const auto& m : packed_)
+    if (m.get_desc() == want) return m;
+  dnnl::memory packed(want, engine());
+  const auto r = make_reorder(user.get_desc(), want);
+  const Scratch scratch(r.scratchpad.get_size(), nullptr);
+  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, packed}};
+  scratch.bind(args, r.scratchpad);
+  dnnl::stream& s = stream();
+  r.prim.execute(s, args);
+  s.wait();
+  packed_.push_back(packed);
+  return packed;
+}
+
+std::vector<dnnl::memory::desc> PackedWeights::layouts() const {
+  std::lock_guard lock(mu_);
+  std::vector<dnnl::memory::desc> out;
+  out.reserve(packed_.size());
+  for (const auto& m : packed_) out.push_back(m.get_desc());
+  return out;
+}
+
+std::size_t PackedWeights::count() const {
+  std::lock_guard lock(mu_);
+  return packed_.size();
+}
+
+}  // namespace diffprobe::cpu::onednn

@@ -1,0 +1,99 @@
+#pragma once
+// oneDNN plumbing shared by the CPU convolution and linear ops: the engine and streams, the
+// precision checks, error translation, scratch memory from the context's allocator, and the
+// store of weights packed into the layouts the primitives asked for.
+#include <cstddef>
+#include <mutex>
+#include <oneapi/dnnl/dnnl.hpp>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "diffprobe/core/context.hpp"
+#include "diffprobe/core/tensor.hpp"
+
+namespace diffprobe::cpu::onednn {
+
+/// The one CPU engine of the process.
+dnnl::engine& engine();
+/// A stream per calling thread, so that ops may run concurrently from several threads.
+dnnl::stream& stream();
+
+/// True when oneDNN runs bf16 natively here (AVX512-BF16 or better), not emulated.
+bool bf16_native() noexcept;
+
+/// Throws UnsupportedError for precisions the CPU backend cannot serve (fp16; bf16 without
+/// native support).
+void check_precision(Precision p, const char* where);
+
+/// The oneDNN data type convolutions and matmuls read their operands in.
+inline dnnl::memory::data_type compute_type(Precision p) {
+  return p == Precision::BF16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
+}
+
+/// Translates a oneDNN failure into our error hierarchy (unimplemented -> UnsupportedError).
+[[noreturn]] void rethrow(const dnnl::error& e, const char* where, const std::string& what);
+
+/// Attributes every primitive of ours is created with: scratch memory supplied by the caller,
+/// so primitives can run concurrently and their scratch comes from the context's allocator.
+dnnl::primitive_attr user_scratchpad_attr();
+
+/// A primitive with the scratchpad it needs (executed with memory from a Scratch).
+template <class P> struct WithScratch {
+  P prim;
+  dnnl::memory::desc scratchpad;
+};
+
+/// Reorder primitive between two descriptors, with a user scratchpad.
+WithScratch<dnnl::reorder> make_reorder(const dnnl::memory::desc& from, const dnnl::memory::desc& to);
+
+/// Scratch memory for one call, taken from (and returned to) the context's allocator.
+class Scratch {
+ public:
+  Scratch(std::size_t bytes, Allocator* alloc);
+  void* data() const noexcept { return block_.defined() ? block_.raw() : nullptr; }
+  /// Adds the scratchpad argument for a primitive whose scratchpad descriptor is `md`
+  /// (nothing when it needs none). The block must be at least md's size.
+  void bind(std::unordered_map<int, dnnl::memory>& args, const dnnl::memory::desc& md) const;
+
+ private:
+  Tensor block_;
+};
+
+/// One op's weights packed for the primitives that use them. Primitives of different input
+/// shapes usually want the same layout; each distinct layout is packed once and kept.
+class PackedWeights {
+ public:
+  /// The weights in layout `want`, reordering `user` (the plain f32 weights) the first time.
+  dnnl::memory get(const dnnl::memory::desc& want, const dnnl::memory& user);
+  /// The layouts packed so far.
+  std::vector<dnnl::memory::desc> layouts() const;
+  std::size_t count() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<dnnl::memory> packed_;
+};
+
+/// Creates a primitive descriptor through make(weights_desc). First lets oneDNN choose the
+/// weights layout (format any); when `packed` already holds another layout that the same
+/// implementation accepts, that one is used instead, so the weights are not stored twice.
+template <class PD, class Make>
+PD create_preferring_packed(const PackedWeights& packed, const dnnl::memory::desc& any_weights, Make&& make) {
+  PD chosen = make(any_weights);
+  const std::vector<dnnl::memory::desc> have = packed.layouts();
+  for (const auto& md : have)
+    if (md == chosen.weights_desc()) return chosen;
+  const std::string impl = chosen.impl_info_str();
+  for (const auto& md : have) {
+    try {
+      PD alt = make(md);
+      if (impl == alt.impl_info_str()) return alt;
+    } catch (const dnnl::error&) {
+      // This implementation cannot take that layout: keep oneDNN's own choice.
+    }
+  }
+  return chosen;
+}
+
+}  // namespace diffprobe::cpu::onednn

@@ -1,0 +1,188 @@
+// CPU convolution through oneDNN, "describe once, create once, execute many": the op's cache
+// keeps its weights packed once per precision (in the blocked layout the primitive chose) and
+// one ready primitive per (input shape, layout, residual, precision, thread count), so a call
+// on a known shape creates no descriptor and packs nothing.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <optional>
+#include <unordered_map>
+
+#include "cpu/cpu_ops.hpp"
+#include "cpu/onednn_common.hpp"
+#include "diffprobe/core/threads.hpp"
+
+namespace diffprobe::cpu {
+namespace {
+
+using dnnl::memory;
+using tag = memory::format_tag;
+using dt = memory::data_type;
+using ConvPd = dnnl::convolution_forward::primitive_desc;
+
+constexpr const char* kWhere = "Conv2d";
+
+tag layout_tag(Layout l) { return l == Layout::NHWC ? tag::nhwc : tag::nchw; }
+
+memory::dims dims4(const Shape& s) { return {s[0], s[1], s[2], s[3]}; }
+
+std::shared_ptr<onednn::PackedWeights> packed_weights(OpCache& cache, Precision p) {
+  return cache.get_or_create<onednn::PackedWeights>(fmt::format("conv.weights.{}", precision_name(p)),
+                                                    [] { return std::make_shared<onednn::PackedWeights>(); });
+}
+
+// The PyTorch-ordered f32 weights, read in place.
+memory user_weights(const ops::Conv2d& op) {
+  return memory({dims4(op.weight().shape()), dt::f32, tag::oihw}, onednn::engine(), op.weight().raw());
+}
+
+memory::desc any_weights(const ops::Conv2d& op, Precision p) {
+  const memory::dim k = op.kernel_size();
+  return memory::desc({op.out_channels(), op.in_channels(), k, k}, onednn::compute_type(p), tag::any);
+}
+
+// Activations stay in the caller's layout (NHWC: oneDNN's fast brgemm path; NCHW: its gemm
+// path), so no activation reorders are needed besides the bf16 conversion of the input.
+ConvPd make_pd(const ops::Conv2d& op, const Shape& in, Layout layout, bool sum, Precision p,
+               const memory::desc& weights) {
+  const Shape out = op.output_shape(in);
+  const memory::dim s = op.spec().stride, pad = op.spec().padding;
+  const memory::desc src(dims4(in), onednn::compute_type(p), layout_tag(layout));
+  const memory::desc dst(dims4(out), dt::f32, layout_tag(layout));
+  dnnl::primitive_attr attr = onednn::user_scratchpad_attr();
+  if (sum) {  // the residual is copied into dst first; the primitive adds onto it
+    dnnl::post_ops po;
+    po.append_sum(1.0f);
+    attr.set_post_ops(po);
+  }
+  constexpr auto kind = dnnl::prop_kind::forward_inference;
+  constexpr auto alg = dnnl::algorithm::convolution_direct;
+  if (op.bias().defined()) {
+    const memory::desc bias({op.out_channels()}, dt::f32, tag::x);
+    return ConvPd({kind, alg, src, weights, bias, dst, {s, s}, {pad, pad}, {pad, pad}}, attr,
+                  onednn::engine());
+  }
+  return ConvPd({kind, alg, src, weights, dst, {s, s}, {pad, pad}, {pad, pad}}, attr, onednn::engine());
+}
+
+struct ConvPlan {
+  dnnl::convolution_forward conv;
+  memory weights;  // packed; shared with the other plans of this precision
+  memory::desc user_src, src, dst, bias, conv_scratchpad;
+  std::optional<onednn::WithScratch<dnnl::reorder>> to_bf16;        // f32 input -> bf16 src
+  std::optional<onednn::WithScratch<dnnl::reorder>> copy_residual;  // residual -> dst
+  memory::desc residual;
+  std::size_t scratch_bytes = 0;
+};
+
+std::shared_ptr<ConvPlan> make_plan(const ops::Conv2d& op, onednn::PackedWeights& packed, const Shape& in,
+                                    Layout layout, const Tensor& residual, Precision p) {
+  const ConvPd pd = onednn::create_preferring_packed<ConvPd>(
+      packed, any_weights(op, p),
+      [&](const memory::desc& w) { return make_pd(op, in, layout, residual.defined(), p, w); });
+  auto plan = std::make_shared<ConvPlan>();
+  plan->conv = dnnl::convolution_forward(pd);
+  plan->weights = packed.get(pd.weights_desc(), user_weights(op));
+  plan->src = pd.src_desc();
+  plan->dst = pd.dst_desc();
+  plan->bias = op.bias().defined() ? pd.bias_desc() : memory::desc();
+  plan->conv_scratchpad = pd.scratchpad_desc();
+  plan->scratch_bytes = plan->conv_scratchpad.get_size();
+  plan->user_src = memory::desc(dims4(in), dt::f32, layout_tag(layout));
+  if (plan->user_src != plan->src) {
+    plan->to_bf16 = onednn::make_reorder(plan->user_src, plan->src);
+    plan->scratch_bytes = std::max(plan->scratch_bytes, plan->to_bf16->scratchpad.get_size());
+  }
+  if (residual.defined()) {
+    // A reorder copies in parallel and also handles a residual in the other layout.
+    plan->residual = memory::desc(dims4(residual.shape()), dt::f32, layout_tag(residual.layout()));
+    plan->copy_residual = onednn::make_reorder(plan->residual, plan->dst);
+    plan->scratch_bytes = std::max(plan->scratch_bytes, plan->copy_residual->scratchpad.get_size());
+  }
+  return plan;
+}
+
+void require_cpu_weights(const ops::Conv2d& op, const char* where) {
+  if (!op.weight().device().is_cpu())
+    throw DeviceError(
+        where, "the CPU backend needs the weights on the CPU, they are on " + op.weight().device().str());
+}
+
+}  // namespace
+
+Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tensor& residual,
+              const ExecContext& ctx) {
+  onednn::check_precision(ctx.precision, kWhere);
+  const ThreadScope scope(ctx.threads);
+  const Shape& in = x.shape();
+  const Shape out = op.output_shape(in);
+  // The thread count is part of the key: oneDNN fixes its work split when it creates a primitive.
+  const std::string key = fmt::format("conv.plan.{}.t{}.{}x{}x{}x{}.{}.res-{}", precision_name(ctx.precision),
+                                      scope.threads(), in[0], in[1], in[2], in[3], layout_name(x.layout()),
+                                      residual.defined() ? layout_name(residual.layout()) : "none");
+  std::shared_ptr<ConvPlan> plan;
+  try {
+    // Fetched before the plan: get_or_create holds the cache's lock while it makes an entry.
+    const auto packed = packed_weights(cache, ctx.precision);
+    plan = cache.get_or_create<ConvPlan>(
+        key, [&] { return make_plan(op, *packed, in, x.layout(), residual, ctx.precision); });
+  } catch (const dnnl::error& e) {
+    onednn::rethrow(e, kWhere,
+                    fmt::format("no {} convolution for input {} ({})", precision_name(ctx.precision),
+                                in.str(), layout_name(x.layout())));
+  }
+
+  Tensor y = Tensor::empty(out, DType::F32, x.layout(), Device::cpu(), ctx.allocator);
+  try {
+    const dnnl::engine& eng = onednn::engine();
+    dnnl::stream& s = onednn::stream();
+    const onednn::Scratch scratch(plan->scratch_bytes, ctx.allocator);
+    memory dst(plan->dst, eng, y.raw());
+    if (plan->copy_residual) {
+      std::unordered_map<int, memory> args{{DNNL_ARG_FROM, memory(plan->residual, eng, residual.raw())},
+                                           {DNNL_ARG_TO, dst}};
+      scratch.bind(args, plan->copy_residual->scratchpad);
+      plan->copy_residual->prim.execute(s, args);
+    }
+    memory src(plan->user_src, eng, x.raw());
+    Tensor x16;  // the bf16 copy of x lives until the convolution has run
+    if (plan->to_bf16) {
+      x16 = Tensor::empty(in, DType::BF16, x.layout(), Device::cpu(), ctx.allocator);
+      memory src16(plan->src, eng, x16.raw());
+      std::unordered_map<int, memory> args{{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, src16}};
+      scratch.bind(args, plan->to_bf16->scratchpad);
+      plan->to_bf16->prim.execute(s, args);
+      src = src16;
+    }
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, plan->weights}, {DNNL_ARG_DST, dst}};
+    if (op.bias().defined()) args.emplace(DNNL_ARG_BIAS, memory(plan->bias, eng, op.bias().raw()));
+    scratch.bind(args, plan->conv_scratchpad);
+    plan->conv.execute(s, args);
+    s.wait();
+  } catch (const dnnl::error& e) {
+    onednn::rethrow(e, kWhere, "running the convolution on input " + in.str());
+  }
+  return y;
+}
+
+void conv2d_prepare(const ops::Conv2d& op, OpCache& cache, const ExecContext& ctx) {
+  constexpr const char* where = "Conv2d::prepare";
+  onednn::check_precision(ctx.precision, where);
+  require_cpu_weights(op, where);
+  const ThreadScope scope(ctx.threads);
+  try {
+    const auto packed = packed_weights(cache, ctx.precision);
+    if (packed->count() > 0) return;
+    // The layout oneDNN picks for a typical NHWC input; other shapes reuse it when the same
+    // implementation accepts it (see create_preferring_packed).
+    const std::int64_t side = std::max<std::int64_t>(32, op.kernel_size());
+    const Shape in{1, op.in_channels(), side, side};
+    const ConvPd pd = make_pd(op, in, Layout::NHWC, false, ctx.precision, any_weights(op, ctx.precision));
+    packed->get(pd.weights_desc(), user_weights(op));
+  } catch (const dnnl::error& e) {
+    onednn::rethrow(e, where, fmt::format("cannot pack the weights for {}", precision_name(ctx.precision)));
+  }
+}
+
+}  // namespace diffprobe::cpu
