@@ -46,8 +46,16 @@ inline bool use_avx512() noexcept {
 /// Lets tests run the portable kernels on an AVX-512 machine. Returns the previous setting.
 inline bool set_avx512_allowed(bool allowed) noexcept { return detail::avx512_allowed().exchange(allowed); }
 
-/// Reference-quality scalar SiLU for the portable paths.
-inline float silu(float x) noexcept { return x / (1.0f + std::exp(-x)); }
+// SiLU as x * sigmoid(x) with sigmoid from e = exp(-|x|), which never overflows: x / (1 + exp(-x))
+// loses all relative accuracy below x = -88 and gives NaN at -inf. Below -104 the result is 0.
+
+/// Scalar SiLU for the portable paths.
+inline float silu(float x) noexcept {
+  if (x < -104.0f) return 0.0f;
+  const float e = std::exp(-std::fabs(x));
+  const float r = 1.0f / (1.0f + e);
+  return x * (x < 0.0f ? e * r : r);
+}
 
 #if DIFFPROBE_HAVE_AVX512
 /// exp(x) for 16 floats, about 1 ulp (Cephes' polynomial on [-ln2/2, ln2/2], scaled with scalef so
@@ -70,10 +78,15 @@ DIFFPROBE_AVX512 inline __m512 exp512(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-/// x * sigmoid(x) for 16 floats.
+/// x * sigmoid(x) for 16 floats (see silu above).
 DIFFPROBE_AVX512 inline __m512 silu512(__m512 x) {
-  const __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), x));
-  return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+  const __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(x)));
+  const __m512 r = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+  const __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+  const __m512 sig = _mm512_mask_mul_ps(r, neg, e, r);
+  // Unordered compare keeps NaN lanes (NaN * sig stays NaN); lanes below -104 become 0.
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-104.0f), _CMP_NLT_UQ);
+  return _mm512_maskz_mul_ps(keep, x, sig);
 }
 
 /// Mask selecting the first `n` (0..16) lanes.
