@@ -24,10 +24,11 @@ run_ctest() {
   local preset=$1
   shift
   local rc=0
-  ctest --preset "$preset" -j "$jobs" --timeout "$timeout" "$@" 2>&1 | tee "$logs/ctest-$preset.log" ||
+  ctest --preset "$preset" -j "$jobs" --timeout "$timeout" --output-on-failure "$@" 2>&1 | tee "$logs/ctest-$preset.log" ||
     rc=$?
-  summaries+=("$preset: $(grep -E '^[0-9]+% tests passed' "$logs/ctest-$preset.log" | tail -1 ||
-    echo "no summary (ctest exited with $rc)")")
+  local line
+  line=$(grep -E '^[0-9]+% tests passed' "$logs/ctest-$preset.log" | tail -1 || true)
+  summaries+=("$preset: ${line:-no summary (ctest exited with $rc)}")
   ((rc == 0)) || status=1
 }
 
