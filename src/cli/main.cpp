@@ -1,0 +1,41 @@
+// diffprobe: diffusion U-Net features for image classification, from the command line.
+#include <cstdio>
+
+#include "cli/commands.hpp"
+#include "diffprobe/core/error.hpp"
+#include "diffprobe/version.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"diffprobe " DIFFPROBE_VERSION_STRING ": diffusion U-Net features for image classification"};
+  app.set_version_flag("--version", DIFFPROBE_VERSION_STRING);
+  app.require_subcommand(1);
+  using namespace diffprobe::cli;
+  std::vector<std::pair<CLI::App*, Runner>> commands;
+  auto add = [&](const char* name, const char* help, Runner (*reg)(CLI::App&)) {
+    CLI::App* sub = app.add_subcommand(name, help);
+    commands.emplace_back(sub, reg(*sub));
+  };
+  add("info", "print a model's configuration and, per block, its output shape, parameters and GFLOP", add_info);
+  add("convert", "write any supported weights file as safetensors (fp32, fp16 or bf16)", add_convert);
+  add("extract", "extract (and pool) U-Net block features of a dataset into a feature file", add_extract);
+  add("probe", "train a head (linear, MLP, CNN, attention) on extracted features and evaluate it", add_probe);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    for (auto& [sub, run] : commands)
+      if (sub->parsed()) return run();
+  } catch (const diffprobe::Error& e) {
+    std::fprintf(stderr, "diffprobe: %s\n", e.what());
+    return 2;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "diffprobe: out of memory\n");
+    return 3;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "diffprobe: internal error: %s\n", e.what());
+    return 4;
+  }
+  return 1;
+}
