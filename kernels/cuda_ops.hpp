@@ -1,0 +1,25 @@
+#pragma once
+// The CUDA backend's ops. Arguments arrive validated by the public front-ends (src/ops/ops.cpp):
+// f32, shapes consistent, every operand on the same CUDA device. Convolution and linear go through
+// cuDNN and cuBLAS (cuda_conv.cpp); the rest through the hand-written kernels (cuda_ops.cpp).
+#include "ops/backend.hpp"
+
+namespace diffprobe::cuda {
+using ops::detail::OpCache;
+
+Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tensor& residual, const ExecContext& ctx);
+void conv2d_prepare(const ops::Conv2d& op, OpCache& cache, const ExecContext& ctx);
+Tensor linear(const ops::Linear& op, OpCache& cache, const Tensor& x, bool silu_input, const ExecContext& ctx);
+void linear_prepare(const ops::Linear& op, OpCache& cache, const ExecContext& ctx);
+Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, const ops::GroupNormArgs& args,
+                  const ExecContext& ctx);
+Tensor attention(const Tensor& qkv, int heads, ops::QkvOrder order, const ExecContext& ctx);
+Tensor silu(const Tensor& x, const ExecContext& ctx);
+Tensor add(const Tensor& a, const Tensor& b, const ExecContext& ctx);
+Tensor avg_pool2x2(const Tensor& x, const ExecContext& ctx);
+Tensor upsample_nearest2x(const Tensor& x, const ExecContext& ctx);
+Tensor concat_channels(const Tensor& a, const Tensor& b, const ExecContext& ctx);
+Tensor adaptive_pool2d(const Tensor& x, int out_h, int out_w, bool max, const ExecContext& ctx);
+Tensor timestep_embedding(const Tensor& t, int dim, const ExecContext& ctx);
+
+}  // namespace diffprobe::cuda
