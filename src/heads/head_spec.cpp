@@ -1,0 +1,167 @@
+#include "diffprobe/heads/head_spec.hpp"
+
+#include <charconv>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "diffprobe/core/error.hpp"
+
+namespace diffprobe {
+namespace {
+
+using json = nlohmann::json;
+
+void require(bool ok, const std::string& why) {
+  if (!ok) throw ConfigError("HeadSpec", why);
+}
+
+json shape_json(const Shape& s) { return json(s.vec()); }
+
+}  // namespace
+
+const char* head_kind_name(HeadKind kind) noexcept {
+  switch (kind) {
+    case HeadKind::Linear:
+      return "linear";
+    case HeadKind::MLP:
+      return "mlp";
+    case HeadKind::CNN:
+      return "cnn";
+    case HeadKind::Attention:
+      return "attention";
+    case HeadKind::Fusion:
+      return "fusion";
+  }
+  return "?";
+}
+
+HeadKind parse_head_kind(std::string_view name) {
+  for (HeadKind k : {HeadKind::Linear, HeadKind::MLP, HeadKind::CNN, HeadKind::Attention, HeadKind::Fusion})
+    if (name == head_kind_name(k)) return k;
+  throw ConfigError("parse_head_kind",
+                    "unknown head kind '" + std::string(name) + "' (linear, mlp, cnn, attention, fusion)");
+}
+
+std::vector<int> parse_hidden_sizes(std::string_view text) {
+  std::vector<int> out;
+  if (text.empty())
+    throw ConfigError("parse_hidden_sizes", "empty hidden sizes (expected e.g. \"2048_1024\")");
+  std::size_t start = 0;
+  while (true) {
+    const std::size_t end = text.find('_', start);
+    const std::string_view part =
+        text.substr(start, end == std::string_view::npos ? std::string_view::npos : end - start);
+    int v = 0;
+    const auto [ptr, ec] = std::from_chars(part.data(), part.data() + part.size(), v);
+    if (part.empty() || ec != std::errc() || ptr != part.data() + part.size() || v < 1)
+      throw ConfigError("parse_hidden_sizes", "bad hidden size '" + std::string(part) + "' in \"" +
+                                                  std::string(text) +
+                                                  "\" (expected positive integers joined by '_')");
+    out.push_back(v);
+    if (end == std::string_view::npos) break;
+    start = end + 1;
+  }
+  return out;
+}
+
+void HeadSpec::validate() const {
+  require(num_classes >= 2, "num_classes must be >= 2, got " + std::to_string(num_classes));
+  require(!inputs.empty(), "a head needs at least one input shape");
+  for (const auto& s : inputs) {
+    require(s.rank() >= 1, "an input shape is empty");
+    for (auto d : s.dims()) require(d >= 1, "input shape " + s.str() + " has a non-positive dimension");
+  }
+  const bool maps = kind == HeadKind::CNN || kind == HeadKind::Attention || kind == HeadKind::Fusion;
+  if (maps)
+    for (const auto& s : inputs)
+      require(s.rank() == 3,
+              std::string(head_kind_name(kind)) + " head needs [C, H, W] feature maps, got " + s.str());
+  if (kind != HeadKind::Fusion) {
+    require(inputs.size() == 1, std::string(head_kind_name(kind)) + " head takes one input, got " +
+                                    std::to_string(inputs.size()));
+    require(num_timesteps == 1, "num_timesteps is only for the fusion head");
+  }
+  if (kind == HeadKind::MLP) {
+    require(!hidden.empty(), "MLP head needs at least one hidden size");
+    for (int h : hidden) require(h >= 1, "MLP hidden sizes must be >= 1");
+  } else {
+    require(hidden.empty(), "hidden sizes are only for the MLP head");
+  }
+  if (kind == HeadKind::CNN) {
+    require(!cnn.channels.empty(), "CNN head needs at least one conv layer");
+    for (int c : cnn.channels) require(c >= 1, "CNN channels must be >= 1");
+    require(cnn.max_pool >= 1, "CNN max_pool must be >= 1");
+    require(cnn.norm_eps > 0, "CNN norm_eps must be > 0");
+  }
+  if (kind == HeadKind::Attention || kind == HeadKind::Fusion) {
+    const auto& a = attention;
+    require(a.dim >= 1 && a.heads >= 1 && a.dim % a.heads == 0, "attention dim " + std::to_string(a.dim) +
+                                                                    " must be a positive multiple of heads " +
+                                                                    std::to_string(a.heads));
+    require(a.depth >= 1, "attention depth must be >= 1");
+    require(a.mlp_ratio >= 1, "attention mlp_ratio must be >= 1");
+    require(a.max_pool >= 1, "attention max_pool must be >= 1");
+    require(a.norm_eps > 0, "attention norm_eps must be > 0");
+  }
+  if (kind == HeadKind::Fusion) {
+    require(num_timesteps >= 1 && inputs.size() % static_cast<std::size_t>(num_timesteps) == 0,
+            std::to_string(inputs.size()) + " inputs do not split into " + std::to_string(num_timesteps) +
+                " timesteps");
+    const std::size_t nb = inputs.size() / static_cast<std::size_t>(num_timesteps);
+    for (std::size_t i = nb; i < inputs.size(); ++i)
+      require(inputs[i] == inputs[i % nb], "block " + std::to_string(i % nb) + " has shape " +
+                                               inputs[i % nb].str() + " at the first timestep but " +
+                                               inputs[i].str() + " at timestep " + std::to_string(i / nb) +
+                                               " (its tokenizer is shared across t)");
+  }
+}
+
+std::string HeadSpec::to_json() const {
+  json j;
+  j["kind"] = head_kind_name(kind);
+  j["inputs"] = json::array();
+  for (const auto& s : inputs) j["inputs"].push_back(shape_json(s));
+  j["num_timesteps"] = num_timesteps;
+  j["num_classes"] = num_classes;
+  j["hidden"] = hidden;
+  j["cnn"] = {{"channels", cnn.channels},
+              {"max_pool", cnn.max_pool},
+              {"input_norm", cnn.input_norm},
+              {"norm_eps", cnn.norm_eps}};
+  j["attention"] = {{"dim", attention.dim},           {"depth", attention.depth},
+                    {"heads", attention.heads},       {"mlp_ratio", attention.mlp_ratio},
+                    {"max_pool", attention.max_pool}, {"norm_eps", attention.norm_eps}};
+  return j.dump();
+}
+
+HeadSpec HeadSpec::from_json(std::string_view text) {
+  HeadSpec s;
+  try {
+    const json j = json::parse(text);
+    s.kind = parse_head_kind(j.at("kind").get<std::string>());
+    for (const auto& shape : j.at("inputs")) s.inputs.emplace_back(shape.get<std::vector<std::int64_t>>());
+    s.num_timesteps = j.at("num_timesteps").get<int>();
+    s.num_classes = j.at("num_classes").get<int>();
+    s.hidden = j.at("hidden").get<std::vector<int>>();
+    const auto& c = j.at("cnn");
+    s.cnn.channels = c.at("channels").get<std::vector<int>>();
+    s.cnn.max_pool = c.at("max_pool").get<int>();
+    s.cnn.input_norm = c.at("input_norm").get<bool>();
+    s.cnn.norm_eps = c.at("norm_eps").get<double>();
+    const auto& a = j.at("attention");
+    s.attention.dim = a.at("dim").get<int>();
+    s.attention.depth = a.at("depth").get<int>();
+    s.attention.heads = a.at("heads").get<int>();
+    s.attention.mlp_ratio = a.at("mlp_ratio").get<int>();
+    s.attention.max_pool = a.at("max_pool").get<int>();
+    s.attention.norm_eps = a.at("norm_eps").get<double>();
+  } catch (const json::exception& e) {
+    throw FormatError("HeadSpec::from_json", std::string("malformed head spec: ") + e.what());
+  } catch (const ShapeError& e) {
+    throw FormatError("HeadSpec::from_json", std::string("malformed input shape: ") + e.why());
+  }
+  s.validate();
+  return s;
+}
+
+}  // namespace diffprobe
