@@ -1,0 +1,57 @@
+#pragma once
+// A labelled (or unlabelled) set of images, read in batches so that a data set far larger than
+// memory streams through feature extraction. Implementations: ImageFolder, IdxDataset,
+// NpyDataset.
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "diffprobe/core/tensor.hpp"
+#include "diffprobe/data/input_spec.hpp"
+
+namespace diffprobe::data {
+
+class Dataset {
+ public:
+  virtual ~Dataset() = default;
+
+  /// Number of samples N.
+  virtual std::int64_t size() const = 0;
+  /// Channels and side of every image images() returns.
+  virtual InputSpec spec() const = 0;
+  /// Class ids, i64 [N] in [0, num_classes()); std::nullopt for an unlabelled set.
+  virtual std::optional<Tensor> labels() const = 0;
+  /// Number of classes (0 when unlabelled).
+  virtual int num_classes() const = 0;
+  /// One name per class id (empty when unlabelled).
+  virtual std::vector<std::string> class_names() const = 0;
+  /// How images are turned into model inputs, for feature-file metadata.
+  virtual std::string describe() const = 0;
+
+  /// Samples [begin, end): f32 [end - begin, C, S, S], NCHW contiguous, values in [-1, 1]
+  /// (NpyDataset: as stored). ArgumentError when the range is outside [0, N].
+  Tensor images(std::int64_t begin, std::int64_t end) const;
+  /// The samples at `indices` (any order, repeats allowed), e.g. a shuffled mini-batch.
+  Tensor images_at(std::span<const std::int64_t> indices) const;
+
+  /// The epoch that keys random augmentation (datasets without augmentation ignore it).
+  void set_epoch(std::int64_t epoch) noexcept { epoch_ = epoch; }
+  std::int64_t epoch() const noexcept { return epoch_; }
+  /// Threads used to decode a batch (<= 0: default_threads()).
+  void set_threads(int threads) noexcept { threads_ = threads; }
+
+ protected:
+  /// Writes sample `index` (already range-checked) as C * S * S floats to `out`. Called from
+  /// several threads at once for different samples.
+  virtual void load(std::int64_t index, float* out) const = 0;
+  /// Whether load() is worth running on several threads (decoding is; copying is not).
+  virtual bool parallel_load() const { return true; }
+
+ private:
+  std::int64_t epoch_ = 0;
+  int threads_ = 0;
+};
+
+}  // namespace diffprobe::data
