@@ -197,21 +197,26 @@ Tensor attention(const Tensor& qkv, int heads, ops::QkvOrder order, const ExecCo
   };
 
   // K^T [d, Tp] and V [T, dp] of every (sample, head), zero padded.
-  Tensor packs = Tensor::zeros(Shape{N * nh, pack_size}, DType::F32, Layout::Contiguous, Device::cpu(),
+  Tensor packs = Tensor::empty(Shape{N * nh, pack_size}, DType::F32, Layout::Contiguous, Device::cpu(),
                                out_allocator(ctx));
   float* pk = packs.data<float>();
-#pragma omp parallel for schedule(static)
-  for (i64 item = 0; item < N * nh; ++item) {
-    const QkvView v = view_of(item / nh);
-    const i64 h = item % nh;
-    float* kt = pk + item * pack_size;
-    gather_cols(v, v.at(h, 1), kt, Tp);
-    gather_rows(v, v.at(h, 2), 0, T, kt + d * Tp, dp);
-  }
-
   const i64 tq = std::min(kQueryTile, T), ntiles = (T + tq - 1) / tq;
+  // One parallel region for both phases: a fork/join costs more than the packing of a small image.
 #pragma omp parallel
   {
+#pragma omp for schedule(static)
+    for (i64 item = 0; item < N * nh; ++item) {
+      const QkvView v = view_of(item / nh);
+      const i64 h = item % nh;
+      float* kt = pk + item * pack_size;
+      float* vv = kt + d * Tp;
+      gather_cols(v, v.at(h, 1), kt, Tp);
+      gather_rows(v, v.at(h, 2), 0, T, vv, dp);
+      for (i64 i = 0; i < d; ++i) std::fill(kt + i * Tp + T, kt + (i + 1) * Tp, 0.0f);
+      if (dp > d)
+        for (i64 t = 0; t < T; ++t) std::fill(vv + t * dp + d, vv + (t + 1) * dp, 0.0f);
+    }  // implicit barrier: every pack is complete before any tile reads it
+
     std::vector<float> q(static_cast<std::size_t>(tq * d)), sc(static_cast<std::size_t>(tq * Tp)),
         o(static_cast<std::size_t>(tq * dp)), rsum(static_cast<std::size_t>(tq));
 #pragma omp for schedule(static)

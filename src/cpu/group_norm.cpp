@@ -195,13 +195,18 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
     for (i64 c = 0; c < C; ++c) shift[n * C + c] = xp[nhwc ? n * HW * C + c : (n * C + c) * HW];
 
   std::vector<double> s1(static_cast<std::size_t>(N * C)), s2(static_cast<std::size_t>(N * C));
-  if (nhwc) {
-    // Pixel chunks of ~16K values each; per-chunk channel sums, merged in chunk order.
-    const i64 chunk = std::max<i64>(kBlockPixels, 16384 / C);
-    const i64 nchunks = (HW + chunk - 1) / chunk;
-    std::vector<double> part(static_cast<std::size_t>(N * nchunks * C * 2));
+  // NHWC: pixel chunks of ~16K values, each giving per-channel sums, merged in chunk order.
+  // NCHW: one channel plane per item.
+  const i64 chunk = std::max<i64>(kBlockPixels, 16384 / C);
+  const i64 nchunks = (HW + chunk - 1) / chunk;
+  std::vector<double> part(nhwc ? static_cast<std::size_t>(N * nchunks * C * 2) : 0);
+  std::vector<float> am(static_cast<std::size_t>(N * C)), al(am.size()), aa(am.size()), ab(am.size());
+  const bool silu = args.silu;
+
+  // One parallel region for all three phases: a fork/join costs more than a small image's work.
 #pragma omp parallel
-    {
+  {
+    if (nhwc) {
       std::vector<float> a1(static_cast<std::size_t>(C)), a2(static_cast<std::size_t>(C));
 #pragma omp for schedule(static)
       for (i64 item = 0; item < N * nchunks; ++item) {
@@ -214,91 +219,93 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
         else
           nhwc_chunk_sums_generic(xs, p0, p1, C, shift.data() + n * C, a1.data(), a2.data(), d1, d2);
       }
+    } else {
+#pragma omp for schedule(static)
+      for (i64 nc = 0; nc < N * C; ++nc) {
+        if (avx)
+          plane_sums_avx512(xp + nc * HW, HW, shift[nc], s1[nc], s2[nc]);
+        else
+          plane_sums_generic(xp + nc * HW, HW, shift[nc], s1[nc], s2[nc]);
+      }
     }
-    for (i64 n = 0; n < N; ++n)
-      for (i64 ch = 0; ch < nchunks; ++ch) {
-        const double* d1 = part.data() + (n * nchunks + ch) * C * 2;
-        for (i64 c = 0; c < C; ++c) {
-          s1[n * C + c] += d1[c];
-          s2[n * C + c] += d1[C + c];
+
+#pragma omp single
+    {
+      if (nhwc)
+        for (i64 n = 0; n < N; ++n)
+          for (i64 ch = 0; ch < nchunks; ++ch) {
+            const double* d1 = part.data() + (n * nchunks + ch) * C * 2;
+            for (i64 c = 0; c < C; ++c) {
+              s1[n * C + c] += d1[c];
+              s2[n * C + c] += d1[C + c];
+            }
+          }
+      // Group statistics (Chan's merge of per-channel mean / M2, in double) folded into the affine.
+      const double M = static_cast<double>(HW);
+      for (i64 n = 0; n < N; ++n) {
+        for (i64 g = 0; g < G; ++g) {
+          const i64 c0 = n * C + g * cg;
+          const auto channel_mean = [&](i64 j) {
+            return shift[c0 + j] + s1[c0 + j] / M + (pb ? pb[c0 + j] : 0.0);
+          };
+          double mean = 0.0;
+          for (i64 j = 0; j < cg; ++j) mean += channel_mean(j);
+          mean /= static_cast<double>(cg);
+          double m2 = 0.0;
+          for (i64 j = 0; j < cg; ++j) {
+            const double dm = channel_mean(j) - mean;
+            m2 += std::max(0.0, s2[c0 + j] - s1[c0 + j] * s1[c0 + j] / M) + M * dm * dm;
+          }
+          const double rstd =
+              1.0 / std::sqrt(m2 / (M * static_cast<double>(cg)) + static_cast<double>(args.eps));
+          for (i64 j = 0; j < cg; ++j) {
+            const i64 c = g * cg + j;
+            const double sc = ss ? 1.0 + ss[n * 2 * C + c] : 1.0;
+            const double sh = ss ? ss[n * 2 * C + C + c] : 0.0;
+            const double m = mean - (pb ? pb[c0 + j] : 0.0);
+            am[c0 + j] = static_cast<float>(m);
+            al[c0 + j] = static_cast<float>(m - static_cast<double>(am[c0 + j]));
+            aa[c0 + j] = static_cast<float>(rstd * gp[c] * sc);
+            ab[c0 + j] = static_cast<float>(bp[c] * sc + sh);
+          }
         }
       }
-  } else {
-#pragma omp parallel for schedule(static)
-    for (i64 nc = 0; nc < N * C; ++nc) {
-      if (avx)
-        plane_sums_avx512(xp + nc * HW, HW, shift[nc], s1[nc], s2[nc]);
-      else
-        plane_sums_generic(xp + nc * HW, HW, shift[nc], s1[nc], s2[nc]);
-    }
-  }
+    }  // implicit barrier: the coefficients are ready
 
-  // Group statistics (Chan's merge of per-channel mean / M2, in double) folded into the affine.
-  std::vector<float> am(static_cast<std::size_t>(N * C)), al(am.size()), aa(am.size()), ab(am.size());
-  const double M = static_cast<double>(HW);
-  for (i64 n = 0; n < N; ++n) {
-    for (i64 g = 0; g < G; ++g) {
-      const i64 c0 = n * C + g * cg;
-      double mean = 0.0;
-      for (i64 j = 0; j < cg; ++j) {
-        const i64 c = g * cg + j;
-        mean += shift[c0 + j] + s1[c0 + j] / M + (pb ? pb[n * C + c] : 0.0);
-      }
-      mean /= static_cast<double>(cg);
-      double m2 = 0.0;
-      for (i64 j = 0; j < cg; ++j) {
-        const i64 c = g * cg + j;
-        const double mc = shift[c0 + j] + s1[c0 + j] / M + (pb ? pb[n * C + c] : 0.0);
-        m2 += std::max(0.0, s2[c0 + j] - s1[c0 + j] * s1[c0 + j] / M) + M * (mc - mean) * (mc - mean);
-      }
-      const double rstd = 1.0 / std::sqrt(m2 / (M * static_cast<double>(cg)) + static_cast<double>(args.eps));
-      for (i64 j = 0; j < cg; ++j) {
-        const i64 c = g * cg + j;
-        const double sc = ss ? 1.0 + ss[n * 2 * C + c] : 1.0;
-        const double sh = ss ? ss[n * 2 * C + C + c] : 0.0;
-        const double m = mean - (pb ? pb[n * C + c] : 0.0);
-        am[c0 + j] = static_cast<float>(m);
-        al[c0 + j] = static_cast<float>(m - static_cast<double>(am[c0 + j]));
-        aa[c0 + j] = static_cast<float>(rstd * gp[c] * sc);
-        ab[c0 + j] = static_cast<float>(bp[c] * sc + sh);
-      }
-    }
-  }
-
-  const bool silu = args.silu;
-  if (nhwc) {
-#pragma omp parallel for schedule(static)
-    for (i64 row = 0; row < N * HW; ++row) {
-      const i64 n = row / HW;
-      const float* xr = xp + row * C;
-      float* yr = yp + row * C;
-      const Affine f{am.data() + n * C, al.data() + n * C, aa.data() + n * C, ab.data() + n * C};
+    if (nhwc) {
+#pragma omp for schedule(static)
+      for (i64 row = 0; row < N * HW; ++row) {
+        const i64 n = row / HW;
+        const float* xr = xp + row * C;
+        float* yr = yp + row * C;
+        const Affine f{am.data() + n * C, al.data() + n * C, aa.data() + n * C, ab.data() + n * C};
 #if DIFFPROBE_HAVE_AVX512
-      if (avx) {
-        if (silu)
-          apply_pixel_avx512<true>(xr, yr, f, C);
-        else
-          apply_pixel_avx512<false>(xr, yr, f, C);
-        continue;
-      }
+        if (avx) {
+          if (silu)
+            apply_pixel_avx512<true>(xr, yr, f, C);
+          else
+            apply_pixel_avx512<false>(xr, yr, f, C);
+          continue;
+        }
 #endif
-      apply_pixel_generic(xr, yr, f, C, silu);
-    }
-  } else {
-#pragma omp parallel for schedule(static)
-    for (i64 nc = 0; nc < N * C; ++nc) {
-      const float* xr = xp + nc * HW;
-      float* yr = yp + nc * HW;
+        apply_pixel_generic(xr, yr, f, C, silu);
+      }
+    } else {
+#pragma omp for schedule(static)
+      for (i64 nc = 0; nc < N * C; ++nc) {
+        const float* xr = xp + nc * HW;
+        float* yr = yp + nc * HW;
 #if DIFFPROBE_HAVE_AVX512
-      if (avx) {
-        if (silu)
-          apply_plane_avx512<true>(xr, yr, am[nc], al[nc], aa[nc], ab[nc], HW);
-        else
-          apply_plane_avx512<false>(xr, yr, am[nc], al[nc], aa[nc], ab[nc], HW);
-        continue;
-      }
+        if (avx) {
+          if (silu)
+            apply_plane_avx512<true>(xr, yr, am[nc], al[nc], aa[nc], ab[nc], HW);
+          else
+            apply_plane_avx512<false>(xr, yr, am[nc], al[nc], aa[nc], ab[nc], HW);
+          continue;
+        }
 #endif
-      apply_plane_generic(xr, yr, am[nc], al[nc], aa[nc], ab[nc], HW, silu);
+        apply_plane_generic(xr, yr, am[nc], al[nc], aa[nc], ab[nc], HW, silu);
+      }
     }
   }
   return out;
