@@ -65,7 +65,8 @@ template <class Op> void timed(benchmark::State& state, Op&& op) {
     sync();
   }
   state.counters["mallocs_per_iter"] =
-      static_cast<double>(mallocs() - m0) / static_cast<double>(std::max<benchmark::IterationCount>(1, state.iterations()));
+      static_cast<double>(mallocs() - m0) /
+      static_cast<double>(std::max<benchmark::IterationCount>(1, state.iterations()));
 }
 
 // Arg: precision (0 fp32, 1 bf16, 2 fp16).
@@ -73,10 +74,12 @@ void BM_CudaConv3x3(benchmark::State& state) {
   if (!have_gpu(state)) return;
   const auto p = static_cast<Precision>(state.range(0));
   const Shape in{8, 256, 32, 32};
-  const ops::Conv2d conv(random_gpu(Shape{256, 256, 3, 3}, Layout::Contiguous, 0.02f), random_gpu(Shape{256}));
+  const ops::Conv2d conv(random_gpu(Shape{256, 256, 3, 3}, Layout::Contiguous, 0.02f),
+                         random_gpu(Shape{256}));
   const Tensor x = random_gpu(in, Layout::NHWC), res = random_gpu(in, Layout::NHWC);
   timed(state, [&] { benchmark::DoNotOptimize(conv.forward(x, gpu_ctx(p), res)); });
-  state.counters["FLOP/s"] = benchmark::Counter(conv.flops(in), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["FLOP/s"] =
+      benchmark::Counter(conv.flops(in), benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel(precision_name(p));
 }
 BENCHMARK(BM_CudaConv3x3)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->UseRealTime();
@@ -101,18 +104,24 @@ void BM_CudaAttention(benchmark::State& state) {
   const Shape s{8, 3 * C, side, side};
   const Tensor qkv = random_gpu(s, Layout::NHWC);
   const int heads = static_cast<int>(C / d);
-  timed(state, [&] { benchmark::DoNotOptimize(ops::attention(qkv, heads, ops::QkvOrder::Split, gpu_ctx())); });
+  timed(state,
+        [&] { benchmark::DoNotOptimize(ops::attention(qkv, heads, ops::QkvOrder::Split, gpu_ctx())); });
   state.counters["FLOP/s"] =
       benchmark::Counter(ops::attention_flops(s, heads), benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BM_CudaAttention)->Args({16, 64})->Args({32, 64})->Args({16, 128})->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_CudaAttention)
+    ->Args({16, 64})
+    ->Args({32, 64})
+    ->Args({16, 128})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
 
 void BM_CudaSilu(benchmark::State& state) {
   if (!have_gpu(state)) return;
   const Tensor x = random_gpu(Shape{8, 256, 64, 64}, Layout::NHWC);
   timed(state, [&] { benchmark::DoNotOptimize(ops::silu(x, gpu_ctx())); });
-  state.counters["bytes/s"] =
-      benchmark::Counter(2.0 * static_cast<double>(x.nbytes()), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["bytes/s"] = benchmark::Counter(2.0 * static_cast<double>(x.nbytes()),
+                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_CudaSilu)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
@@ -123,7 +132,9 @@ void BM_CudaCopy(benchmark::State& state) {
   const bool to_host = state.range(0) == 1;
   const Tensor h = Tensor::zeros(s);
   const Tensor d = h.to_device(Device::cuda());
-  timed(state, [&] { benchmark::DoNotOptimize(to_host ? d.to_device(Device::cpu()) : h.to_device(Device::cuda())); });
+  timed(state, [&] {
+    benchmark::DoNotOptimize(to_host ? d.to_device(Device::cpu()) : h.to_device(Device::cuda()));
+  });
   state.counters["bytes/s"] =
       benchmark::Counter(static_cast<double>(h.nbytes()), benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel(to_host ? "device->host" : "host->device");

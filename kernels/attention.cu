@@ -28,9 +28,8 @@ struct Params {
   float scale;
 };
 
-template <int D, int BN>
-__global__ void __launch_bounds__(kThreads) flash_kernel(Params p) {
-  constexpr int TPQ = D / 32;        // threads per query
+template <int D, int BN> __global__ void __launch_bounds__(kThreads) flash_kernel(Params p) {
+  constexpr int TPQ = D / 32;          // threads per query
   constexpr int QPB = kThreads / TPQ;  // queries per block
   constexpr int LOADS = BN * D / kThreads;
   __shared__ float Ks[BN][D + 1];
@@ -132,7 +131,13 @@ cudaError_t attention(const AttentionArgs& a, cudaStream_t s) {
   if (a.N == 0 || a.T == 0 || a.C == 0) return cudaGetLastError();
   const i64 d = a.C / a.heads;
   if (d < 1 || d > kMaxHeadDim || a.N > 65535 || a.heads > 65535) return cudaErrorInvalidValue;
-  Params p{a.qkv, a.out, a.T, a.C, static_cast<int>(d), a.nhwc, a.legacy,
+  Params p{a.qkv,
+           a.out,
+           a.T,
+           a.C,
+           static_cast<int>(d),
+           a.nhwc,
+           a.legacy,
            static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)))};
   if (d <= 32)
     launch<32, 32>(p, a.N, a.heads, s);

@@ -261,7 +261,9 @@ class CudaBackend final : public ops::detail::Backend {
     return cuda::attention(qkv, heads, order, ctx);
   }
   Tensor silu(const Tensor& x, const ExecContext& ctx) override { return cuda::silu(x, ctx); }
-  Tensor add(const Tensor& a, const Tensor& b, const ExecContext& ctx) override { return cuda::add(a, b, ctx); }
+  Tensor add(const Tensor& a, const Tensor& b, const ExecContext& ctx) override {
+    return cuda::add(a, b, ctx);
+  }
   Tensor avg_pool2x2(const Tensor& x, const ExecContext& ctx) override { return cuda::avg_pool2x2(x, ctx); }
   Tensor upsample_nearest2x(const Tensor& x, const ExecContext& ctx) override {
     return cuda::upsample_nearest2x(x, ctx);
@@ -289,7 +291,8 @@ struct Registrar {
 void check(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return;
   (void)cudaGetLastError();  // clear a non-sticky error so the next call starts clean
-  throw DeviceError(std::string("cuda ") + what, std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e));
+  throw DeviceError(std::string("cuda ") + what,
+                    std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e));
 }
 
 int device_count() noexcept {
@@ -308,8 +311,8 @@ void require_device(int index, const char* where) {
   const int n = device_count();
   if (n == 0) throw DeviceError(where, "no CUDA device is visible (no GPU, or no driver)");
   if (index < 0 || index >= n)
-    throw DeviceError(where, "device cuda:" + std::to_string(index) + " does not exist (" + std::to_string(n) +
-                                 " visible)");
+    throw DeviceError(where, "device cuda:" + std::to_string(index) + " does not exist (" +
+                                 std::to_string(n) + " visible)");
 }
 
 cudaStream_t stream(int index) { return state(index).stream; }

@@ -106,8 +106,8 @@ std::string device_key(int dev, const char* what, Precision p) {
 
 void require_on(const Tensor& t, Device dev, const char* where, const char* what) {
   if (!(t.device() == dev))
-    throw DeviceError(where, std::string(what) + " is on " + t.device().str() + ", the context asks for " + dev.str() +
-                                 " (move the weights there first)");
+    throw DeviceError(where, std::string(what) + " is on " + t.device().str() + ", the context asks for " +
+                                 dev.str() + " (move the weights there first)");
 }
 
 // ---- convolution ------------------------------------------------------------------------------
@@ -116,7 +116,8 @@ struct ConvWeights {
   Tensor w;  // [O, k, k, I] (NHWC filter) or [O, I, k, k], in the compute type
 };
 
-std::shared_ptr<ConvWeights> conv_weights(const ops::Conv2d& op, OpCache& cache, int dev, Precision p, bool nhwc) {
+std::shared_ptr<ConvWeights> conv_weights(const ops::Conv2d& op, OpCache& cache, int dev, Precision p,
+                                          bool nhwc) {
   const std::string key = device_key(dev, nhwc ? "conv.w.krsc" : "conv.w.kcrs", p);
   return cache.get_or_create<ConvWeights>(key, [&] {
     auto cw = std::make_shared<ConvWeights>();
@@ -127,8 +128,9 @@ std::shared_ptr<ConvWeights> conv_weights(const ops::Conv2d& op, OpCache& cache,
     }
     const Shape shape = nhwc ? Shape{O, k, k, I} : Shape{O, I, k, k};
     cw->w = Tensor::empty(shape, dtype_of(p), Layout::Contiguous, Device::cuda(dev));
-    check(kern::reorder_weight(op.weight().data<float>(), cw->w.raw(), elem_of(p), O, I, k, nhwc, stream(dev)),
-          "Conv2d weights");
+    check(
+        kern::reorder_weight(op.weight().data<float>(), cw->w.raw(), elem_of(p), O, I, k, nhwc, stream(dev)),
+        "Conv2d weights");
     return cw;
   });
 }
@@ -140,8 +142,9 @@ struct ConvPlan {
   cudnnActivationDescriptor_t act = nullptr;
   cudnnConvolutionFwdAlgo_t algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
   std::size_t workspace = 0;
-  bool fusable = false;               // bias and residual inside cuDNN (FP32, IMPLICIT_PRECOMP_GEMM)
-  std::atomic<bool> fused_ok{true};   // cleared if cuDNN turns the fused call down at run time
+  bool fusable = false;              // bias and residual inside cuDNN (FP32, IMPLICIT_PRECOMP_GEMM)
+  bool use_fp32 = false;             // no 16-bit algorithm for this shape: run it in FP32
+  std::atomic<bool> fused_ok{true};  // cleared if cuDNN turns the fused call down at run time
 
   ConvPlan() = default;
   ConvPlan(const ConvPlan&) = delete;
@@ -161,11 +164,13 @@ bool is_fft(cudnnConvolutionFwdAlgo_t a) {
 }
 
 int to_int(i64 v, const char* where) {
-  if (v > 0x7fffffff) throw UnsupportedError(where, "dimension " + std::to_string(v) + " exceeds cuDNN's int range");
+  if (v > 0x7fffffff)
+    throw UnsupportedError(where, "dimension " + std::to_string(v) + " exceeds cuDNN's int range");
   return static_cast<int>(v);
 }
 
-std::shared_ptr<ConvPlan> make_conv_plan(const ops::Conv2d& op, const Shape& in, bool nhwc, Precision p, int dev) {
+std::shared_ptr<ConvPlan> make_conv_plan(const ops::Conv2d& op, const Shape& in, bool nhwc, Precision p,
+                                         int dev) {
   constexpr const char* where = "Conv2d";
   auto plan = std::make_shared<ConvPlan>();
   const Shape out = op.output_shape(in);
@@ -185,8 +190,8 @@ std::shared_ptr<ConvPlan> make_conv_plan(const ops::Conv2d& op, const Shape& in,
   check_dnn(cudnnSetFilter4dDescriptor(plan->w, dt, fmt, to_int(op.out_channels(), where),
                                        to_int(op.in_channels(), where), k, k),
             where);
-  check_dnn(cudnnSetConvolution2dDescriptor(plan->conv, pad, pad, stride, stride, 1, 1, CUDNN_CROSS_CORRELATION,
-                                            CUDNN_DATA_FLOAT),
+  check_dnn(cudnnSetConvolution2dDescriptor(plan->conv, pad, pad, stride, stride, 1, 1,
+                                            CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT),
             where);
   const bool fp32 = p == Precision::FP32;
   // FP32: FMA math only; TF32 (allowed by CUDNN_DEFAULT_MATH on Ampere and later) would cost ~3 digits.
@@ -225,8 +230,8 @@ std::shared_ptr<ConvPlan> make_conv_plan(const ops::Conv2d& op, const Shape& in,
     const cudnnMathType_t m = fp32 ? CUDNN_FMA_MATH : pf.mathType;
     std::size_t ws = 0;
     if (cudnnSetConvolutionMathType(plan->conv, m) != CUDNN_STATUS_SUCCESS) continue;
-    if (cudnnGetConvolutionForwardWorkspaceSize(lib.dnn, plan->x, plan->w, plan->conv, plan->y, pf.algo, &ws) !=
-            CUDNN_STATUS_SUCCESS ||
+    if (cudnnGetConvolutionForwardWorkspaceSize(lib.dnn, plan->x, plan->w, plan->conv, plan->y, pf.algo,
+                                                &ws) != CUDNN_STATUS_SUCCESS ||
         ws > kMaxWorkspace)
       continue;
     plan->algo = pf.algo;
@@ -234,9 +239,13 @@ std::shared_ptr<ConvPlan> make_conv_plan(const ops::Conv2d& op, const Shape& in,
     chosen = true;
     break;
   }
+  if (!chosen && !fp32) {  // a shape cuDNN has no 16-bit kernel for: FP32 is slower, never less accurate
+    plan->use_fp32 = true;
+    return plan;
+  }
   if (!chosen)
-    throw UnsupportedError(where, std::string("cuDNN offers no forward algorithm for input ") + in.str() + " " +
-                                      layout_name(nhwc ? Layout::NHWC : Layout::Contiguous) + " in " +
+    throw UnsupportedError(where, std::string("cuDNN offers no forward algorithm for input ") + in.str() +
+                                      " " + layout_name(nhwc ? Layout::NHWC : Layout::Contiguous) + " in " +
                                       precision_name(p));
   if (fp32 && plan->algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM) {
     check_dnn(cudnnCreateTensorDescriptor(&plan->bias), where);
@@ -244,14 +253,16 @@ std::shared_ptr<ConvPlan> make_conv_plan(const ops::Conv2d& op, const Shape& in,
                                          to_int(op.out_channels(), where), 1, 1),
               where);
     check_dnn(cudnnCreateActivationDescriptor(&plan->act), where);
-    check_dnn(cudnnSetActivationDescriptor(plan->act, CUDNN_ACTIVATION_IDENTITY, CUDNN_NOT_PROPAGATE_NAN, 0.0), where);
+    check_dnn(
+        cudnnSetActivationDescriptor(plan->act, CUDNN_ACTIVATION_IDENTITY, CUDNN_NOT_PROPAGATE_NAN, 0.0),
+        where);
     plan->fusable = true;
   }
   return plan;
 }
 
-std::shared_ptr<ConvPlan> conv_plan(const ops::Conv2d& op, OpCache& cache, const Shape& in, bool nhwc, Precision p,
-                                    int dev) {
+std::shared_ptr<ConvPlan> conv_plan(const ops::Conv2d& op, OpCache& cache, const Shape& in, bool nhwc,
+                                    Precision p, int dev) {
   const std::string key = device_key(dev, "conv.plan", p) + "." + std::to_string(in[0]) + "x" +
                           std::to_string(in[1]) + "x" + std::to_string(in[2]) + "x" + std::to_string(in[3]) +
                           (nhwc ? ".nhwc" : ".nchw");
@@ -273,18 +284,23 @@ const float* zero_bias(const ops::Conv2d& op, OpCache& cache, int dev) {
 
 }  // namespace
 
-Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tensor& residual, const ExecContext& ctx) {
+Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tensor& residual,
+              const ExecContext& ctx) {
   constexpr const char* where = "Conv2d";
   const int dev = x.device().index;
   DeviceGuard guard(dev);
   const bool nhwc = x.layout() == Layout::NHWC;
-  const Precision p = ctx.precision;
+  Precision p = ctx.precision;
   const Shape out_shape = op.output_shape(x.shape());
   Tensor y = new_tensor(out_shape, x.layout(), x, ctx);
   if (y.numel() == 0) return y;
   if (op.bias().defined()) require_on(op.bias(), x.device(), where, "the bias");
+  auto plan = conv_plan(op, cache, x.shape(), nhwc, p, dev);
+  if (plan->use_fp32) {
+    p = Precision::FP32;
+    plan = conv_plan(op, cache, x.shape(), nhwc, p, dev);
+  }
   const auto weights = conv_weights(op, cache, dev, p, nhwc);
-  const auto plan = conv_plan(op, cache, x.shape(), nhwc, p, dev);
   const cudaStream_t st = stream(dev);
   const float* bias = op.bias().defined() ? op.bias().data<float>() : nullptr;
   const float* res = residual.defined() ? residual.data<float>() : nullptr;
@@ -305,8 +321,8 @@ Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tens
         std::lock_guard lock(lib.mu);
         s = cudnnConvolutionBiasActivationForward(lib.dnn, &one, plan->x, x.raw(), plan->w, weights->w.raw(),
                                                   plan->conv, plan->algo, ws.get(), plan->workspace, &alpha2,
-                                                  plan->y, res ? res : y.raw(), plan->bias, b, plan->act, plan->y,
-                                                  y.raw());
+                                                  plan->y, res ? res : y.raw(), plan->bias, b, plan->act,
+                                                  plan->y, y.raw());
       }
       if (s == CUDNN_STATUS_SUCCESS) return y;
       if (s != CUDNN_STATUS_NOT_SUPPORTED && s != CUDNN_STATUS_BAD_PARAM) check_dnn(s, where);
@@ -314,12 +330,14 @@ Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tens
     }
     {
       std::lock_guard lock(lib.mu);
-      check_dnn(cudnnConvolutionForward(lib.dnn, &one, plan->x, x.raw(), plan->w, weights->w.raw(), plan->conv,
-                                        plan->algo, ws.get(), plan->workspace, &zero, plan->y, y.raw()),
-                where);
+      check_dnn(
+          cudnnConvolutionForward(lib.dnn, &one, plan->x, x.raw(), plan->w, weights->w.raw(), plan->conv,
+                                  plan->algo, ws.get(), plan->workspace, &zero, plan->y, y.raw()),
+          where);
     }
     if (bias || res)
-      check(kern::conv_epilogue(y.raw(), kern::Elem::F32, bias, res, y.data<float>(), N, O, HW, nhwc, st), where);
+      check(kern::conv_epilogue(y.raw(), kern::Elem::F32, bias, res, y.data<float>(), N, O, HW, nhwc, st),
+            where);
     return y;
   }
 
@@ -372,7 +390,8 @@ std::shared_ptr<LinearWeights> linear_weights(const ops::Linear& op, OpCache& ca
 
 }  // namespace
 
-Tensor linear(const ops::Linear& op, OpCache& cache, const Tensor& x, bool silu_input, const ExecContext& ctx) {
+Tensor linear(const ops::Linear& op, OpCache& cache, const Tensor& x, bool silu_input,
+              const ExecContext& ctx) {
   constexpr const char* where = "Linear";
   const int dev = x.device().index;
   DeviceGuard guard(dev);
@@ -405,8 +424,8 @@ Tensor linear(const ops::Linear& op, OpCache& cache, const Tensor& x, bool silu_
       xin = xs->as<float>();
     }
     std::lock_guard lock(lib.mu);
-    check_blas(cublasSgemm(lib.blas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, weights->w.data<float>(), k, xin, k,
-                           &beta, y.data<float>(), m),
+    check_blas(cublasSgemm(lib.blas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, weights->w.data<float>(), k,
+                           xin, k, &beta, y.data<float>(), m),
                where);
     return y;
   }
@@ -415,9 +434,10 @@ Tensor linear(const ops::Linear& op, OpCache& cache, const Tensor& x, bool silu_
   Scratch xs(dev, static_cast<std::size_t>(x.numel()) * 2);
   check(kern::cast_from_f32(x.data<float>(), xs.get(), e, x.numel(), silu_input, st), where);
   std::lock_guard lock(lib.mu);
-  check_blas(cublasGemmEx(lib.blas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, weights->w.raw(), t, k, xs.get(), t, k,
-                          &beta, y.raw(), CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-             where);
+  check_blas(
+      cublasGemmEx(lib.blas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, weights->w.raw(), t, k, xs.get(), t,
+                   k, &beta, y.raw(), CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+      where);
   return y;
 }
 

@@ -1,5 +1,7 @@
 // Host side of the hand-written CUDA ops: output allocation, scratch memory and kernel launches on
 // the device's stream. The kernels are in elementwise.cu, group_norm.cu and attention.cu.
+#include "cuda_ops.hpp"
+
 #include <cmath>
 #include <map>
 #include <mutex>
@@ -8,7 +10,6 @@
 #include <vector>
 
 #include "cuda_common.hpp"
-#include "cuda_ops.hpp"
 #include "kernels.cuh"
 
 namespace diffprobe::cuda {
@@ -30,10 +31,12 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
   Tensor out = new_tensor(s, x.layout(), x, ctx);
   if (out.numel() == 0) return out;
   const i64 N = s[0], C = s[1], HW = s[2] * s[3];
-  if (N > 65535 || C > 65535) throw UnsupportedError("group_norm", "the CUDA kernels take N and C up to 65535");
+  if (N > 65535 || C > 65535)
+    throw UnsupportedError("group_norm", "the CUDA kernels take N and C up to 65535");
   Scratch ws(dev, kern::group_norm_workspace(N, C, HW, nhwc));
-  const kern::GroupNormArgs a{cf(x), mf(out), cf(gamma), cf(beta), cf(args.pre_bias), cf(args.scale_shift),
-                              N,     C,       HW,        args.groups, args.eps, args.silu, nhwc};
+  const kern::GroupNormArgs a{cf(x), mf(out), cf(gamma), cf(beta),    cf(args.pre_bias), cf(args.scale_shift),
+                              N,     C,       HW,        args.groups, args.eps,          args.silu,
+                              nhwc};
   check(kern::group_norm(a, ws.get(), stream(dev)), "group_norm");
   return out;
 }
@@ -49,8 +52,8 @@ Tensor attention(const Tensor& qkv, int heads, ops::QkvOrder order, const ExecCo
   if (N > 65535 || heads > 65535)
     throw UnsupportedError("attention", "the CUDA kernel takes batches and head counts up to 65535");
   Tensor out = new_tensor(Shape{N, C, s[2], s[3]}, qkv.layout(), qkv, ctx);
-  const kern::AttentionArgs a{cf(qkv), mf(out), N, C, T, heads, qkv.layout() == Layout::NHWC,
-                              order == ops::QkvOrder::Legacy};
+  const kern::AttentionArgs a{
+      cf(qkv), mf(out), N, C, T, heads, qkv.layout() == Layout::NHWC, order == ops::QkvOrder::Legacy};
   check(kern::attention(a, stream(dev)), "attention");
   return out;
 }
@@ -101,15 +104,16 @@ Tensor concat_channels(const Tensor& a, const Tensor& b, const ExecContext& ctx)
   } else {
     // NCHW: each sample is [a's planes | b's planes], two strided block copies.
     const std::size_t fs = sizeof(float), pitch = static_cast<std::size_t>((Ca + Cb) * HW) * fs;
-    const std::size_t wa = static_cast<std::size_t>(Ca * HW) * fs, wb = static_cast<std::size_t>(Cb * HW) * fs;
+    const std::size_t wa = static_cast<std::size_t>(Ca * HW) * fs,
+                      wb = static_cast<std::size_t>(Cb * HW) * fs;
     char* y = static_cast<char*>(out.raw());
     if (wa > 0)
-      check(cudaMemcpy2DAsync(y, pitch, a.raw(), wa, wa, static_cast<std::size_t>(N), cudaMemcpyDeviceToDevice,
-                              stream(dev)),
+      check(cudaMemcpy2DAsync(y, pitch, a.raw(), wa, wa, static_cast<std::size_t>(N),
+                              cudaMemcpyDeviceToDevice, stream(dev)),
             "concat_channels");
     if (wb > 0)
-      check(cudaMemcpy2DAsync(y + wa, pitch, b.raw(), wb, wb, static_cast<std::size_t>(N), cudaMemcpyDeviceToDevice,
-                              stream(dev)),
+      check(cudaMemcpy2DAsync(y + wa, pitch, b.raw(), wb, wb, static_cast<std::size_t>(N),
+                              cudaMemcpyDeviceToDevice, stream(dev)),
             "concat_channels");
   }
   return out;
@@ -119,8 +123,8 @@ Tensor adaptive_pool2d(const Tensor& x, int out_h, int out_w, bool max, const Ex
   DeviceGuard guard(x.device().index);
   const Shape& s = x.shape();
   Tensor out = new_tensor(Shape{s[0], s[1], out_h, out_w}, x.layout(), x, ctx);
-  check(kern::adaptive_pool2d(cf(x), mf(out), s[0], s[1], s[2], s[3], out_h, out_w, x.layout() == Layout::NHWC, max,
-                              stream(x.device().index)),
+  check(kern::adaptive_pool2d(cf(x), mf(out), s[0], s[1], s[2], s[3], out_h, out_w,
+                              x.layout() == Layout::NHWC, max, stream(x.device().index)),
         max ? "adaptive_max_pool2d" : "adaptive_avg_pool2d");
   return out;
 }

@@ -15,7 +15,7 @@ void synchronize(int device = 0);
 struct PoolStats {
   std::size_t bytes_in_use = 0;
   std::size_t peak_bytes_in_use = 0;
-  std::size_t bytes_reserved = 0;   // in use + cached
+  std::size_t bytes_reserved = 0;      // in use + cached
   std::size_t device_allocations = 0;  // how often cudaMalloc was called
 };
 /// Statistics of the device's memory pool (all zero before its first allocation).

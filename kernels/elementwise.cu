@@ -21,8 +21,9 @@ unsigned blocks_for(i64 n) {
   return static_cast<unsigned>(b < 1 ? 1 : (b > 65535 * 8 ? 65535 * 8 : b));
 }
 
-#define DP_GRID_STRIDE(i, n) \
-  for (i64 i = blockIdx.x * static_cast<i64>(blockDim.x) + threadIdx.x; i < (n); i += static_cast<i64>(gridDim.x) * blockDim.x)
+#define DP_GRID_STRIDE(i, n)                                                     \
+  for (i64 i = blockIdx.x * static_cast<i64>(blockDim.x) + threadIdx.x; i < (n); \
+       i += static_cast<i64>(gridDim.x) * blockDim.x)
 
 __device__ __forceinline__ float silu_f(float v) { return v / (1.0f + expf(-v)); }
 
@@ -30,7 +31,8 @@ __global__ void silu_kernel(const float* __restrict__ x, float* __restrict__ y, 
   DP_GRID_STRIDE(i, n) y[i] = silu_f(x[i]);
 }
 
-__global__ void add_kernel(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ y, i64 n) {
+__global__ void add_kernel(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ y,
+                           i64 n) {
   DP_GRID_STRIDE(i, n) y[i] = a[i] + b[i];
 }
 
@@ -57,8 +59,8 @@ __global__ void cast_kernel(const float* __restrict__ x, T* __restrict__ y, i64 
   }
 }
 
-__global__ void avg_pool_kernel(const float* __restrict__ x, float* __restrict__ y, i64 N, i64 C, i64 H, i64 W,
-                                bool nhwc) {
+__global__ void avg_pool_kernel(const float* __restrict__ x, float* __restrict__ y, i64 N, i64 C, i64 H,
+                                i64 W, bool nhwc) {
   const i64 OH = H / 2, OW = W / 2, total = N * C * OH * OW;
   DP_GRID_STRIDE(i, total) {
     const float* a;
@@ -79,8 +81,8 @@ __global__ void avg_pool_kernel(const float* __restrict__ x, float* __restrict__
   }
 }
 
-__global__ void upsample_kernel(const float* __restrict__ x, float* __restrict__ y, i64 N, i64 C, i64 H, i64 W,
-                                bool nhwc) {
+__global__ void upsample_kernel(const float* __restrict__ x, float* __restrict__ y, i64 N, i64 C, i64 H,
+                                i64 W, bool nhwc) {
   const i64 OH = 2 * H, OW = 2 * W, total = N * C * OH * OW;
   DP_GRID_STRIDE(i, total) {
     if (nhwc) {
@@ -93,8 +95,8 @@ __global__ void upsample_kernel(const float* __restrict__ x, float* __restrict__
   }
 }
 
-__global__ void concat_nhwc_kernel(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ y,
-                                   i64 pixels, i64 Ca, i64 Cb) {
+__global__ void concat_nhwc_kernel(const float* __restrict__ a, const float* __restrict__ b,
+                                   float* __restrict__ y, i64 pixels, i64 Ca, i64 Cb) {
   const i64 C = Ca + Cb, total = pixels * C;
   DP_GRID_STRIDE(i, total) {
     const i64 p = i / C, c = i % C;
@@ -102,8 +104,8 @@ __global__ void concat_nhwc_kernel(const float* __restrict__ a, const float* __r
   }
 }
 
-__global__ void adaptive_pool_kernel(const float* __restrict__ x, float* __restrict__ y, i64 N, i64 C, i64 H, i64 W,
-                                     i64 OH, i64 OW, bool nhwc, bool max) {
+__global__ void adaptive_pool_kernel(const float* __restrict__ x, float* __restrict__ y, i64 N, i64 C, i64 H,
+                                     i64 W, i64 OH, i64 OW, bool nhwc, bool max) {
   const i64 total = N * C * OH * OW;
   DP_GRID_STRIDE(i, total) {
     i64 n, c, oh, ow;
@@ -140,8 +142,8 @@ __global__ void adaptive_pool_kernel(const float* __restrict__ x, float* __restr
   }
 }
 
-__global__ void timestep_kernel(const float* __restrict__ t, const float* __restrict__ freq, float* __restrict__ y,
-                                i64 N, i64 dim) {
+__global__ void timestep_kernel(const float* __restrict__ t, const float* __restrict__ freq,
+                                float* __restrict__ y, i64 N, i64 dim) {
   const i64 half = dim / 2, cols = half + (dim % 2), total = N * cols;
   DP_GRID_STRIDE(i, total) {
     const i64 n = i / cols, k = i % cols;
@@ -157,9 +159,8 @@ __global__ void timestep_kernel(const float* __restrict__ t, const float* __rest
   }
 }
 
-template <class T>
-__global__ void reorder_weight_kernel(const float* __restrict__ w, T* __restrict__ dst, i64 O, i64 I, i64 k,
-                                      bool nhwc) {
+template <class T> __global__ void reorder_weight_kernel(const float* __restrict__ w, T* __restrict__ dst,
+                                                         i64 O, i64 I, i64 k, bool nhwc) {
   const i64 total = O * I * k * k;
   DP_GRID_STRIDE(i, total) {
     i64 src = i;
@@ -171,15 +172,29 @@ __global__ void reorder_weight_kernel(const float* __restrict__ w, T* __restrict
   }
 }
 
-__global__ void conv_epilogue_kernel(const void* conv, Elem conv_type, const float* __restrict__ bias,
-                                     const float* __restrict__ residual, float* y, i64 N, i64 C, i64 HW, bool nhwc) {
-  const i64 total = N * C * HW;
-  DP_GRID_STRIDE(i, total) {
+// Index type I: 32-bit when the tensor allows (64-bit division takes many instructions).
+template <class I> __device__ __forceinline__ void conv_epilogue_body(const void* conv, Elem conv_type,
+                                                                      const float* __restrict__ bias,
+                                                                      const float* __restrict__ residual,
+                                                                      float* y, I total, I C, I HW,
+                                                                      bool nhwc) {
+  const I stride = static_cast<I>(gridDim.x) * blockDim.x;
+  for (I i = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
     float v = load_as_f32(conv, conv_type, i);
     if (bias) v += bias[nhwc ? i % C : (i / HW) % C];
     if (residual) v += residual[i];
     y[i] = v;
   }
+}
+
+__global__ void conv_epilogue_kernel(const void* conv, Elem conv_type, const float* __restrict__ bias,
+                                     const float* __restrict__ residual, float* y, i64 total, i64 C, i64 HW,
+                                     bool nhwc) {
+  if (total < (i64{1} << 31))
+    conv_epilogue_body<unsigned>(conv, conv_type, bias, residual, y, static_cast<unsigned>(total),
+                                 static_cast<unsigned>(C), static_cast<unsigned>(HW), nhwc);
+  else
+    conv_epilogue_body<i64>(conv, conv_type, bias, residual, y, total, C, HW, nhwc);
 }
 
 __global__ void fill_rows_kernel(const float* __restrict__ bias, float* __restrict__ y, i64 rows, i64 cols) {
@@ -207,7 +222,9 @@ cudaError_t cast_from_f32(const float* x, void* y, Elem to, i64 n, bool silu_fir
     case Elem::BF16:
       cast_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, static_cast<__nv_bfloat16*>(y), n, silu_first);
       break;
-    case Elem::F32: cast_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, static_cast<float*>(y), n, silu_first); break;
+    case Elem::F32:
+      cast_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, static_cast<float*>(y), n, silu_first);
+      break;
   }
   return cudaGetLastError();
 }
@@ -218,7 +235,8 @@ cudaError_t avg_pool2x2(const float* x, float* y, i64 N, i64 C, i64 H, i64 W, bo
   return cudaGetLastError();
 }
 
-cudaError_t upsample_nearest2x(const float* x, float* y, i64 N, i64 C, i64 H, i64 W, bool nhwc, cudaStream_t s) {
+cudaError_t upsample_nearest2x(const float* x, float* y, i64 N, i64 C, i64 H, i64 W, bool nhwc,
+                               cudaStream_t s) {
   const i64 n = N * C * H * W * 4;
   if (n > 0) upsample_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, y, N, C, H, W, nhwc);
   return cudaGetLastError();
@@ -244,24 +262,31 @@ cudaError_t timestep_embedding(const float* t, const float* freq, float* y, i64 
   return cudaGetLastError();
 }
 
-cudaError_t reorder_weight(const float* w, void* dst, Elem to, i64 O, i64 I, i64 k, bool nhwc, cudaStream_t s) {
+cudaError_t reorder_weight(const float* w, void* dst, Elem to, i64 O, i64 I, i64 k, bool nhwc,
+                           cudaStream_t s) {
   const i64 n = O * I * k * k;
   if (n <= 0) return cudaGetLastError();
   const unsigned g = blocks_for(n);
   switch (to) {
-    case Elem::F16: reorder_weight_kernel<<<g, kThreads, 0, s>>>(w, static_cast<__half*>(dst), O, I, k, nhwc); break;
+    case Elem::F16:
+      reorder_weight_kernel<<<g, kThreads, 0, s>>>(w, static_cast<__half*>(dst), O, I, k, nhwc);
+      break;
     case Elem::BF16:
       reorder_weight_kernel<<<g, kThreads, 0, s>>>(w, static_cast<__nv_bfloat16*>(dst), O, I, k, nhwc);
       break;
-    case Elem::F32: reorder_weight_kernel<<<g, kThreads, 0, s>>>(w, static_cast<float*>(dst), O, I, k, nhwc); break;
+    case Elem::F32:
+      reorder_weight_kernel<<<g, kThreads, 0, s>>>(w, static_cast<float*>(dst), O, I, k, nhwc);
+      break;
   }
   return cudaGetLastError();
 }
 
-cudaError_t conv_epilogue(const void* conv, Elem conv_type, const float* bias, const float* residual, float* y,
-                          i64 N, i64 C, i64 HW, bool nhwc, cudaStream_t s) {
+cudaError_t conv_epilogue(const void* conv, Elem conv_type, const float* bias, const float* residual,
+                          float* y, i64 N, i64 C, i64 HW, bool nhwc, cudaStream_t s) {
   const i64 n = N * C * HW;
-  if (n > 0) conv_epilogue_kernel<<<blocks_for(n), kThreads, 0, s>>>(conv, conv_type, bias, residual, y, N, C, HW, nhwc);
+  if (n > 0)
+    conv_epilogue_kernel<<<blocks_for(n), kThreads, 0, s>>>(conv, conv_type, bias, residual, y, n, C, HW,
+                                                            nhwc);
   return cudaGetLastError();
 }
 

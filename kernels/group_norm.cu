@@ -40,11 +40,11 @@ __device__ __forceinline__ void push(Stat& s, float x) {
   s.m2 += d * (x - s.mean);
 }
 
-constexpr int kNhwcChannels = 32;   // channels per NHWC block (one warp row)
-constexpr int kNhwcRows = 8;        // pixel rows per NHWC block
-constexpr i64 kNhwcChunk = 128;     // pixels per NHWC chunk
+constexpr int kNhwcChannels = 32;  // channels per NHWC block (one warp row)
+constexpr int kNhwcRows = 8;       // pixel rows per NHWC block
+constexpr i64 kNhwcChunk = 128;    // pixels per NHWC chunk
 constexpr int kNchwThreads = 256;
-constexpr i64 kNchwChunk = 2048;    // elements of a plane per NCHW chunk
+constexpr i64 kNchwChunk = 2048;  // elements of a plane per NCHW chunk
 
 i64 nhwc_chunks(i64 HW) { return (HW + kNhwcChunk - 1) / kNhwcChunk; }
 i64 nchw_chunks(i64 HW) { return (HW + kNchwChunk - 1) / kNchwChunk; }
@@ -87,9 +87,10 @@ __global__ void __launch_bounds__(kNchwThreads)
   if (tid == 0) part[(n * C + c) * chunks + k] = sh[0];
 }
 
-__global__ void finalize(const Stat* __restrict__ part, float* __restrict__ coef, const float* __restrict__ gamma,
-                         const float* __restrict__ beta, const float* __restrict__ pre_bias,
-                         const float* __restrict__ scale_shift, i64 N, i64 C, int groups, i64 chunks, float eps) {
+__global__ void finalize(const Stat* __restrict__ part, float* __restrict__ coef,
+                         const float* __restrict__ gamma, const float* __restrict__ beta,
+                         const float* __restrict__ pre_bias, const float* __restrict__ scale_shift, i64 N,
+                         i64 C, int groups, i64 chunks, float eps) {
   const i64 id = blockIdx.x * static_cast<i64>(blockDim.x) + threadIdx.x;
   if (id >= N * groups) return;
   const i64 n = id / groups, g = id % groups, cg = C / groups;
@@ -115,24 +116,37 @@ __global__ void finalize(const Stat* __restrict__ part, float* __restrict__ coef
   }
 }
 
-__global__ void apply(const float* __restrict__ x, float* __restrict__ y, const float* __restrict__ coef, i64 N,
-                      i64 C, i64 HW, bool nhwc, bool silu) {
-  const i64 total = N * C * HW;
-  for (i64 i = blockIdx.x * static_cast<i64>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<i64>(gridDim.x) * blockDim.x) {
-    const i64 c = nhwc ? i % C : (i / HW) % C, n = i / (C * HW);
-    const float* k = coef + (n * C + c) * 3;
+// Index type I: 32-bit when the tensor allows (64-bit division takes many instructions, and this
+// memory-bound pass would become compute-bound on it).
+template <class I> __device__ __forceinline__ void apply_body(const float* __restrict__ x,
+                                                              float* __restrict__ y,
+                                                              const float* __restrict__ coef, I total, I C,
+                                                              I HW, bool nhwc, bool silu) {
+  const I stride = static_cast<I>(gridDim.x) * blockDim.x;
+  for (I i = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const I c = nhwc ? i % C : (i / HW) % C, n = i / (C * HW);
+    const float* k = coef + (static_cast<i64>(n) * C + c) * 3;
     float v = (x[i] - k[0]) * k[1] + k[2];
     if (silu) v = v / (1.0f + expf(-v));
     y[i] = v;
   }
 }
 
+__global__ void apply(const float* __restrict__ x, float* __restrict__ y, const float* __restrict__ coef,
+                      i64 total, i64 C, i64 HW, bool nhwc, bool silu) {
+  if (total < (i64{1} << 31))
+    apply_body<unsigned>(x, y, coef, static_cast<unsigned>(total), static_cast<unsigned>(C),
+                         static_cast<unsigned>(HW), nhwc, silu);
+  else
+    apply_body<i64>(x, y, coef, total, C, HW, nhwc, silu);
+}
+
 }  // namespace
 
 std::size_t group_norm_workspace(i64 N, i64 C, i64 HW, bool nhwc) {
   const i64 chunks = nhwc ? nhwc_chunks(HW) : nchw_chunks(HW);
-  return static_cast<std::size_t>(N * C * chunks) * sizeof(Stat) + static_cast<std::size_t>(N * C * 3) * sizeof(float);
+  return static_cast<std::size_t>(N * C * chunks) * sizeof(Stat) +
+         static_cast<std::size_t>(N * C * 3) * sizeof(float);
 }
 
 cudaError_t group_norm(const GroupNormArgs& a, void* workspace, cudaStream_t s) {
@@ -142,18 +156,18 @@ cudaError_t group_norm(const GroupNormArgs& a, void* workspace, cudaStream_t s) 
   auto* part = static_cast<Stat*>(workspace);
   auto* coef = reinterpret_cast<float*>(part + a.N * a.C * chunks);
   if (a.nhwc) {
-    const dim3 grid(static_cast<unsigned>((a.C + kNhwcChannels - 1) / kNhwcChannels), static_cast<unsigned>(chunks),
-                    static_cast<unsigned>(a.N));
+    const dim3 grid(static_cast<unsigned>((a.C + kNhwcChannels - 1) / kNhwcChannels),
+                    static_cast<unsigned>(chunks), static_cast<unsigned>(a.N));
     partial_nhwc<<<grid, dim3(kNhwcChannels, kNhwcRows), 0, s>>>(a.x, part, a.C, a.HW, chunks);
   } else {
     const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(a.C), static_cast<unsigned>(a.N));
     partial_nchw<<<grid, kNchwThreads, 0, s>>>(a.x, part, a.C, a.HW, chunks);
   }
   const i64 ng = a.N * a.groups;
-  finalize<<<static_cast<unsigned>((ng + 127) / 128), 128, 0, s>>>(part, coef, a.gamma, a.beta, a.pre_bias,
-                                                                   a.scale_shift, a.N, a.C, a.groups, chunks, a.eps);
+  finalize<<<static_cast<unsigned>((ng + 127) / 128), 128, 0, s>>>(
+      part, coef, a.gamma, a.beta, a.pre_bias, a.scale_shift, a.N, a.C, a.groups, chunks, a.eps);
   const i64 blocks = std::min<i64>((total + 255) / 256, 65535 * 8);
-  apply<<<static_cast<unsigned>(blocks), 256, 0, s>>>(a.x, a.y, coef, a.N, a.C, a.HW, a.nhwc, a.silu);
+  apply<<<static_cast<unsigned>(blocks), 256, 0, s>>>(a.x, a.y, coef, total, a.C, a.HW, a.nhwc, a.silu);
   return cudaGetLastError();
 }
 

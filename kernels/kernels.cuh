@@ -30,11 +30,12 @@ cudaError_t adaptive_pool2d(const float* x, float* y, i64 N, i64 C, i64 H, i64 W
 /// freq: dim/2 fp32 frequencies (computed on the host exactly as the CPU backend does).
 cudaError_t timestep_embedding(const float* t, const float* freq, float* y, i64 N, i64 dim, cudaStream_t s);
 /// Reorders an f32 [O, I, k, k] weight to [O, k, k, I] (nhwc) or keeps [O, I, k, k], converting to `to`.
-cudaError_t reorder_weight(const float* w, void* dst, Elem to, i64 O, i64 I, i64 k, bool nhwc, cudaStream_t s);
+cudaError_t reorder_weight(const float* w, void* dst, Elem to, i64 O, i64 I, i64 k, bool nhwc,
+                           cudaStream_t s);
 /// y = float(conv) + bias[c] + residual, over an [N, C, H, W] tensor (bias, residual may be null).
 /// conv may alias y when its element type is F32.
-cudaError_t conv_epilogue(const void* conv, Elem conv_type, const float* bias, const float* residual, float* y,
-                          i64 N, i64 C, i64 HW, bool nhwc, cudaStream_t s);
+cudaError_t conv_epilogue(const void* conv, Elem conv_type, const float* bias, const float* residual,
+                          float* y, i64 N, i64 C, i64 HW, bool nhwc, cudaStream_t s);
 /// Each row of y [rows, cols] = bias.
 cudaError_t fill_rows(const float* bias, float* y, i64 rows, i64 cols, cudaStream_t s);
 

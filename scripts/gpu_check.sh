@@ -18,8 +18,9 @@
 #       benchmark, then runs them as above.
 #
 # Output: $OUT/gpu_check.json when OUT is set, else ./gpu_check.json, with the per-program logs and
-# gtest / benchmark JSON beside it (in gpu_check_logs/). Exit status: 0 when every test passed (or
-# skipped), 1 otherwise, 2 on a usage or setup error.
+# gtest / benchmark JSON beside it (in gpu_check_logs/). Exit status: 0 when every test passed, 1
+# when one failed or when no GPU was seen (every GPU test skipped; GPU_CHECK_ALLOW_SKIP=1 accepts
+# that), 2 on a usage or setup error.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -158,7 +159,8 @@ do_run() {
     export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$libpath/fallback"
   fi
   ldd "$first" >"$logs/ldd.txt" 2>&1
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$logs/nvidia-smi.txt" 2>&1 || true
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$logs/nvidia-smi.txt" 2>/dev/null ||
+    echo "unknown (nvidia-smi failed or is missing)" >"$logs/nvidia-smi.txt"
 
   local p f rc
   for p in "${programs[@]}"; do
@@ -224,9 +226,16 @@ try:
     summary["benchmarks"] = [{k: x[k] for k in keep if k in x} for x in b.get("benchmarks", [])]
 except (OSError, ValueError):
     summary["benchmarks_error"] = read(os.path.join(logs, bench + ".rc")).strip() or "no benchmark JSON"
+# A GPU check in which every GPU test skipped saw no GPU: that is a failure, not a pass.
+ran = sum(e.get("tests", 0) - e.get("skipped", 0) for e in summary["programs"].values())
+summary["tests_run"] = ran
+if all(e.get("skipped", 0) >= e.get("tests", 0) - 2 for e in summary["programs"].values() if "tests" in e):
+    summary["note"] = "no CUDA device was visible: the GPU tests skipped"
+    if os.environ.get("GPU_CHECK_ALLOW_SKIP") != "1": ok = False
 summary["ok"] = ok
 with open(dest, "w") as f: json.dump(summary, f, indent=2)
-print(json.dumps({k: summary[k] for k in ("device", "ok", "failed", "worst_errors", "elapsed_s")}, indent=2))
+print(json.dumps({k: summary[k] for k in ("device", "ok", "tests_run", "failed", "worst_errors", "elapsed_s", "note")
+                  if k in summary}, indent=2))
 sys.exit(0 if ok else 1)
 EOF
 }

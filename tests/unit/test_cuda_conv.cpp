@@ -67,7 +67,8 @@ std::vector<double> conv_reference(const std::vector<float>& x, const Shape& s, 
               for (std::int64_t kw = 0; kw < k; ++kw) {
                 const std::int64_t ih = oh * stride - pad + kh, iw = ow * stride - pad + kw;
                 if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
-                acc += static_cast<double>(x[((n * C + c) * H + ih) * W + iw]) * w[((o * C + c) * k + kh) * k + kw];
+                acc += static_cast<double>(x[((n * C + c) * H + ih) * W + iw]) *
+                       w[((o * C + c) * k + kh) * k + kw];
               }
           const std::size_t i = static_cast<std::size_t>(((n * O + o) * OH + oh) * OW + ow);
           y[i] = acc + (residual ? (*residual)[i] : 0.0);
@@ -110,16 +111,16 @@ TEST(CudaConv2d, MatchesCpuInEveryPrecision) {
             EXPECT_EQ(y.layout(), layout);
             const double e = rel_error(host(y), ref);
             worst[static_cast<int>(p)] = std::max(worst[static_cast<int>(p)], e);
-            EXPECT_LE(e, tolerance(p)) << s.str() << " -> " << k.o << " k" << k.k << " s" << k.stride << " "
-                                       << layout_name(layout) << " bias " << with_bias << " residual " << with_res
-                                       << " " << precision_name(p);
+            EXPECT_LE(e, tolerance(p))
+                << s.str() << " -> " << k.o << " k" << k.k << " s" << k.stride << " " << layout_name(layout)
+                << " bias " << with_bias << " residual " << with_res << " " << precision_name(p);
           }
         }
       }
     }
   }
-  std::printf("[ worst ] Conv2d GPU vs CPU relative error fp32 %.3g bf16 %.3g fp16 %.3g\n", worst[0], worst[1],
-              worst[2]);
+  std::printf("[ worst ] Conv2d GPU vs CPU relative error fp32 %.3g bf16 %.3g fp16 %.3g\n", worst[0],
+              worst[1], worst[2]);
 }
 
 TEST(CudaConv2d, MatchesDoubleReferenceAndRepeats) {
@@ -127,8 +128,8 @@ TEST(CudaConv2d, MatchesDoubleReferenceAndRepeats) {
   std::mt19937 rng(42);
   const Shape s{2, 5, 9, 7};
   const std::vector<float> xv = randn(s.numel(), rng), wv = randn(7 * 5 * 9, rng, 0.3f), bv = randn(7, rng);
-  const ops::Conv2d conv(gpu(Tensor::from_vector(Shape{7, 5, 3, 3}, wv)), gpu(Tensor::from_vector(Shape{7}, bv)),
-                         {2, 1});
+  const ops::Conv2d conv(gpu(Tensor::from_vector(Shape{7, 5, 3, 3}, wv)),
+                         gpu(Tensor::from_vector(Shape{7}, bv)), {2, 1});
   const Shape os = conv.output_shape(s);
   const std::vector<float> rv = randn(os.numel(), rng);
   const auto ref = conv_reference(xv, s, wv, 7, 3, &bv, &rv, 2, 1);
@@ -140,7 +141,8 @@ TEST(CudaConv2d, MatchesDoubleReferenceAndRepeats) {
     EXPECT_LE(rel_error(first, ref), 1e-4) << layout_name(layout);
     // The second call reuses the cached plan and weights: same bits.
     const std::vector<float> second = host(conv.forward(x, gpu_ctx(), r));
-    EXPECT_EQ(std::memcmp(first.data(), second.data(), first.size() * sizeof(float)), 0) << layout_name(layout);
+    EXPECT_EQ(std::memcmp(first.data(), second.data(), first.size() * sizeof(float)), 0)
+        << layout_name(layout);
   }
 }
 
@@ -148,7 +150,8 @@ TEST(CudaLinear, MatchesCpuAndDoubleReference) {
   REQUIRE_GPU();
   std::mt19937 rng(43);
   for (auto [rows, in, out] : {std::tuple{33, 192, 576}, std::tuple{1, 96, 192}, std::tuple{5, 576, 96}}) {
-    const std::vector<float> wv = randn(out * in, rng, 0.1f), bv = randn(out, rng), xv = randn(rows * in, rng, 2.0f);
+    const std::vector<float> wv = randn(out * in, rng, 0.1f), bv = randn(out, rng),
+                             xv = randn(rows * in, rng, 2.0f);
     const Tensor w = Tensor::from_vector(Shape{out, in}, wv), b = Tensor::from_vector(Shape{out}, bv);
     const Tensor x = Tensor::from_vector(Shape{rows, in}, xv);
     for (bool silu : {false, true}) {
@@ -169,13 +172,16 @@ TEST(CudaLinear, MatchesCpuAndDoubleReference) {
       for (Precision p : {Precision::FP32, Precision::BF16, Precision::FP16}) {
         lin.prepare(gpu_ctx(p));
         const std::vector<float> y = host(lin.forward(gpu(x), gpu_ctx(p), silu));
-        EXPECT_LE(rel_error(y, ref), tolerance(p)) << rows << "x" << in << "->" << out << " " << precision_name(p);
-        EXPECT_LE(rel_error(y, cpu), tolerance(p)) << rows << "x" << in << "->" << out << " " << precision_name(p);
+        EXPECT_LE(rel_error(y, ref), tolerance(p))
+            << rows << "x" << in << "->" << out << " " << precision_name(p);
+        EXPECT_LE(rel_error(y, cpu), tolerance(p))
+            << rows << "x" << in << "->" << out << " " << precision_name(p);
       }
     }
     // Without a bias.
     const ops::Linear nb(gpu(w), Tensor{});
-    EXPECT_LE(rel_error(host(nb.forward(gpu(x), gpu_ctx())), ops::Linear(w, Tensor{}).forward(x).to_vector()), 1e-4);
+    EXPECT_LE(rel_error(host(nb.forward(gpu(x), gpu_ctx())), ops::Linear(w, Tensor{}).forward(x).to_vector()),
+              1e-4);
   }
 }
 

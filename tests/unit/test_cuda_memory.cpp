@@ -46,8 +46,9 @@ TEST(CudaNoDevice, MovingToCudaThrowsDeviceError) {
 TEST(CudaMemory, RoundTripIsBitwiseForManySizes) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
   // Below, at and above the staging threshold (1 MiB) and over several 4 MiB staging chunks.
-  for (std::size_t n : {std::size_t{1}, std::size_t{3}, std::size_t{1000}, std::size_t{262143},
-                        std::size_t{262144}, std::size_t{262147}, std::size_t{1048576}, std::size_t{2621443}}) {
+  for (std::size_t n :
+       {std::size_t{1}, std::size_t{3}, std::size_t{1000}, std::size_t{262143}, std::size_t{262144},
+        std::size_t{262147}, std::size_t{1048576}, std::size_t{2621443}}) {
     const std::vector<float> v = random_values(n, static_cast<std::uint32_t>(n));
     const Tensor h = Tensor::from_vector(Shape{static_cast<std::int64_t>(n)}, v);
     const Tensor d = h.to_device(Device::cuda());
@@ -96,15 +97,16 @@ TEST(CudaMemory, PoolReusesFreedBlocks) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
   Allocator& a = default_allocator(Device::cuda());
   EXPECT_TRUE(a.device() == Device::cuda());
-  void* p = a.allocate(100000);
+  // A size no other test of this program uses, so the cache holds no other block of its bucket.
+  void* p = a.allocate(5000000);
   ASSERT_NE(p, nullptr);
-  a.deallocate(p, 100000);
-  void* q = a.allocate(99000);  // same bucket: the cached block comes back
+  a.deallocate(p, 5000000);
+  void* q = a.allocate(4900000);  // same bucket: the cached block comes back
   EXPECT_EQ(p, q);
-  void* r = a.allocate(100000);  // the block is taken: a different one
+  void* r = a.allocate(5000000);  // the block is taken: a different one
   EXPECT_NE(q, r);
-  a.deallocate(q, 99000);
-  a.deallocate(r, 100000);
+  a.deallocate(q, 4900000);
+  a.deallocate(r, 5000000);
 }
 
 TEST(CudaMemory, UnknownDeviceIndexThrows) {

@@ -63,10 +63,10 @@ bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
 // ---- GroupNorm --------------------------------------------------------------------------------
 
 // Double precision, two-pass variance, logical NCHW order.
-std::vector<double> group_norm_reference(const std::vector<float>& x, const Shape& s, const std::vector<float>& gamma,
-                                         const std::vector<float>& beta, int groups, double eps,
-                                         const std::vector<float>* pre_bias, const std::vector<float>* scale_shift,
-                                         bool silu) {
+std::vector<double> group_norm_reference(const std::vector<float>& x, const Shape& s,
+                                         const std::vector<float>& gamma, const std::vector<float>& beta,
+                                         int groups, double eps, const std::vector<float>* pre_bias,
+                                         const std::vector<float>* scale_shift, bool silu) {
   const std::int64_t N = s[0], C = s[1], HW = s[2] * s[3], cg = C / groups;
   std::vector<double> y(x.size());
   for (std::int64_t n = 0; n < N; ++n)
@@ -100,7 +100,8 @@ TEST(CudaGroupNorm, MatchesCpuOnAwkwardShapes) {
   REQUIRE_GPU();
   std::mt19937 rng(11);
   double worst = 0.0;
-  for (const GnCase k : {GnCase{1, 96, 17, 13}, GnCase{33, 192, 8, 8}, GnCase{2, 576, 16, 16}, GnCase{1, 192, 64, 64}}) {
+  for (const GnCase k :
+       {GnCase{1, 96, 17, 13}, GnCase{33, 192, 8, 8}, GnCase{2, 576, 16, 16}, GnCase{1, 192, 64, 64}}) {
     for (Layout layout : {Layout::NHWC, Layout::Contiguous}) {
       for (int variant = 0; variant < 3; ++variant) {
         const Shape s{k.n, k.c, k.h, k.w};
@@ -146,8 +147,9 @@ TEST(CudaGroupNorm, MatchesDoubleReference) {
   args.scale_shift = gpu(Tensor::from_vector(Shape{3, 192}, ss));
   const auto ref = group_norm_reference(xv, s, gv, bv, 8, 1e-6, &pb, &ss, true);
   for (Layout layout : {Layout::NHWC, Layout::Contiguous}) {
-    const Tensor y = ops::group_norm(gpu(Tensor::from_vector(s, xv, layout)), gpu(Tensor::from_vector(Shape{96}, gv)),
-                                     gpu(Tensor::from_vector(Shape{96}, bv)), args, gpu_ctx());
+    const Tensor y =
+        ops::group_norm(gpu(Tensor::from_vector(s, xv, layout)), gpu(Tensor::from_vector(Shape{96}, gv)),
+                        gpu(Tensor::from_vector(Shape{96}, bv)), args, gpu_ctx());
     EXPECT_LE(rel_error(host(y), ref), kTol) << layout_name(layout);
   }
 }
@@ -173,8 +175,8 @@ TEST(CudaGroupNorm, BitwiseReproducible) {
 // ---- attention --------------------------------------------------------------------------------
 
 // Double precision, logical NCHW qkv [N, 3C, T].
-std::vector<double> attention_reference(const std::vector<float>& qkv, std::int64_t N, std::int64_t C, std::int64_t T,
-                                        int heads, bool legacy) {
+std::vector<double> attention_reference(const std::vector<float>& qkv, std::int64_t N, std::int64_t C,
+                                        std::int64_t T, int heads, bool legacy) {
   const std::int64_t d = C / heads;
   std::vector<double> out(static_cast<std::size_t>(N * C * T));
   auto at = [&](std::int64_t n, std::int64_t h, int role, std::int64_t i, std::int64_t t) {
@@ -213,14 +215,14 @@ TEST(CudaAttention, MatchesCpuOnAwkwardShapes) {
   std::mt19937 rng(21);
   double worst = 0.0;
   const AttnCase cases[] = {
-      {33, 96, 8, 8, 3},     // T = 64, d = 32, batch 33
-      {1, 192, 16, 16, 3},   // T = 256, d = 64
-      {1, 576, 32, 32, 9},   // T = 1024, d = 64
-      {2, 192, 9, 13, 6},    // T = 117 (partial tiles), d = 32
-      {2, 96, 16, 16, 6},    // d = 16 (padded)
-      {1, 96, 8, 8, 1},      // d = 96 (padded to 128)
-      {3, 384, 16, 16, 3},   // d = 128
-      {2, 512, 8, 8, 2},     // d = 256
+      {33, 96, 8, 8, 3},    // T = 64, d = 32, batch 33
+      {1, 192, 16, 16, 3},  // T = 256, d = 64
+      {1, 576, 32, 32, 9},  // T = 1024, d = 64
+      {2, 192, 9, 13, 6},   // T = 117 (partial tiles), d = 32
+      {2, 96, 16, 16, 6},   // d = 16 (padded)
+      {1, 96, 8, 8, 1},     // d = 96 (padded to 128)
+      {3, 384, 16, 16, 3},  // d = 128
+      {2, 512, 8, 8, 2},    // d = 256
   };
   for (const AttnCase& k : cases) {
     for (Layout layout : {Layout::NHWC, Layout::Contiguous}) {
@@ -265,8 +267,10 @@ TEST(CudaAttention, BitwiseReproducibleAndRejectsHugeHeads) {
   const Tensor qkv = gpu(Tensor::from_vector(s, randn(s.numel(), rng), Layout::NHWC));
   const std::vector<float> first = host(ops::attention(qkv, 4, ops::QkvOrder::Split, gpu_ctx()));
   EXPECT_TRUE(bitwise_equal(host(ops::attention(qkv, 4, ops::QkvOrder::Split, gpu_ctx())), first));
-  // d = 768 is beyond the kernel's register tiles: a typed error, not a wrong answer.
-  EXPECT_THROW((void)ops::attention(qkv, 1, ops::QkvOrder::Split, gpu_ctx()), UnsupportedError);
+  // d = 512 is beyond the kernel's register tiles: a typed error, not a wrong answer.
+  const Shape big{1, 3 * 512, 4, 4};
+  const Tensor wide = gpu(Tensor::from_vector(big, randn(big.numel(), rng), Layout::NHWC));
+  EXPECT_THROW((void)ops::attention(wide, 1, ops::QkvOrder::Split, gpu_ctx()), UnsupportedError);
 }
 
 // ---- small ops --------------------------------------------------------------------------------
@@ -310,7 +314,8 @@ TEST(CudaSmallOps, AdaptivePoolingMatchesCpu) {
       const Tensor avg = ops::adaptive_avg_pool2d(gpu(x), oh, ow, gpu_ctx());
       const Tensor mx = ops::adaptive_max_pool2d(gpu(x), oh, ow, gpu_ctx());
       EXPECT_EQ(avg.shape(), (Shape{33, 96, oh, ow}));
-      EXPECT_LE(rel_error(host(avg), ops::adaptive_avg_pool2d(x, oh, ow).to_vector()), 1e-6) << oh << "x" << ow;
+      EXPECT_LE(rel_error(host(avg), ops::adaptive_avg_pool2d(x, oh, ow).to_vector()), 1e-6)
+          << oh << "x" << ow;
       EXPECT_LE(rel_error(host(mx), ops::adaptive_max_pool2d(x, oh, ow).to_vector()), 0.0) << oh << "x" << ow;
     }
   }
