@@ -11,9 +11,11 @@
 #include <sstream>
 
 #include "diffprobe/core/error.hpp"
+#include "diffprobe/data/npy_dataset.hpp"
 #include "diffprobe/features/feature_file.hpp"
 #include "diffprobe/io/npy.hpp"
 #include "diffprobe/io/safetensors.hpp"
+#include "diffprobe/model/unet.hpp"
 #include "diffprobe/version.hpp"
 #include "features/sha256.hpp"
 
@@ -433,5 +435,44 @@ TEST(FeatureWriter, RefusesToMixRunsAndBadChunks) {
   FeatureMetadata clash = meta;
   clash.extra["format"] = "mine";
   EXPECT_THROW(FeatureWriter(d / "p.safetensors", clash, {.total = 5}), ArgumentError);
+  fs::remove_all(d);
+}
+
+TEST(FeatureFile, MetadataDescribesAnExtraction) {
+  const fs::path d = temp_dir("describe");
+  const UNetConfig cfg = UNetConfig::from_json(
+      R"({"image_size":16,"in_channels":3,"num_channels":32,"channel_mult":"1,2","num_res_blocks":1,)"
+      R"("attention_resolutions":"8","num_heads":2,"use_scale_shift_norm":true,"resblock_updown":true})");
+  const UNet model = UNet::random(cfg, 1);
+  ExtractOptions o;
+  o.timesteps = {5, 50};
+  o.blocks = {1, 3};
+  o.noise_seed = 77;
+  o.noise_draws = 2;
+  o.pool = PoolSpec{PoolKind::Average, 2};
+  o.threads = 2;
+  const FeatureExtractor fx(model, o);
+  std::ofstream(d / "w.bin") << "weights bytes";
+  io::save_npy(d / "x.npy", random_tensor({2, 3, 16, 16}, 3));
+  const data::NpyDataset ds(d / "x.npy");
+  const FeatureMetadata m = FeatureMetadata::describe(fx, d / "w.bin", &ds);
+  EXPECT_EQ(m.weights_sha256, sha("weights bytes"));
+  EXPECT_EQ(UNetConfig::from_json(m.config_json).num_channels, 32);
+  EXPECT_EQ(m.timesteps, (std::vector<int>{5, 50}));
+  EXPECT_EQ(m.blocks, (std::vector<int>{1, 3}));
+  EXPECT_EQ(m.pooling, o.pool->str());
+  EXPECT_EQ(m.noise_seed, 77u);
+  EXPECT_EQ(m.noise_draws, 2);
+  EXPECT_EQ(m.preprocessing, ds.describe());
+  EXPECT_EQ(m.extra.at("noise_mode"), "seeded");
+  EXPECT_TRUE(FeatureMetadata::describe(fx).weights_sha256.empty());
+  // Real features through a file.
+  const FeatureSet feats = fx.extract(ds.images(0, 2), 0);
+  save_features(d / "f.safetensors", feats, ds.labels(), m);
+  const FeatureFile f = FeatureFile::open(d / "f.safetensors");
+  EXPECT_EQ(f.metadata(), m);
+  EXPECT_EQ(f.names().size(), 4u);
+  EXPECT_EQ(f.feature(50, 3).shape(), fx.feature_shape(50, 3, 2));
+  EXPECT_EQ(f.feature(50, 3).to_vector(), feats.at(50, 3).to_vector());
   fs::remove_all(d);
 }
