@@ -1,0 +1,51 @@
+#include "io/mapped_file.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "diffprobe/core/error.hpp"
+
+namespace diffprobe::io::detail {
+
+std::shared_ptr<MappedFile> MappedFile::open(const std::filesystem::path& path) {
+  const std::string name = path.string();
+  const int fd = ::open(name.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw IoError(name, std::string("cannot open: ") + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int e = errno;
+    ::close(fd);
+    throw IoError(name, std::string("cannot stat: ") + std::strerror(e));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw IoError(name, "not a regular file");
+  }
+  std::shared_ptr<MappedFile> f(new MappedFile());
+  f->name_ = name;
+  f->size_ = static_cast<std::size_t>(st.st_size);
+  if (f->size_ > 0) {
+    // Writable private pages: copy-on-write, so in-place edits of a loaded tensor are harmless.
+    void* p = ::mmap(nullptr, f->size_, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) p = ::mmap(nullptr, f->size_, PROT_READ, MAP_PRIVATE, fd, 0);  // strict overcommit
+    if (p == MAP_FAILED) {
+      const int e = errno;
+      ::close(fd);
+      throw IoError(name, std::string("cannot map: ") + std::strerror(e));
+    }
+    f->data_ = static_cast<std::uint8_t*>(p);
+  }
+  ::close(fd);  // the mapping stays valid without the descriptor
+  return f;
+}
+
+MappedFile::~MappedFile() {
+  if (data_) ::munmap(data_, size_);
+}
+
+}  // namespace diffprobe::io::detail

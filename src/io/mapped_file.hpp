@@ -1,0 +1,34 @@
+#pragma once
+// A read-only, memory-mapped view of a whole file. Loaders hand out tensors that point into the
+// mapping and hold a shared_ptr to it, so the pages stay mapped while any tensor needs them and
+// only the pages a tensor actually touches are read from disk.
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+namespace diffprobe::io::detail {
+
+class MappedFile {
+ public:
+  /// Maps `path`; IoError when it cannot be opened, is not a regular file or cannot be mapped.
+  static std::shared_ptr<MappedFile> open(const std::filesystem::path& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  /// Start of the mapping (nullptr for an empty file). The mapping is private copy-on-write, so
+  /// a caller that writes into a tensor viewing it changes neither the file nor other loads.
+  std::uint8_t* data() const noexcept { return data_; }
+  std::size_t size() const noexcept { return size_; }
+  const std::string& name() const noexcept { return name_; }
+
+ private:
+  MappedFile() = default;
+  std::uint8_t* data_ = nullptr;
+  std::size_t size_ = 0;
+  std::string name_;
+};
+
+}  // namespace diffprobe::io::detail
