@@ -318,6 +318,9 @@ std::int64_t Head::num_parameters() const noexcept {
 
 void Head::reset_parameters(std::uint64_t seed) { impl_->model->reset_parameters(seed); }
 
+void Head::set_threads(int threads) noexcept { impl_->threads = threads; }
+int Head::threads() const noexcept { return impl_->threads; }
+
 std::map<std::string, std::string>& Head::metadata() noexcept { return impl_->metadata; }
 const std::map<std::string, std::string>& Head::metadata() const noexcept { return impl_->metadata; }
 
@@ -449,6 +452,7 @@ TrainHistory Head::fit(const std::vector<Tensor>& features, const Labels& labels
 Tensor Head::logits(const Tensor& features) const { return logits(std::vector<Tensor>{features}); }
 
 Tensor Head::logits(const std::vector<Tensor>& features) const {
+  ThreadScope threads(impl_->threads);
   std::int64_t n = 0;
   const auto ins = prepare_inputs(impl_->spec, features, "Head::logits", &n);
   const std::int64_t k = impl_->spec.num_classes;

@@ -21,6 +21,7 @@ struct Head::Impl {
   std::vector<heads::ParamRef<float>> params;  // model->parameters(), cached
   std::vector<Standardizer> standardize;       // empty, or one per input
   std::map<std::string, std::string> metadata;
+  int threads = 0;  // inference; <= 0: default_threads()
 };
 
 }  // namespace diffprobe

@@ -23,8 +23,8 @@ using CSMapM = Eigen::Map<const MatR<T>, 0, Eigen::OuterStride<>>;
 template <class T>
 using RowV = Eigen::Matrix<T, 1, Eigen::Dynamic>;
 
-// Below this many elements, an OpenMP team costs more than it saves.
-constexpr std::int64_t kParallelMin = 1 << 14;
+// Below this many elements, an OpenMP team costs more than it saves (more so on a busy machine).
+constexpr std::int64_t kParallelMin = 1 << 16;
 
 [[noreturn]] void no_cache(const char* where) {
   throw ArgumentError(where, "backward() called without a preceding forward(x, training=true)");

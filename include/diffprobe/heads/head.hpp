@@ -82,6 +82,10 @@ class Head {
   /// Writes spec, weights and metadata; weights stored as `store` (F32, F16 or BF16).
   void save(const std::filesystem::path& path, DType store = DType::F32) const;
 
+  /// Threads for logits/predict/evaluate (fit uses TrainConfig::threads); <= 0: default_threads().
+  void set_threads(int threads) noexcept;
+  int threads() const noexcept;
+
   /// Free-form strings saved with the head (e.g. the timestep, block and pooling of its
   /// features). Keys starting with "diffprobe." are reserved.
   std::map<std::string, std::string>& metadata() noexcept;
