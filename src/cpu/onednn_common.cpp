@@ -3,8 +3,10 @@
 namespace diffprobe::cpu::onednn {
 
 dnnl::engine& engine() {
-  static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
-  return eng;
+  // Never destroyed: packed weights and primitives in ops that outlive main's statics (a model
+  // held in a global) still refer to it when they are released.
+  static dnnl::engine* const eng = new dnnl::engine(dnnl::engine::kind::cpu, 0);
+  return *eng;
 }
 
 dnnl::stream& stream() {
@@ -56,10 +58,10 @@ void Scratch::bind(std::unordered_map<int, dnnl::memory>& args, const dnnl::memo
   args.insert_or_assign(DNNL_ARG_SCRATCHPAD, dnnl::memory(md, engine(), data()));
 }
 
-dnnl::memory PackedWeights::get(const dnnl::memory::desc& want, const dnnl::memory& user) {
-  std::lock_guard lock(mu_);
-  for (const auto& m : packed_)
-    if (m.get_desc() == want) return m;
+PackedWeights::Variant& PackedWeights::find_or_pack(const dnnl::memory::desc& want,
+                                                    const dnnl::memory& user) {
+  for (auto& v : variants_)
+    if (v.packed.get_desc() == want) return v;
   dnnl::memory packed(want, engine());
   const auto r = make_reorder(user.get_desc(), want);
   const Scratch scratch(r.scratchpad.get_size(), nullptr);
@@ -68,21 +70,35 @@ dnnl::memory PackedWeights::get(const dnnl::memory::desc& want, const dnnl::memo
   dnnl::stream& s = stream();
   r.prim.execute(s, args);
   s.wait();
-  packed_.push_back(packed);
-  return packed;
+  return variants_.emplace_back(Variant{packed, false});
+}
+
+dnnl::memory PackedWeights::get(const dnnl::memory::desc& want, const dnnl::memory& user) {
+  std::lock_guard lock(mu_);
+  Variant& v = find_or_pack(want, user);
+  v.used = true;
+  dnnl::memory out = v.packed;
+  // A guess made at prepare time that the real shapes did not take would only hold memory.
+  std::erase_if(variants_, [](const Variant& x) { return !x.used; });
+  return out;
+}
+
+void PackedWeights::prepack(const dnnl::memory::desc& want, const dnnl::memory& user) {
+  std::lock_guard lock(mu_);
+  find_or_pack(want, user);
 }
 
 std::vector<dnnl::memory::desc> PackedWeights::layouts() const {
   std::lock_guard lock(mu_);
   std::vector<dnnl::memory::desc> out;
-  out.reserve(packed_.size());
-  for (const auto& m : packed_) out.push_back(m.get_desc());
+  out.reserve(variants_.size());
+  for (const auto& v : variants_) out.push_back(v.packed.get_desc());
   return out;
 }
 
 std::size_t PackedWeights::count() const {
   std::lock_guard lock(mu_);
-  return packed_.size();
+  return variants_.size();
 }
 
 }  // namespace diffprobe::cpu::onednn

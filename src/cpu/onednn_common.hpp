@@ -64,15 +64,24 @@ class Scratch {
 /// shapes usually want the same layout; each distinct layout is packed once and kept.
 class PackedWeights {
  public:
-  /// The weights in layout `want`, reordering `user` (the plain f32 weights) the first time.
+  /// For a primitive: the weights in layout `want`, packed from `user` (the plain f32 weights)
+  /// the first time. Packing a new layout drops the layouts packed ahead that no primitive took.
   dnnl::memory get(const dnnl::memory::desc& want, const dnnl::memory& user);
+  /// Packs ahead of use (at model load), in the layout a typical input shape wants.
+  void prepack(const dnnl::memory::desc& want, const dnnl::memory& user);
   /// The layouts packed so far.
   std::vector<dnnl::memory::desc> layouts() const;
   std::size_t count() const;
 
  private:
+  struct Variant {
+    dnnl::memory packed;
+    bool used;  // taken by a primitive (else only packed ahead)
+  };
+  Variant& find_or_pack(const dnnl::memory::desc& want, const dnnl::memory& user);  // mu_ held
+
   mutable std::mutex mu_;
-  std::vector<dnnl::memory> packed_;
+  std::vector<Variant> variants_;
 };
 
 /// Creates a primitive descriptor through make(weights_desc). First lets oneDNN choose the

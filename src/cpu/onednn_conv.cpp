@@ -179,7 +179,7 @@ void conv2d_prepare(const ops::Conv2d& op, OpCache& cache, const ExecContext& ct
     const std::int64_t side = std::max<std::int64_t>(32, op.kernel_size());
     const Shape in{1, op.in_channels(), side, side};
     const ConvPd pd = make_pd(op, in, Layout::NHWC, false, ctx.precision, any_weights(op, ctx.precision));
-    packed->get(pd.weights_desc(), user_weights(op));
+    packed->prepack(pd.weights_desc(), user_weights(op));
   } catch (const dnnl::error& e) {
     onednn::rethrow(e, where, fmt::format("cannot pack the weights for {}", precision_name(ctx.precision)));
   }

@@ -145,7 +145,7 @@ void linear_prepare(const ops::Linear& op, OpCache& cache, const ExecContext& ct
     // Packed for one row; oneDNN's matmul keeps this layout for other row counts (and when it
     // does not, the first call at that count packs its own).
     const MatmulPd pd = make_pd(op, 1, ctx.precision, any_weights(op, ctx.precision));
-    packed->get(pd.weights_desc(), user_weights(op));
+    packed->prepack(pd.weights_desc(), user_weights(op));
   } catch (const dnnl::error& e) {
     onednn::rethrow(e, where, fmt::format("cannot pack the weights for {}", precision_name(ctx.precision)));
   }

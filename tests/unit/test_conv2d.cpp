@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/onednn_common.hpp"
 #include "diffprobe/diffprobe.hpp"
 
 using namespace diffprobe;
@@ -259,6 +260,36 @@ TEST(Conv2d, OutputsAndScratchComeFromTheContextAllocator) {
     EXPECT_LE(worst_relative_error(y, p.ref), 1e-4);
   }
   EXPECT_EQ(alloc.system_allocations(), sys);
+}
+
+TEST(Conv2d, PackedWeightsKeepOneCopyPerUsedLayout) {
+  // The store behind Conv2d/Linear: a layout packed ahead (prepare) that the first primitive
+  // does not take is dropped; layouts taken by primitives stay, each packed once.
+  using dnnl::memory;
+  std::vector<float> w = random_values(8 * 4 * 9, 9);
+  const memory::dims dims{8, 4, 3, 3};
+  const memory user({dims, memory::data_type::f32, memory::format_tag::oihw}, cpu::onednn::engine(),
+                    w.data());
+  const memory::desc guess(dims, memory::data_type::f32, memory::format_tag::ohwi);
+  const memory::desc taken(dims, memory::data_type::f32, memory::format_tag::hwio);
+  cpu::onednn::PackedWeights store;
+  store.prepack(guess, user);
+  EXPECT_EQ(store.count(), 1u);
+  const memory a = store.get(taken, user);
+  ASSERT_EQ(store.count(), 1u);
+  EXPECT_TRUE(store.layouts()[0] == taken);
+  const memory b = store.get(taken, user);
+  EXPECT_EQ(a.get_data_handle(), b.get_data_handle());
+  store.get(guess, user);
+  EXPECT_EQ(store.count(), 2u);
+  // hwio really holds the weights: element (o, i, h, w) at ((h * 3 + w) * 4 + i) * 8 + o.
+  const float* hwio = static_cast<const float*>(a.get_data_handle());
+  for (int o = 0; o < 8; ++o)
+    for (int i = 0; i < 4; ++i)
+      for (int h = 0; h < 3; ++h)
+        for (int x = 0; x < 3; ++x)
+          ASSERT_EQ(hwio[((h * 3 + x) * 4 + i) * 8 + o],
+                    w[static_cast<std::size_t>(((o * 4 + i) * 3 + h) * 3 + x)]);
 }
 
 TEST(Conv2d, Errors) {
