@@ -1,4 +1,4 @@
-// Convolution through cuDNN and Linear through cuBLAS, "describe once, run many times":
+// Convolution through cuDNN, "describe once, run many times", and Linear:
 //   - weights are converted once per (device, precision, filter layout) into the op's cache: the
 //     PyTorch [O, I, k, k] f32 weight becomes [O, k, k, I] (cuDNN's NHWC filter, KRSC) in the compute
 //     type; an NCHW fp32 convolution reads the weight in place;
@@ -10,7 +10,8 @@
 // Bias and residual: in FP32, when cuDNN offers IMPLICIT_PRECOMP_GEMM (the only algorithm of
 // cudnnConvolutionBiasActivationForward with an identity activation), the convolution adds both
 // itself (z = residual, alpha2 = 1); otherwise one fused epilogue kernel adds them.
-#include <cublas_v2.h>
+// Linear: the U-Net's GEMMs (embedding MLPs) have a handful of rows, so a warp-per-output kernel
+// (elementwise.cu) serves them; 16-bit weights are converted once, like the convolution's.
 #include <cudnn.h>
 
 #include <algorithm>
@@ -39,17 +40,11 @@ void check_dnn(cudnnStatus_t st, const char* where) {
   throw DeviceError(where, why);
 }
 
-void check_blas(cublasStatus_t st, const char* where) {
-  if (st == CUBLAS_STATUS_SUCCESS) return;
-  throw DeviceError(where, std::string("cuBLAS: ") + cublasGetStatusString(st));
-}
-
-// One cuDNN and one cuBLAS handle per device, bound to the device's stream. A handle serves one
-// call at a time; calls only enqueue work, so holding the lock is short.
+// One cuDNN handle per device, bound to the device's stream. A handle serves one call at a time;
+// calls only enqueue work, so holding the lock is short.
 struct Libraries {
   std::mutex mu;
   cudnnHandle_t dnn = nullptr;
-  cublasHandle_t blas = nullptr;
 };
 
 Libraries& libraries(int dev) {
@@ -64,10 +59,6 @@ Libraries& libraries(int dev) {
   DeviceGuard guard(dev);
   check_dnn(cudnnCreate(&lib->dnn), "cudnnCreate");
   check_dnn(cudnnSetStream(lib->dnn, stream(dev)), "cudnnSetStream");
-  check_blas(cublasCreate(&lib->blas), "cublasCreate");
-  check_blas(cublasSetStream(lib->blas, stream(dev)), "cublasSetStream");
-  // Plain fp32 GEMMs in FP32 mode: no TF32 (16-bit GEMMs use the tensor cores regardless).
-  check_blas(cublasSetMathMode(lib->blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
   Libraries* l = lib.release();  // never destroyed, like the streams
   slot.store(l, std::memory_order_release);
   return *l;
@@ -395,49 +386,16 @@ Tensor linear(const ops::Linear& op, OpCache& cache, const Tensor& x, bool silu_
   constexpr const char* where = "Linear";
   const int dev = x.device().index;
   DeviceGuard guard(dev);
-  const Precision p = ctx.precision;
   const i64 rows = x.shape()[0], I = op.in_features(), O = op.out_features();
   Tensor y = new_tensor(Shape{rows, O}, Layout::Contiguous, x, ctx);
   if (y.numel() == 0) return y;
   if (op.bias().defined()) require_on(op.bias(), x.device(), where, "the bias");
-  const cudaStream_t st = stream(dev);
-  const auto weights = linear_weights(op, cache, dev, p);
-  const int m = to_int(O, where), n = to_int(rows, where), k = to_int(I, where);
-  // Row-major y [rows, O] = x [rows, I] W^T is column-major y^T = W^T(as stored: [I, O]^T) x^T.
-  float beta = 0.0f;
-  if (op.bias().defined()) {
-    check(kern::fill_rows(op.bias().data<float>(), y.data<float>(), rows, O, st), where);
-    beta = 1.0f;
-  }
-  const float alpha = 1.0f;
-  Libraries& lib = libraries(dev);
-  if (I == 0) {  // an empty sum: y is the bias (or zero)
-    if (!op.bias().defined()) check(cudaMemsetAsync(y.raw(), 0, y.nbytes(), st), where);
-    return y;
-  }
-  if (p == Precision::FP32) {
-    const float* xin = x.data<float>();
-    std::unique_ptr<Scratch> xs;
-    if (silu_input) {
-      xs = std::make_unique<Scratch>(dev, x.nbytes());
-      check(kern::silu(xin, xs->as<float>(), x.numel(), st), where);
-      xin = xs->as<float>();
-    }
-    std::lock_guard lock(lib.mu);
-    check_blas(cublasSgemm(lib.blas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, weights->w.data<float>(), k,
-                           xin, k, &beta, y.data<float>(), m),
-               where);
-    return y;
-  }
-  const kern::Elem e = elem_of(p);
-  const cudaDataType_t t = p == Precision::FP16 ? CUDA_R_16F : CUDA_R_16BF;
-  Scratch xs(dev, static_cast<std::size_t>(x.numel()) * 2);
-  check(kern::cast_from_f32(x.data<float>(), xs.get(), e, x.numel(), silu_input, st), where);
-  std::lock_guard lock(lib.mu);
-  check_blas(
-      cublasGemmEx(lib.blas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, weights->w.raw(), t, k, xs.get(), t,
-                   k, &beta, y.raw(), CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-      where);
+  if (rows > 65535) throw UnsupportedError(where, "the CUDA kernel takes up to 65535 rows");
+  const auto weights = linear_weights(op, cache, dev, ctx.precision);
+  check(kern::linear(x.data<float>(), weights->w.raw(), elem_of(ctx.precision),
+                     op.bias().defined() ? op.bias().data<float>() : nullptr, y.data<float>(), rows, I, O,
+                     silu_input, stream(dev)),
+        where);
   return y;
 }
 
@@ -446,7 +404,6 @@ void linear_prepare(const ops::Linear& op, OpCache& cache, const ExecContext& ct
   const int dev = ctx.device.index;
   DeviceGuard guard(dev);
   (void)linear_weights(op, cache, dev, ctx.precision);
-  (void)libraries(dev);
 }
 
 }  // namespace diffprobe::cuda

@@ -1,7 +1,7 @@
 #pragma once
 // The CUDA backend's ops. Arguments arrive validated by the public front-ends (src/ops/ops.cpp):
 // f32, shapes consistent, every operand on the same CUDA device. Convolution and linear go through
-// cuDNN and cuBLAS (cuda_conv.cpp); the rest through the hand-written kernels (cuda_ops.cpp).
+// cuDNN and a small GEMM kernel (cuda_conv.cpp); the rest through the hand-written kernels (cuda_ops.cpp).
 #include "ops/backend.hpp"
 
 namespace diffprobe::cuda {

@@ -42,6 +42,9 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(flo
   return __float2bfloat16_rn(v);
 }
 template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 __device__ __forceinline__ float load_as_f32(const void* p, Elem t, i64 i) {
   switch (t) {
@@ -197,8 +200,29 @@ __global__ void conv_epilogue_kernel(const void* conv, Elem conv_type, const flo
     conv_epilogue_body<i64>(conv, conv_type, bias, residual, y, total, C, HW, nhwc);
 }
 
-__global__ void fill_rows_kernel(const float* __restrict__ bias, float* __restrict__ y, i64 rows, i64 cols) {
-  DP_GRID_STRIDE(i, rows * cols) y[i] = bias[i % cols];
+// One warp per output (row, o): lanes stride over the inputs (coalesced rows of x and W), then a
+// fixed xor-shuffle tree sums the lanes. The GEMMs of the U-Net (embedding MLPs) have a handful of
+// rows, so this is memory-bound on W and needs no tiling.
+constexpr int kLinearWarps = 8;
+
+template <class W> __global__ void __launch_bounds__(kLinearWarps * 32)
+    linear_kernel(const float* __restrict__ x, const W* __restrict__ w, const float* __restrict__ bias,
+                  float* __restrict__ y, i64 I, i64 O, bool silu_input) {
+  const int lane = threadIdx.x % 32;
+  const i64 o = static_cast<i64>(blockIdx.x) * kLinearWarps + threadIdx.x / 32, row = blockIdx.y;
+  if (o >= O) return;  // whole warps leave together
+  const float* xr = x + row * I;
+  const W* wr = w + o * I;
+  float acc = 0.0f;
+  for (i64 i = lane; i < I; i += 32) {
+    float v = xr[i];
+    if (silu_input) v = silu_f(v);
+    v = to_f32(from_f32<W>(v));  // the 16-bit GEMM's input rounding (identity for float)
+    acc = fmaf(v, to_f32(wr[i]), acc);
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  if (lane == 0) y[row * O + o] = acc + (bias ? bias[o] : 0.0f);
 }
 
 }  // namespace
@@ -290,9 +314,24 @@ cudaError_t conv_epilogue(const void* conv, Elem conv_type, const float* bias, c
   return cudaGetLastError();
 }
 
-cudaError_t fill_rows(const float* bias, float* y, i64 rows, i64 cols, cudaStream_t s) {
-  const i64 n = rows * cols;
-  if (n > 0) fill_rows_kernel<<<blocks_for(n), kThreads, 0, s>>>(bias, y, rows, cols);
+cudaError_t linear(const float* x, const void* w, Elem w_type, const float* bias, float* y, i64 rows, i64 I,
+                   i64 O, bool silu_input, cudaStream_t s) {
+  if (rows <= 0 || O <= 0) return cudaGetLastError();
+  if (rows > 65535) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>((O + kLinearWarps - 1) / kLinearWarps), static_cast<unsigned>(rows));
+  const unsigned threads = kLinearWarps * 32;
+  switch (w_type) {
+    case Elem::F16:
+      linear_kernel<<<grid, threads, 0, s>>>(x, static_cast<const __half*>(w), bias, y, I, O, silu_input);
+      break;
+    case Elem::BF16:
+      linear_kernel<<<grid, threads, 0, s>>>(x, static_cast<const __nv_bfloat16*>(w), bias, y, I, O,
+                                             silu_input);
+      break;
+    case Elem::F32:
+      linear_kernel<<<grid, threads, 0, s>>>(x, static_cast<const float*>(w), bias, y, I, O, silu_input);
+      break;
+  }
   return cudaGetLastError();
 }
 

@@ -36,8 +36,10 @@ cudaError_t reorder_weight(const float* w, void* dst, Elem to, i64 O, i64 I, i64
 /// conv may alias y when its element type is F32.
 cudaError_t conv_epilogue(const void* conv, Elem conv_type, const float* bias, const float* residual,
                           float* y, i64 N, i64 C, i64 HW, bool nhwc, cudaStream_t s);
-/// Each row of y [rows, cols] = bias.
-cudaError_t fill_rows(const float* bias, float* y, i64 rows, i64 cols, cudaStream_t s);
+/// y [rows, O] = f(x) [rows, I] W^T + bias, W [O, I] of element type w_type (F16 / BF16 also round
+/// the inputs to that type, as a 16-bit GEMM would); f = SiLU when silu_input; fp32 accumulation.
+cudaError_t linear(const float* x, const void* w, Elem w_type, const float* bias, float* y, i64 rows, i64 I,
+                   i64 O, bool silu_input, cudaStream_t s);
 
 // ---- group_norm.cu ----------------------------------------------------------------------------
 struct GroupNormArgs {

@@ -1,4 +1,4 @@
-// cuDNN convolutions and cuBLAS linear layers against the CPU backend (oneDNN) and, on small cases,
+// cuDNN convolutions and linear layers against the CPU backend (oneDNN) and, on small cases,
 // against a double-precision reference written here: 3x3 stride 1 and 2, 1x1, with and without bias
 // and a fused residual, NHWC and NCHW, on awkward channel counts (96, 192, 576) and batches (1, 33).
 // FP32 must agree to 1e-4 of max(1, max|reference|) (FMA math, no TF32); BF16 / FP16 (fp32
