@@ -109,7 +109,7 @@ for r in roots:
     if not os.path.isdir(top):
         continue
     for dirpath, _, files in os.walk(top):
-        if any(f.startswith(("libcudnn.so", "libcublas.so", "libcudart.so", "libcublasLt.so")) for f in files):
+        if any(f.startswith("lib") and ".so" in f for f in files):  # cudnn, cublas(Lt), nvrtc, ...
             print(dirpath)
 EOF
   done
