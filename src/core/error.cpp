@@ -1,5 +1,7 @@
 #include "diffprobe/core/error.hpp"
 
+#include <fmt/format.h>
+
 namespace diffprobe {
 
 const char* error_kind_name(ErrorKind kind) noexcept {
@@ -18,7 +20,8 @@ const char* error_kind_name(ErrorKind kind) noexcept {
 }
 
 std::string Error::compose(ErrorKind kind, const std::string& where, const std::string& why) {
-  return std::string(error_kind_name(kind)) + " in " + where + ": " + why;
+  // fmt rather than operator+: GCC 12's -Wrestrict misfires on the inlined string concatenation.
+  return fmt::format("{} in {}: {}", error_kind_name(kind), where, why);
 }
 
 }  // namespace diffprobe

@@ -114,8 +114,8 @@ ConfigInference infer_config(const io::NamedTensors& w, const UNetConfig& base) 
   c.use_scale_shift_norm = emb.dim(0) == 2 * c1.dim(0);
   r.inferred.push_back(std::string("use_scale_shift_norm = ") + (c.use_scale_shift_norm ? "true" : "false"));
   std::string res;
-  for (auto it = attn_ds.rbegin(); it != attn_ds.rend(); ++it)  // descending resolutions, as the presets write them
-    res += (res.empty() ? "" : ",") + std::to_string(c.image_size / *it);
+  for (int ds : attn_ds)  // ascending ds = descending resolutions, as the presets write them
+    res += (res.empty() ? "" : ",") + std::to_string(c.image_size / ds);
   c.attention_resolutions = res;
   r.inferred.push_back("attention at downsample factors {" + [&] {
     std::string s;

@@ -158,6 +158,7 @@ UNetConfig UNetConfig::from_json(const std::string& text) {
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& k = it.key();
     const json& v = it.value();
+    if (v.is_null() && (k == "num_classes" || k == "channel_mult")) continue;  // "default", as Python's None
     auto as_int = [&](int& dst) {
       if (!v.is_number_integer()) throw ConfigError("UNetConfig::from_json", k + " must be an integer");
       dst = v.get<int>();

@@ -25,6 +25,8 @@ struct Case {
   std::string labels;
 };
 
+void PrintTo(const Case& c, std::ostream* os) { *os << c.config; }
+
 // Batch 1 and 3, several t, labels for the class-conditional ones.
 const Case kCases[] = {
     {"c01_s16_minimal", 1, "5", ""},
