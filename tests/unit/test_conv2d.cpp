@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cpu/onednn_common.hpp"
@@ -218,6 +219,26 @@ TEST(Conv2d, OneAndTwoThreadsAgree) {
     ASSERT_EQ(a[i], c[i]) << "same thread count must be deterministic, element " << i;
   }
   EXPECT_LE(diff / scale, 1e-5);
+}
+
+TEST(Conv2d, ConcurrentCallsOnOneOp) {
+  // Plans are shared between threads; each call brings its own stream, scratch and output.
+  ConvProblem a(ConvCase{1, 32, 96, 13, 5, 3, 1, 1, true, true, NHWC, NHWC});
+  ConvProblem b(ConvCase{2, 32, 96, 7, 9, 3, 1, 1, true, false, NCHW, NCHW});  // same weights and spec as a
+  double worst[2] = {0.0, 0.0};
+  auto work = [&](int id) {
+    ExecContext ctx;
+    ctx.threads = 1;
+    for (int i = 0; i < 4; ++i) {
+      const ConvProblem& p = (i + id) % 2 ? a : b;
+      worst[id] = std::max(worst[id], worst_relative_error(a.conv.forward(p.x, ctx, p.res), p.ref));
+    }
+  };
+  std::thread t0(work, 0), t1(work, 1);
+  t0.join();
+  t1.join();
+  EXPECT_LE(worst[0], 1e-4);
+  EXPECT_LE(worst[1], 1e-4);
 }
 
 TEST(Conv2d, BatchSliceViewAsInput) {
