@@ -88,19 +88,32 @@ inline void convert_one(const std::uint8_t* p, SrcType t, std::uint8_t* q) noexc
 
 }  // namespace
 
-void gather_strided(const std::uint8_t* src, SrcType type, std::span<const std::int64_t> size,
-                    std::span<const std::int64_t> stride, void* dst) {
+void gather_strided(const std::uint8_t* src, SrcType type, std::span<const std::int64_t> size_in,
+                    std::span<const std::int64_t> stride_in, void* dst) {
   const std::size_t es = src_type_size(type);
   const std::size_t os = dtype_size(loaded_dtype(type));
   auto* out = static_cast<std::uint8_t*>(dst);
-  const std::size_t rank = size.size();
   std::int64_t total = 1;
-  for (std::int64_t s : size) total *= s;
+  for (std::int64_t s : size_in) total *= s;
   if (total == 0) return;
-  if (rank == 0) {
-    convert_one(src, type, out);
-    return;
+  // Drop size-1 dimensions and merge neighbours that are contiguous with each other, so a
+  // contiguous tensor becomes one run (one memcpy) and a transpose a 2-D walk.
+  std::vector<std::int64_t> size, stride;
+  for (std::size_t d = 0; d < size_in.size(); ++d) {
+    if (size_in[d] == 1) continue;
+    if (!size.empty() && stride.back() == stride_in[d] * size_in[d]) {
+      size.back() *= size_in[d];
+      stride.back() = stride_in[d];
+    } else {
+      size.push_back(size_in[d]);
+      stride.push_back(stride_in[d]);
+    }
   }
+  if (size.empty()) {  // a single element
+    size.push_back(1);
+    stride.push_back(1);
+  }
+  const std::size_t rank = size.size();
   // Odometer over all but the last dimension; the innermost loop walks the last one.
   std::vector<std::int64_t> idx(rank, 0);
   const std::int64_t inner = size[rank - 1], inner_stride = stride[rank - 1];

@@ -11,7 +11,10 @@ namespace diffprobe::io {
 namespace {
 
 using detail::SrcType;
-using Json = nlohmann::ordered_json;  // keeps the header's tensor order
+// A plain (sorted-map) JSON object: ordered_json looks keys up linearly, which a hostile header
+// with millions of names would turn into a quadratic parse. Tensors are returned in the order
+// of their data in the file instead.
+using Json = nlohmann::json;
 
 constexpr std::uint64_t kMaxHeaderBytes = 100u << 20;  // the format's own limit
 constexpr std::size_t kMaxHeaderTokens = 4u << 20;     // bounds the parsed JSON's memory
@@ -166,7 +169,8 @@ NamedTensors load_safetensors(const std::filesystem::path& path) {
   std::vector<const Entry*> order;
   for (const auto& e : entries) order.push_back(&e);
   std::sort(order.begin(), order.end(), [](const Entry* a, const Entry* b) {
-    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+    if (a->begin != b->begin) return a->begin < b->begin;
+    return a->end != b->end ? a->end < b->end : a->name < b->name;
   });
   std::uint64_t cursor = 0;
   for (const Entry* e : order) {
@@ -181,7 +185,8 @@ NamedTensors load_safetensors(const std::filesystem::path& path) {
                " data bytes");
 
   std::uint8_t* data = file->data() + 8 + n;
-  for (const auto& e : entries) {
+  for (const Entry* ep : order) {
+    const Entry& e = *ep;
     const Shape shape{std::span<const std::int64_t>(e.shape)};
     const DType dt = detail::loaded_dtype(e.type);
     std::uint8_t* p = data + e.begin;

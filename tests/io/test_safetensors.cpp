@@ -204,6 +204,21 @@ TEST(Safetensors, HeaderLyingAboutSizes) {
       "absurdly large");
 }
 
+TEST(Safetensors, TensorsComeInTheOrderOfTheirData) {
+  TempDir tmp;
+  const float v[4] = {1, 2, 3, 4};
+  iotest::write_file(tmp / "o.safetensors",
+                     st_file(R"({"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]},)"
+                             R"("z":{"dtype":"F32","shape":[0],"data_offsets":[8,8]},)"
+                             R"("a":{"dtype":"F32","shape":[1,2],"data_offsets":[0,8]}})",
+                             std::string(reinterpret_cast<const char*>(v), 16)));
+  const NamedTensors sd = io::load_safetensors(tmp / "o.safetensors");
+  EXPECT_EQ(sd.names(), (std::vector<std::string>{"a", "z", "b"}));
+  EXPECT_EQ(sd.at("a").to_vector(), (std::vector<float>{1, 2}));
+  EXPECT_EQ(sd.at("b").to_vector(), (std::vector<float>{3, 4}));
+  EXPECT_EQ(sd.at("z").shape(), Shape({0}));
+}
+
 TEST(Safetensors, HeaderLengthLargerThanFile) {
   std::string b = st_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", k8);
   const std::uint64_t lie = 1u << 30;

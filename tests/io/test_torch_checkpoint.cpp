@@ -162,7 +162,9 @@ std::string try_load(const fs::path& file, const std::string& bytes) {
   iotest::write_file(file, bytes);
   try {
     NamedTensors sd = io::load_torch_checkpoint(file);
-    for (const auto& [n, t] : sd) (void)t.to_vector();  // touch every value
+    for (const auto& [n, t] : sd) {
+      if (t.numel() > 0) (void)t.to_vector();  // touch every value
+    }
     return "";
   } catch (const Error& e) {
     return error_kind_name(e.kind());

@@ -19,6 +19,7 @@ class NamedTensors {
   bool contains(const std::string& name) const { return index_.count(name) != 0; }
   std::size_t size() const noexcept { return items_.size(); }
   bool empty() const noexcept { return items_.empty(); }
+  /// Removes `name` (nothing happens when it is absent); the others keep their order.
   void erase(const std::string& name);
   std::vector<std::string> names() const;
 
