@@ -105,13 +105,13 @@ class FusionModel final : public Model<T> {
     }
     Buf<T> z({rows, total, dim_});
     std::int64_t at = 0;
-    token_counts_.clear();
+    if (training) token_counts_.clear();  // inference leaves the model untouched (thread safety)
     for (auto& tk : tokens) {
       const std::int64_t tb = tk.dim(1);
       for (std::int64_t r = 0; r < rows; ++r)
         std::copy_n(tk.data() + r * tb * dim_, tb * dim_, z.data() + (r * total + at) * dim_);
       at += tb;
-      token_counts_.push_back(tb);
+      if (training) token_counts_.push_back(tb);
     }
     Buf<T> c = take_.forward(blocks_.forward(cls_.forward(std::move(z), training), training), training);
     Buf<T> f({n, nt_ * dim_});

@@ -1,11 +1,10 @@
 // Saving and loading heads through safetensors: identical logits after a round trip for every
 // head kind, spec and standardisation and metadata preserved, and corrupt files rejected.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <random>
-
-#include <unistd.h>
 
 #include "diffprobe/heads/head.hpp"
 #include "diffprobe/io/safetensors.hpp"
@@ -133,7 +132,8 @@ TEST_F(HeadsIo, RejectsFilesThatAreNotHeads) {
   sd.metadata["diffprobe.head"] = "{\"kind\": \"linear\", \"inputs\": [[6]]}";  // truncated spec
   io::save_safetensors(path("badspec.safetensors"), sd);
   EXPECT_THROW(Head::load(path("badspec.safetensors")), FormatError);
-  sd.metadata["diffprobe.head"] = HeadSpec{.kind = HeadKind::Linear, .inputs = {Shape{6}}, .num_classes = 1}.to_json();
+  sd.metadata["diffprobe.head"] =
+      HeadSpec{.kind = HeadKind::Linear, .inputs = {Shape{6}}, .num_classes = 1}.to_json();
   io::save_safetensors(path("invalid.safetensors"), sd);
   EXPECT_THROW(Head::load(path("invalid.safetensors")), FormatError);  // 1 class
 

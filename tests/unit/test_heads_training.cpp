@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <thread>
 
 #include "diffprobe/core/threads.hpp"
 #include "diffprobe/heads/head.hpp"
@@ -20,8 +21,8 @@ struct Blobs {
 
 // Class c's mean is a per-channel vector, the same at every position ("what", not "where", as in
 // diffusion features), plus a class-independent spatial pattern; unit Gaussian noise on top.
-Blobs blobs(std::int64_t n, std::uint64_t seed, Shape sample = Shape{8, 4, 4}, int classes = 3, double sep = 0.6,
-            double offset = 0.0, double scale = 1.0) {
+Blobs blobs(std::int64_t n, std::uint64_t seed, Shape sample = Shape{8, 4, 4}, int classes = 3,
+            double sep = 0.6, double offset = 0.0, double scale = 1.0) {
   std::mt19937_64 means_rng(12345);
   std::normal_distribution<double> nd(0.0, 1.0);
   const std::int64_t f = sample.numel(), channels = sample[0], positions = f / channels;
@@ -35,9 +36,9 @@ Blobs blobs(std::int64_t n, std::uint64_t seed, Shape sample = Shape{8, 4, 4}, i
     const int c = static_cast<int>(i % classes);
     b.y.push_back(c);
     for (std::int64_t j = 0; j < f; ++j)
-      x[static_cast<std::size_t>(i * f + j)] = static_cast<float>(
-          offset + scale * (mu[static_cast<std::size_t>(c * channels + j / positions)] +
-                            pattern[static_cast<std::size_t>(j)] + nd(rng)));
+      x[static_cast<std::size_t>(i * f + j)] =
+          static_cast<float>(offset + scale * (mu[static_cast<std::size_t>(c * channels + j / positions)] +
+                                               pattern[static_cast<std::size_t>(j)] + nd(rng)));
   }
   std::vector<std::int64_t> dims{n};
   for (auto d : sample.dims()) dims.push_back(d);
@@ -64,7 +65,9 @@ class OneThread : public ::testing::Environment {
 };
 [[maybe_unused]] const auto* const kOneThread = ::testing::AddGlobalTestEnvironment(new OneThread);
 
-AttentionHeadConfig small_attention() { return {.dim = 32, .depth = 2, .heads = 4, .mlp_ratio = 2, .max_pool = 16}; }
+AttentionHeadConfig small_attention() {
+  return {.dim = 32, .depth = 2, .heads = 4, .mlp_ratio = 2, .max_pool = 16};
+}
 
 }  // namespace
 
@@ -151,7 +154,8 @@ TEST(HeadsTraining, FusionHeadLearnsBlobs) {
                                noise(240, Shape{8, 4, 4}, 22), signal.x};
   const std::vector<Tensor> te{noise(150, Shape{8, 4, 4}, 23), noise(150, Shape{4, 2, 2}, 24),
                                noise(150, Shape{8, 4, 4}, 25), test_signal.x};
-  Head h = Head::fusion({{Shape{8, 4, 4}, Shape{4, 2, 2}}, {Shape{8, 4, 4}, Shape{4, 2, 2}}}, 3, small_attention());
+  Head h = Head::fusion({{Shape{8, 4, 4}, Shape{4, 2, 2}}, {Shape{8, 4, 4}, Shape{4, 2, 2}}}, 3,
+                        small_attention());
   EXPECT_EQ(h.spec().num_timesteps, 2);
   EXPECT_EQ(h.spec().inputs.size(), 4u);
   h.fit(tr, signal.y, adamw(1e-3, 10));
@@ -179,6 +183,27 @@ TEST(HeadsTraining, DeterministicForSeedAndThreads) {
     EXPECT_EQ(h1.epochs[e].val_loss, h2.epochs[e].val_loss);
   }
   EXPECT_NE(z1, z3);  // another seed shuffles (and splits) differently
+}
+
+TEST(HeadsTraining, ConcurrentInferenceOnOneHead) {
+  // Inference keeps no state in the layers, so one head can serve several threads.
+  const Blobs a = blobs(40, 33, Shape{4, 2, 2}), b = blobs(40, 34, Shape{4, 2, 2});
+  const Head h = Head::fusion({{Shape{4, 2, 2}}, {Shape{4, 2, 2}}}, 3,
+                              {.dim = 8, .depth = 1, .heads = 2, .mlp_ratio = 2});
+  const auto want1 = h.logits(std::vector<Tensor>{a.x, b.x}).to_vector();
+  const auto want2 = h.logits(std::vector<Tensor>{b.x, a.x}).to_vector();
+  std::vector<float> got1, got2;
+  std::thread t1([&] {
+    for (int i = 0; i < 20; ++i) got1 = h.logits(std::vector<Tensor>{a.x, b.x}).to_vector();
+  });
+  std::thread t2([&] {
+    for (int i = 0; i < 20; ++i) got2 = h.logits(std::vector<Tensor>{b.x, a.x}).to_vector();
+  });
+  t1.join();
+  t2.join();
+  EXPECT_EQ(got1, want1);
+  EXPECT_EQ(got2, want2);
+  EXPECT_NE(want1, want2);
 }
 
 TEST(HeadsTraining, ValidationSplitIsStratified) {
@@ -215,7 +240,8 @@ TEST(HeadsTraining, EarlyStoppingRestoresTheBestEpoch) {
   ASSERT_TRUE(hist.stopped_early);
   ASSERT_LT(hist.epochs.size(), 60u);
   EXPECT_EQ(static_cast<int>(hist.epochs.size()), hist.best_epoch + 4);  // patience 3 after the best
-  for (const auto& e : hist.epochs) EXPECT_LE(e.val_accuracy, hist.epochs[static_cast<std::size_t>(hist.best_epoch)].val_accuracy);
+  for (const auto& e : hist.epochs)
+    EXPECT_LE(e.val_accuracy, hist.epochs[static_cast<std::size_t>(hist.best_epoch)].val_accuracy);
   // The head holds the best epoch's weights: the same as training exactly that many epochs.
   Head ref = Head::mlp(tr.x.shape(), "64", 3);
   ref.fit(tr.x, tr.y, config(hist.best_epoch + 1, 0));
@@ -225,7 +251,8 @@ TEST(HeadsTraining, EarlyStoppingRestoresTheBestEpoch) {
 TEST(HeadsTraining, StandardisationFitsTrainingDataAndHelpsBadlyScaledFeatures) {
   // Features with a large offset and scale: plain SGD at the paper's lr diverges or stalls,
   // standardised features train fine.
-  const Blobs tr = blobs(240, 40, Shape{8, 4, 4}, 3, 0.6, 500.0, 30.0), te = blobs(150, 41, Shape{8, 4, 4}, 3, 0.6, 500.0, 30.0);
+  const Blobs tr = blobs(240, 40, Shape{8, 4, 4}, 3, 0.6, 500.0, 30.0),
+              te = blobs(150, 41, Shape{8, 4, 4}, 3, 0.6, 500.0, 30.0);
   Head h = Head::linear(tr.x.shape(), 3);
   TrainConfig c;
   c.batch_size = 32;
@@ -284,7 +311,7 @@ TEST(HeadsTraining, InputErrorsAreTyped) {
   EXPECT_THROW(lin.fit(wrong, tr.y, quick), ShapeError);
   EXPECT_THROW(att.logits(wrong), ShapeError);
   EXPECT_THROW(att.logits(Tensor::zeros(Shape{30, 128})), ShapeError);  // attention needs maps
-  EXPECT_THROW(lin.logits(Tensor::zeros(Shape{128})), ShapeError);       // no batch dimension
+  EXPECT_THROW(lin.logits(Tensor::zeros(Shape{128})), ShapeError);      // no batch dimension
   EXPECT_THROW(lin.logits(Tensor::zeros(Shape{30, 128}, DType::I32)), DTypeError);
   EXPECT_THROW(lin.logits(Tensor()), ArgumentError);
   EXPECT_THROW(lin.logits(Tensor::zeros(Shape{0, 128})), ArgumentError);  // empty
@@ -328,8 +355,8 @@ TEST(HeadsTraining, PaperAttentionHeadSizes) {
   EXPECT_EQ(d.mlp_ratio, 4);
   EXPECT_EQ(d.max_pool, 16);
   Head h = Head::attention(Shape{1, 64, 32, 32}, 10);
-  const std::int64_t block = 2 * 1024 + 3 * 1024 * 1024 + 1024 * 1024 + 1024 + 2 * 1024 + 4096 * 1024 + 4096 +
-                             1024 * 4096 + 1024;
+  const std::int64_t block =
+      2 * 1024 + 3 * 1024 * 1024 + 1024 * 1024 + 1024 + 2 * 1024 + 4096 * 1024 + 4096 + 1024 * 4096 + 1024;
   const std::int64_t expected = 2 * 64 * 16 * 16 + 64 * 1024 + 1024 + 1024 + 2 * block + 1024 * 10 + 10;
   EXPECT_EQ(h.num_parameters(), expected);
   EXPECT_EQ(h.state_dict().at("norm.weight").shape(), (Shape{64, 16, 16}));
