@@ -78,7 +78,10 @@ struct TensorSpec {
 // Turns the pickle's storages and _rebuild_tensor_v2 calls into records, then into tensors.
 class TorchLoader {
  public:
-  explicit TorchLoader(std::shared_ptr<detail::MappedFile> file) : file_(std::move(file)) {
+  /// `views`: contiguous tensors may view the mapping (zip: data is 64-byte aligned). The legacy
+  /// format packs storages back to back at arbitrary offsets, so there every tensor is copied,
+  /// and the mapping is released once loading is done.
+  TorchLoader(std::shared_ptr<detail::MappedFile> file, bool views) : file_(std::move(file)), views_(views) {
     hooks_.allow_global = [](const std::string& m, const std::string& n) {
       if (m == "collections" && n == "OrderedDict") return true;
       if (m == "torch._utils" && (n == "_rebuild_tensor_v2" || n == "_rebuild_parameter")) return true;
@@ -111,6 +114,7 @@ class TorchLoader {
   }
 
   std::shared_ptr<detail::MappedFile> file_;
+  bool views_;
   detail::UnpicklerHooks hooks_;
   std::vector<StorageRec> storages_;
   std::unordered_map<std::string, std::size_t> by_key_;
@@ -272,9 +276,9 @@ Tensor TorchLoader::build(const std::string& name, const TensorSpec& spec) const
     expect *= spec.size[du];
   }
   // A view of the mapping when the bytes already are the tensor; a dense copy otherwise
-  // (strided, converted, or not aligned for its element type, as in the legacy format).
+  // (strided, converted, from a legacy file, or not aligned for its element type).
   if (numel == 0) return Tensor::empty(shape, detail::loaded_dtype(type));
-  if (contiguous && detail::is_native(type) && reinterpret_cast<std::uintptr_t>(first) % es == 0)
+  if (views_ && contiguous && detail::is_native(type) && reinterpret_cast<std::uintptr_t>(first) % es == 0)
     return Tensor::view_of(const_cast<std::uint8_t*>(first), shape, detail::loaded_dtype(type),
                            Layout::Contiguous, Device::cpu(), file_);
   Tensor t = Tensor::empty(shape, detail::loaded_dtype(type));
@@ -312,7 +316,7 @@ NamedTensors TorchLoader::collect(const PyPtr& root) const {
 
 NamedTensors load_zip(const std::shared_ptr<detail::MappedFile>& file) {
   detail::ZipReader zip(file);
-  TorchLoader loader(file);
+  TorchLoader loader(file, true);
   // One top folder of any name holds data.pkl, data/<key>, version and maybe byteorder.
   const detail::ZipEntry* pkl = nullptr;
   std::string prefix;
@@ -352,7 +356,7 @@ NamedTensors load_zip(const std::shared_ptr<detail::MappedFile>& file) {
 }
 
 NamedTensors load_legacy(const std::shared_ptr<detail::MappedFile>& file) {
-  TorchLoader loader(file);
+  TorchLoader loader(file, false);
   const std::span<const std::uint8_t> bytes(file->data(), file->size());
   detail::UnpicklerHooks plain;  // the header pickles need no globals
   plain.allow_global = [](const std::string&, const std::string&) { return false; };

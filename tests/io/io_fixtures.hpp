@@ -184,6 +184,18 @@ inline bool address_maps_file(const void* addr, const fs::path& file) {
   return false;
 }
 
+/// Whether any part of `file` is memory-mapped in this process.
+inline bool file_is_mapped(const fs::path& file) {
+  const std::string want = fs::canonical(file).string();
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    const auto slash = line.find('/');
+    if (slash != std::string::npos && line.substr(slash) == want) return true;
+  }
+  return false;
+}
+
 /// Resident set size of this process in bytes.
 inline std::size_t resident_bytes() {
   std::ifstream statm("/proc/self/statm");

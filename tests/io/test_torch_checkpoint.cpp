@@ -102,6 +102,9 @@ TEST_F(TorchFiles, ZipTensorsViewTheMappingAndKeepItAlive) {
   EXPECT_FALSE(iotest::address_maps_file(nc.at("transposed").raw(), dir_ / "noncontig_zip.pt"));
   EXPECT_TRUE(iotest::address_maps_file(nc.at("row").raw(), dir_ / "noncontig_zip.pt"));
   NamedTensors legacy = io::load_torch_checkpoint(dir_ / "legacy_f32.pt");
+  EXPECT_FALSE(iotest::file_is_mapped(dir_ / "legacy_f32.pt"))
+      << "legacy tensors are copies: the file is unmapped";
+  EXPECT_TRUE(iotest::file_is_mapped(dir_ / "noncontig_zip.pt"));
   for (const auto& [name, t] : legacy) {
     if (t.numel() > 0) {
       EXPECT_FALSE(iotest::address_maps_file(t.raw(), dir_ / "legacy_f32.pt")) << name;
