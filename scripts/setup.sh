@@ -11,7 +11,7 @@ packages=(
   libeigen3-dev libfmt-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   zlib1g-dev libpng-dev libjpeg-dev       # checkpoints (zip) and images
-  python3 python3-torch python3-numpy python3-matplotlib  # reference model, parity data, training, plots
+  python3 python3-torch python3-numpy python3-matplotlib python3-pil  # reference model, parity data, training, plots
   libopenblas0-pthread                    # a fast BLAS for the PyTorch baseline
   dataset-fashion-mnist                   # the bundled model's data set
   clang-format

@@ -57,8 +57,8 @@ Runner add_extract(CLI::App& app) {
   app.add_option("--input", o->input, "image folder (one sub-folder per class), .npy [N,C,H,W] or IDX images file")
       ->required();
   app.add_option("--labels", o->labels, "labels: IDX labels file (with IDX input) or .npy (with .npy input)");
-  app.add_option("--t", o->t, "timesteps, comma-separated (e.g. 90,150)");
-  app.add_option("--blocks", o->blocks, "blocks, comma-separated, 1-based paper numbering (0/out = output)");
+  app.add_option("--t", o->t, "timesteps, comma-separated (e.g. 90,150)")->required();
+  app.add_option("--blocks", o->blocks, "blocks, comma-separated, 1-based paper numbering (0/out = output)")->required();
   app.add_option("--pool", o->pool, "pooling: avg:P, max:P, gap or none");
   auto* seed = app.add_option("--noise-seed", o->seed, "seed of the counter-based noise");
   app.add_flag("--no-noise", o->no_noise, "feed the input unchanged as x_t (with t as the timestep)")->excludes(seed);
@@ -79,6 +79,7 @@ Runner add_extract(CLI::App& app) {
     if (!o->config.empty()) lo.config = UNetConfig::from_json_file(o->config);
     if (o->image_size > 0) lo.image_size = o->image_size;
     if (!fs::exists(o->weights)) throw IoError("--weights", "no such file: " + o->weights);
+    if (!fs::exists(o->input)) throw IoError("--input", "no such file or folder: " + o->input);
     const UNet net = UNet::load(o->weights, lo);
 
     ExtractOptions eo;

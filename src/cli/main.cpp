@@ -9,6 +9,8 @@ int main(int argc, char** argv) {
   CLI::App app{"diffprobe " DIFFPROBE_VERSION_STRING ": diffusion U-Net features for image classification"};
   app.set_version_flag("--version", DIFFPROBE_VERSION_STRING);
   app.require_subcommand(1);
+  // A flag given twice: the last one wins, as in most Unix tools (scripts append overrides).
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   using namespace diffprobe::cli;
   std::vector<std::pair<CLI::App*, Runner>> commands;
   auto add = [&](const char* name, const char* help, Runner (*reg)(CLI::App&)) {
