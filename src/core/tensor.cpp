@@ -207,6 +207,7 @@ std::vector<float> Tensor::to_vector() const {
   require_cpu(*this, "Tensor::to_vector");
   const Tensor c = layout_ == Layout::Contiguous ? *this : to_layout(Layout::Contiguous);
   std::vector<float> v(static_cast<std::size_t>(numel()));
+  if (v.empty()) return v;  // no memcpy from a possibly null pointer
   if (dtype_ == DType::F32) {
     std::memcpy(v.data(), c.raw(), v.size() * 4);
   } else {
