@@ -561,6 +561,11 @@ Shape UNet::block_output_shape(int block, std::int64_t batch) const {
 
 std::map<int, Tensor> UNet::forward(const Tensor& x_t, const Tensor& t, const Tensor& labels, std::span<const int> blocks,
                                     const ExecContext& ctx) const {
+  return forward(x_t, t, labels, blocks, ctx, BlockCallback());
+}
+
+std::map<int, Tensor> UNet::forward(const Tensor& x_t, const Tensor& t, const Tensor& labels, std::span<const int> blocks,
+                                    const ExecContext& ctx, const BlockCallback& on_block) const {
   constexpr const char* where = "UNet::forward";
   const auto& c = impl_->config;
   if (!x_t.defined()) throw ArgumentError(where, "x_t is undefined");
@@ -646,6 +651,7 @@ std::map<int, Tensor> UNet::forward(const Tensor& x_t, const Tensor& t, const Te
       h = impl_->run_block(impl_->output[static_cast<std::size_t>(j)], std::move(cat), emb, ctx);
     }
     if (wanted.count(b)) result[b] = h;
+    if (on_block) on_block(b, h);
   }
   if (want_out) {
     ops::GroupNormArgs a;
@@ -653,6 +659,7 @@ std::map<int, Tensor> UNet::forward(const Tensor& x_t, const Tensor& t, const Te
     a.silu = true;
     const Tensor n = ops::group_norm(h, impl_->out_norm.gamma, impl_->out_norm.beta, a, ctx);
     result[0] = impl_->out_conv.forward(n, ctx);
+    if (on_block) on_block(0, result[0]);
   }
   return result;
 }

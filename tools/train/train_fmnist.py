@@ -19,6 +19,8 @@ batch 64, random horizontal flips, EMA decay min(0.999, (1+step)/(10+step)).
 Usage:
   train_fmnist.py [--resume] [--max-steps N] [--max-minutes M] [--device auto|cpu|cuda]
   train_fmnist.py --export OUT.safetensors     (EMA weights of the latest checkpoint, fp32)
+  train_fmnist.py --export-init OUT.safetensors  (the untrained step-0 weights of this seed: the
+                                                  random-weights baseline of docs/results.md)
 Run dir (git-ignored): tools/train/runs/fmnist/ with ckpt.pt (every 200 steps, atomic)
 and loss.csv.
 """
@@ -260,6 +262,23 @@ def export(args):
     print(f"exported EMA weights at step {ckpt['step']} to {args.export}")
 
 
+def export_init(args):
+    """The network exactly as training starts it (PyTorch default init, seed args.seed)."""
+    torch.manual_seed(args.seed)
+    model = build_unet(CONFIG)
+    sd = {k: v.detach().float() for k, v in model.state_dict().items()}
+    meta = {
+        "config": json.dumps(CONFIG),
+        "diffusion": json.dumps(DIFFUSION),
+        "step": "0",
+        "format": "diffprobe-unet",
+        "init": f"untrained: PyTorch default initialisation, torch.manual_seed({args.seed})",
+        "image_mapping": "uint8/127.5-1, pad 2 px each side with -1 to 32x32, 1 channel",
+    }
+    save_safetensors(args.export_init, sd, meta)
+    print(f"exported the untrained (step 0, seed {args.seed}) weights to {args.export_init}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--resume", action="store_true", help="continue from runs/fmnist/ckpt.pt if present")
@@ -270,9 +289,13 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-dir", default=RUN_DIR, help="checkpoint and log folder")
     p.add_argument("--export", metavar="OUT.safetensors", help="export EMA weights and exit")
+    p.add_argument("--export-init", metavar="OUT.safetensors",
+                   help="export the untrained step-0 weights (random-weights baseline) and exit")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    if args.export:
+    if args.export_init:
+        export_init(args)
+    elif args.export:
         export(args)
     else:
         train(args)

@@ -2,6 +2,7 @@
 // The ADM U-Net (guided-diffusion / improved-diffusion), run forward only as far as the
 // requested blocks need. Weight names are the PyTorch state-dict names.
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -86,6 +87,12 @@ class UNet {
   /// released as soon as nothing still to be computed needs them.
   std::map<int, Tensor> forward(const Tensor& x_t, const Tensor& t, const Tensor& labels,
                                 std::span<const int> blocks, const ExecContext& ctx = {}) const;
+  /// Called right after each block is computed (block number, its output; 0 = the final
+  /// output): per-block profiling and tracing without changing what forward computes.
+  using BlockCallback = std::function<void(int block, const Tensor& output)>;
+  std::map<int, Tensor> forward(const Tensor& x_t, const Tensor& t, const Tensor& labels,
+                                std::span<const int> blocks, const ExecContext& ctx,
+                                const BlockCallback& on_block) const;
   /// Convenience: the final output (block 0).
   Tensor forward(const Tensor& x_t, const Tensor& t, const Tensor& labels = {}, const ExecContext& ctx = {}) const;
 

@@ -1,0 +1,193 @@
+// U-Net forward to a block on the CPU: seconds per batch, images/s and GFLOP/s (the model's own
+// 2*MAC count up to that block, from unet_block_infos), warm (weights packed, primitives created,
+// the caching allocator filled by a first pass).
+//   bench_unet [--preset=NAME] [--weights=FILE] [--input=X.npy] [--t=90] [--blocks=24,0]
+//              [--batch=1,8] [--threads=2] [--precision=fp32,bf16] [--per-block] [--dump=OUT.npy]
+// Defaults: the bundled model's preset (fmnist_default), random weights generated in memory
+// (UNet::random; no file needed), random input, blocks "deepest to all": 0 (= the full forward).
+// --weights/--input use exactly the weights and input a baseline uses (benchmarks/compare_torch.py).
+// --per-block adds counters b<k>_ms: each block's own time within the forward (block callback).
+// --dump writes the requested block's output of the first configuration as .npy [N, C, H, W]
+// (for checking that the baseline computed the same thing).
+// Google Benchmark's own flags (--benchmark_filter, --benchmark_format=json, --benchmark_repetitions)
+// work as usual.
+#include <benchmark/benchmark.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "diffprobe/diffprobe.hpp"
+
+using namespace diffprobe;
+
+namespace {
+
+struct Options {
+  std::string preset = "fmnist_default", weights, input, dump;
+  std::vector<int> blocks{0}, batches{1}, threads{2};
+  std::vector<Precision> precisions{Precision::FP32};
+  float t = 90;
+  bool per_block = false;
+};
+
+std::vector<int> int_list(std::string_view s) {
+  std::vector<int> out;
+  std::size_t pos = 0;
+  while (pos <= s.size()) {
+    const std::size_t comma = s.find(',', pos);
+    const std::string item(s.substr(pos, comma == std::string_view::npos ? std::string_view::npos : comma - pos));
+    out.push_back(item == "out" ? 0 : std::stoi(item));
+    if (comma == std::string_view::npos) break;
+    pos = comma + 1;
+  }
+  return out;
+}
+
+std::unique_ptr<UNet> g_net;
+Tensor g_input;  // the --input images, if any (batch taken from its first rows, repeated as needed)
+Options g_opt;
+
+Tensor make_input(const UNet& net, std::int64_t batch) {
+  const Shape s = net.input_shape(batch);
+  std::vector<float> v(static_cast<std::size_t>(s.numel()));
+  if (g_input.defined()) {
+    const Tensor src = g_input.to_layout(Layout::Contiguous);
+    const std::int64_t per = s.numel() / batch;
+    for (std::int64_t i = 0; i < batch; ++i)
+      std::copy_n(src.data<float>() + (i % src.dim(0)) * per, per, v.data() + i * per);
+  } else {
+    std::mt19937 rng(7);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (auto& x : v) x = nd(rng);
+  }
+  return Tensor::from_vector(s, v);
+}
+
+double gflop_to(const UNet& net, int block) {
+  double total = 0;
+  const auto infos = net.block_infos();
+  for (const auto& i : infos)
+    if (block == 0 || (i.block != 0 && i.block <= block)) total += i.gflop;
+  return total;
+}
+
+void run_forward(benchmark::State& state, int block, std::int64_t batch, int threads, Precision precision) {
+  const UNet& net = *g_net;
+  const Tensor x = make_input(net, batch);
+  const Tensor t = Tensor::from_vector(Shape{batch}, std::vector<float>(static_cast<std::size_t>(batch), g_opt.t));
+  Tensor labels;
+  if (net.config().class_cond) {
+    labels = Tensor::empty(Shape{batch}, DType::I64);
+    for (std::int64_t i = 0; i < batch; ++i) labels.data<std::int64_t>()[i] = i % net.config().num_classes;
+  }
+  CachingAllocator alloc;
+  ExecContext ctx;
+  ctx.threads = threads;
+  ctx.precision = precision;
+  ctx.allocator = &alloc;
+  const int blocks[1] = {block};
+  try {
+    net.prepare(ctx);
+    const auto warm = net.forward(x, t, labels, blocks, ctx);  // creates primitives, fills the cache
+    if (!g_opt.dump.empty()) {
+      io::save_npy(g_opt.dump, warm.at(block).to_layout(Layout::Contiguous));
+      g_opt.dump.clear();
+    }
+  } catch (const Error& e) {
+    state.SkipWithError(e.what());
+    return;
+  }
+  std::map<int, double> block_seconds;
+  using clock = std::chrono::steady_clock;
+  for (auto _ : state) {
+    if (g_opt.per_block) {
+      auto last = clock::now();
+      const auto out = net.forward(x, t, labels, blocks, ctx, [&](int b, const Tensor&) {
+        const auto now = clock::now();
+        block_seconds[b] += std::chrono::duration<double>(now - last).count();
+        last = now;
+      });
+      benchmark::DoNotOptimize(out.begin()->second.raw());
+    } else {
+      const auto out = net.forward(x, t, labels, blocks, ctx);
+      benchmark::DoNotOptimize(out.begin()->second.raw());
+    }
+  }
+  const double flop = gflop_to(net, block) * 1e9 * static_cast<double>(batch);
+  state.counters["GFLOP/s"] = benchmark::Counter(flop, benchmark::Counter::kIsIterationInvariantRate,
+                                                 benchmark::Counter::kIs1000);
+  state.counters["GFLOP"] = flop / 1e9;  // per batch
+  state.counters["img/s"] = benchmark::Counter(static_cast<double>(batch), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["peak_arena_MiB"] = static_cast<double>(alloc.peak_bytes_in_use()) / (1 << 20);
+  const double iters = static_cast<double>(state.iterations());
+  for (const auto& [b, s] : block_seconds) {
+    char name[32];
+    std::snprintf(name, sizeof name, "b%02d_ms", b);
+    state.counters[name] = 1e3 * s / iters;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<char*> rest{argv[0]};
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    auto value = [&](std::string_view key) { return std::string(a.substr(key.size())); };
+    if (a.starts_with("--preset=")) g_opt.preset = value("--preset=");
+    else if (a.starts_with("--weights=")) g_opt.weights = value("--weights=");
+    else if (a.starts_with("--input=")) g_opt.input = value("--input=");
+    else if (a.starts_with("--dump=")) g_opt.dump = value("--dump=");
+    else if (a.starts_with("--t=")) g_opt.t = std::stof(value("--t="));
+    else if (a.starts_with("--blocks=")) g_opt.blocks = int_list(value("--blocks="));
+    else if (a.starts_with("--batch=")) g_opt.batches = int_list(value("--batch="));
+    else if (a.starts_with("--threads=")) g_opt.threads = int_list(value("--threads="));
+    else if (a == "--per-block") g_opt.per_block = true;
+    else if (a.starts_with("--precision=")) {
+      g_opt.precisions.clear();
+      const std::string list = value("--precision=");
+      for (std::string_view p = list; !p.empty();) {
+        const auto comma = p.find(',');
+        g_opt.precisions.push_back(parse_precision(std::string(p.substr(0, comma)).c_str()));
+        p = comma == std::string_view::npos ? std::string_view() : p.substr(comma + 1);
+      }
+    } else rest.push_back(argv[i]);
+  }
+  try {
+    if (g_opt.weights.empty()) {
+      g_net = std::make_unique<UNet>(UNet::random(UNetConfig::preset(g_opt.preset), 0));
+    } else {
+      LoadOptions lo;
+      if (g_opt.preset != "fmnist_default") lo.preset = g_opt.preset;
+      g_net = std::make_unique<UNet>(UNet::load(g_opt.weights, lo));
+    }
+    if (!g_opt.input.empty()) g_input = io::load_npy(g_opt.input);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "bench_unet: %s\n", e.what());
+    return 2;
+  }
+  for (Precision p : g_opt.precisions)
+    for (int th : g_opt.threads)
+      for (int n : g_opt.batches)
+        for (int b : g_opt.blocks) {
+          const std::string name = "unet/" + g_opt.preset + "/block:" + (b == 0 ? std::string("out") : std::to_string(b)) +
+                                   "/batch:" + std::to_string(n) + "/threads:" + std::to_string(th) + "/" +
+                                   precision_name(p);
+          benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) { run_forward(s, b, n, th, p); })
+              ->Unit(benchmark::kMillisecond)
+              ->UseRealTime()
+              ->MinTime(0.5);
+        }
+  int rest_argc = static_cast<int>(rest.size());
+  benchmark::Initialize(&rest_argc, rest.data());
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

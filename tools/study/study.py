@@ -1,0 +1,391 @@
+#!/usr/bin/env python3
+"""The paper's study at Fashion-MNIST scale: every number and figure of docs/results.md.
+
+All features come from the `diffprobe` command (C++), all heads are trained by `diffprobe probe`;
+this script only orchestrates, caches and plots. Every test number uses the full 10,000-image
+Fashion-MNIST test set.
+
+Stages (each one caches its outputs under --work, default build/study; rerunning skips what is
+done, so an interrupted study resumes):
+  sweep      linear probe over blocks x t at pool 2x2, for the trained and the untrained U-Net,
+             heads trained on the first --sweep-train training images (default 10,000)
+  pool       pooling sizes 1, 2, 4, 8 at each model's best (t, block), full training set
+  heads      linear, MLP, CNN, attention and fusion heads on the trained model, full training set
+  pixels     logistic regression on the raw pixels (the same C++ linear probe)
+  report     results JSON -> docs/results/*.png and docs/results/results.json
+  all        every stage in order
+
+  /usr/bin/python3 tools/study/study.py all [--bin build/release/bin/diffprobe] [--threads 2]
+
+Models: the bundled models/fmnist_default.safetensors ("trained") and the same network at its
+untrained initialisation ("untrained", tools/train/train_fmnist.py --export-init, seed 0).
+"""
+import argparse
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+DATA = "/usr/share/datasets/fashion-mnist"
+SPLITS = {
+    "train": (f"{DATA}/train-images-idx3-ubyte.gz", f"{DATA}/train-labels-idx1-ubyte.gz", 60000, 0),
+    "test": (f"{DATA}/t10k-images-idx3-ubyte.gz", f"{DATA}/t10k-labels-idx1-ubyte.gz", 10000, 1),
+}  # images, labels, size, noise seed (train and test get different noise streams)
+TS = [10, 50, 100, 200, 400, 700]
+NUM_BLOCKS = 19
+POOLS = [1, 2, 4, 8]
+# The linear probe used everywhere (the paper's SGD recipe converges slowly on standardised
+# 256-4096-dim features; AdamW + cosine reaches the same optimum in 30 epochs, see results.md).
+LINEAR = ["--head", "linear", "--optimizer", "adamw", "--lr", "1e-3", "--schedule", "cosine",
+          "--epochs", "30", "--standardize"]
+
+
+def log(*a):
+    print(time.strftime("[%H:%M:%S]"), *a, flush=True)
+
+
+class Study:
+    def __init__(self, args):
+        self.a = args
+        self.work = os.path.abspath(args.work)
+        self.res_dir = os.path.join(self.work, "results")
+        os.makedirs(self.res_dir, exist_ok=True)
+        self.models = {"trained": os.path.join(ROOT, "models", "fmnist_default.safetensors"),
+                       "untrained": os.path.join(self.work, "untrained.safetensors")}
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def run(self, cmd):
+        t0 = time.time()
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if p.returncode != 0:
+            sys.stderr.write(p.stdout + p.stderr)
+            raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd)}")
+        return p.stdout, time.time() - t0
+
+    def ensure_untrained(self):
+        path = self.models["untrained"]
+        if not os.path.exists(path):
+            subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools", "train", "train_fmnist.py"),
+                            "--export-init", path, "--seed", "0"], check=True)
+        return path
+
+    def features(self, model, split, n, ts, blocks, pool):
+        """Extract (cached) features t{t}.b{b} for the first n images of a split."""
+        images, labels, size, seed = SPLITS[split]
+        n = min(n, size)
+        name = f"{model}_{split}{n}_t{'-'.join(map(str, ts))}_b{'-'.join(map(str, blocks))}_{pool.replace(':', '')}"
+        out = os.path.join(self.work, "features", name + ".safetensors")
+        if os.path.exists(out):
+            return out
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        weights = self.ensure_untrained() if model == "untrained" else self.models[model]
+        log(f"extract {name}")
+        _, dt = self.run([self.a.bin, "extract", "--weights", weights, "--input", images, "--labels", labels,
+                          "--t", ",".join(map(str, ts)), "--blocks", ",".join(map(str, blocks)), "--pool", pool,
+                          "--noise-seed", str(seed), "--batch", "64", "--threads", str(self.a.threads),
+                          "--limit", str(n), "--out", out])
+        self.timing(f"extract {name}", dt, n)
+        return out
+
+    def timing(self, what, seconds, n=None):
+        with open(os.path.join(self.res_dir, "timings.tsv"), "a") as f:
+            f.write(f"{what}\t{seconds:.1f}\t{n or ''}\n")
+
+    def probe(self, tag, train, test, feature, head_args):
+        """Train a head with `diffprobe probe` (cached by tag) and return its result dict."""
+        out = os.path.join(self.res_dir, "probe", tag + ".json")
+        if os.path.exists(out):
+            return json.load(open(out))
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        _, dt = self.run([self.a.bin, "probe", "--train", train, "--test", test, "--feature", feature,
+                          "--threads", str(self.a.threads), "--json", out + ".tmp"] + head_args)
+        r = json.load(open(out + ".tmp"))
+        r["seconds"] = round(dt, 1)
+        r["args"] = head_args
+        json.dump(r, open(out + ".tmp", "w"))
+        os.replace(out + ".tmp", out)
+        log(f"probe {tag}: top-1 {100 * r['top1']:.2f}% ({dt:.0f} s)")
+        return r
+
+    def save(self, name, obj):
+        path = os.path.join(self.res_dir, name + ".json")
+        json.dump(obj, open(path + ".tmp", "w"), indent=1)
+        os.replace(path + ".tmp", path)
+
+    def load(self, name):
+        path = os.path.join(self.res_dir, name + ".json")
+        if not os.path.exists(path):
+            raise SystemExit(f"{path} is missing: run the stage that makes it first")
+        return json.load(open(path))
+
+    # -- stages ------------------------------------------------------------------------------
+    def sweep(self, model):
+        blocks = list(range(1, NUM_BLOCKS + 1))
+        acc = np.full((len(TS), len(blocks)), np.nan)
+        n = self.a.sweep_train
+        for i, t in enumerate(TS):
+            tr = self.features(model, "train", n, [t], blocks, "avg:2")
+            te = self.features(model, "test", 10000, [t], blocks, "avg:2")
+            for j, b in enumerate(blocks):
+                acc[i, j] = self.probe(f"sweep_{model}_n{n}_t{t}_b{b}_avg2", tr, te, f"t{t}.b{b}", LINEAR)["top1"]
+        i, j = np.unravel_index(np.nanargmax(acc), acc.shape)
+        res = {"model": model, "train_images": n, "test_images": 10000, "pool": "avg:2", "t": TS,
+               "blocks": blocks, "top1": acc.tolist(), "best": {"t": TS[i], "block": blocks[j],
+                                                                 "top1": float(acc[i, j])}}
+        self.save(f"sweep_{model}", res)
+        log(f"sweep {model}: best t={TS[i]} block={blocks[j]} top-1 {100 * acc[i, j]:.2f}% ({n} training images)")
+        return res
+
+    def pool(self, model):
+        best = self.load(f"sweep_{model}")["best"]
+        t, b = best["t"], best["block"]
+        rows = []
+        for p in POOLS:
+            tr = self.features(model, "train", 60000, [t], [b], f"avg:{p}")
+            te = self.features(model, "test", 10000, [t], [b], f"avg:{p}")
+            r = self.probe(f"pool_{model}_t{t}_b{b}_avg{p}", tr, te, f"t{t}.b{b}", LINEAR)
+            rows.append({"pool": p, "top1": r["top1"], "top5": r["top5"]})
+        best_pool = max(rows, key=lambda r: r["top1"])
+        self.save(f"pool_{model}", {"model": model, "t": t, "block": b, "train_images": 60000,
+                                    "rows": rows, "best": best_pool})
+        return rows
+
+    def heads(self):
+        sw = self.load("sweep_trained")
+        pl = self.load("pool_trained")
+        t, b = pl["t"], pl["block"]
+        p = pl["best"]["pool"]
+        rows = []
+        tr = self.features("trained", "train", 60000, [t], [b], f"avg:{p}")
+        te = self.features("trained", "test", 10000, [t], [b], f"avg:{p}")
+        feat = f"t{t}.b{b}"
+        specs = [
+            ("linear", LINEAR, p),
+            ("mlp:1024_512", ["--head", "mlp:1024_512", "--optimizer", "adamw", "--lr", "1e-3", "--schedule",
+                              "cosine", "--epochs", "20", "--standardize"], p),
+        ]
+        for name, args, pp in specs:
+            r = self.probe(f"heads_{name.replace(':', '')}_{feat}_avg{pp}", tr, te, feat, args)
+            rows.append({"head": name, "feature": feat, "pool": pp, "top1": r["top1"], "top5": r["top5"],
+                         "seconds": r["seconds"]})
+        # The spatial heads see a 4x4 map (16 tokens: the attention head's cost is quadratic).
+        sp = 4
+        trs = self.features("trained", "train", 60000, [t], [b], f"avg:{sp}")
+        tes = self.features("trained", "test", 10000, [t], [b], f"avg:{sp}")
+        spatial = [
+            ("cnn", ["--head", "cnn", "--optimizer", "adamw", "--lr", "1e-3", "--schedule", "cosine",
+                     "--epochs", "15"]),
+            ("attention", ["--head", "attention", "--attention-dim", "128", "--optimizer", "adamw", "--lr",
+                           "5e-4", "--schedule", "cosine", "--epochs", "15"]),
+        ]
+        for name, args in spatial:
+            r = self.probe(f"heads_{name}_{feat}_avg{sp}", trs, tes, feat, args)
+            rows.append({"head": name, "feature": feat, "pool": sp, "top1": r["top1"], "top5": r["top5"],
+                         "seconds": r["seconds"]})
+        # Fusion over the three best blocks of the sweep at the best t plus the best block at a second t.
+        acc = np.array(sw["top1"])
+        ti = sw["t"].index(t)
+        top_blocks = [sw["blocks"][j] for j in np.argsort(-acc[ti])[:3]]
+        t2 = sw["t"][int(np.argsort(-acc[:, sw["blocks"].index(b)])[1])]
+        pairs = [(t, bb) for bb in sorted(top_blocks)] + [(t2, b)]
+        fts, ftests, names = [], [], []
+        for tt, bb in pairs:
+            fts.append(self.features("trained", "train", 60000, [tt], [bb], f"avg:{sp}"))
+            ftests.append(self.features("trained", "test", 10000, [tt], [bb], f"avg:{sp}"))
+            names.append(f"t{tt}.b{bb}")
+        ftr = self.merge(fts, f"fusion_train_{'_'.join(names)}")
+        fte = self.merge(ftests, f"fusion_test_{'_'.join(names)}")
+        r = self.probe(f"heads_fusion_{'_'.join(names)}_avg{sp}", ftr, fte, ",".join(names),
+                       ["--head", "fusion", "--attention-dim", "128", "--optimizer", "adamw", "--lr", "5e-4",
+                        "--schedule", "cosine", "--epochs", "15"])
+        rows.append({"head": "fusion", "feature": ",".join(names), "pool": sp, "top1": r["top1"], "top5": r["top5"],
+                     "seconds": r["seconds"]})
+        self.save("heads", {"t": t, "block": b, "train_images": 60000, "rows": rows})
+        return rows
+
+    def merge(self, paths, name):
+        """One feature file holding the features of several files (same images, same labels)."""
+        out = os.path.join(self.work, "features", name + ".safetensors")
+        if os.path.exists(out):
+            return out
+        tensors, meta, ts, bs = {}, None, [], []
+        for p in paths:
+            t, m = read_safetensors(p)
+            meta = meta or dict(m)
+            ts += [int(x) for x in m["timesteps"].split(",")]
+            bs += [int(x) for x in m["blocks"].split(",")]
+            tensors.update(t)
+        meta["timesteps"] = ",".join(map(str, sorted(set(ts))))
+        meta["blocks"] = ",".join(map(str, sorted(set(bs))))
+        write_safetensors(out, tensors, meta)
+        return out
+
+    def pixels(self):
+        """Logistic regression on raw pixels: the 28x28 images as 784 features in [-1, 1]."""
+        files = {}
+        for split in ("train", "test"):
+            images, labels, size, _ = SPLITS[split]
+            out = os.path.join(self.work, "features", f"pixels_{split}.safetensors")
+            if not os.path.exists(out):
+                x = read_idx(images).astype(np.float32) / 127.5 - 1.0
+                y = read_idx(labels).astype(np.int64)
+                meta = {"format": "diffprobe.features", "format_version": "1", "timesteps": "0", "blocks": "0",
+                        "pooling": "none", "preprocessing": "raw 28x28 pixels, uint8/127.5-1",
+                        "weights_sha256": "", "config": "{}", "noise_seed": "0", "noise_draws": "1",
+                        "library": "tools/study/study.py"}
+                os.makedirs(os.path.dirname(out), exist_ok=True)
+                write_safetensors(out, {"t0.b0": x.reshape(len(x), 1, 28, 28), "labels": y}, meta)
+            files[split] = out
+        r = self.probe("pixels_linear", files["train"], files["test"], "t0.b0", LINEAR)
+        self.save("pixels", {"train_images": 60000, "top1": r["top1"], "top5": r["top5"]})
+        return r
+
+    def report(self):
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        out_dir = os.path.join(ROOT, "docs", "results")
+        os.makedirs(out_dir, exist_ok=True)
+        summary = {}
+        fig, axes = plt.subplots(2, 1, figsize=(11, 6.5), constrained_layout=True)
+        for ax, model in zip(axes, ("trained", "untrained")):
+            sw = self.load(f"sweep_{model}")
+            acc = 100 * np.array(sw["top1"])
+            im = ax.imshow(acc, cmap="viridis", aspect="auto", vmin=np.nanmin(acc), vmax=np.nanmax(acc))
+            ax.set_xticks(range(len(sw["blocks"])), sw["blocks"])
+            ax.set_yticks(range(len(sw["t"])), sw["t"])
+            ax.set_xlabel("block (1-based, paper numbering; 10 = middle)")
+            ax.set_ylabel("t")
+            for i in range(acc.shape[0]):
+                for j in range(acc.shape[1]):
+                    ax.text(j, i, f"{acc[i, j]:.1f}", ha="center", va="center", fontsize=6.5,
+                            color="white" if acc[i, j] < (np.nanmin(acc) + np.nanmax(acc)) / 2 else "black")
+            b = sw["best"]
+            ax.set_title(f"{model} U-Net: linear-probe top-1 % (pool 2x2, {sw['train_images']} training images, "
+                         f"10,000 test images); best t={b['t']} block={b['block']}: {100 * b['top1']:.2f}%")
+            fig.colorbar(im, ax=ax, shrink=0.9)
+            summary[f"sweep_{model}"] = sw
+        fig.savefig(os.path.join(out_dir, "sweep_heatmap.png"), dpi=110)
+        plt.close(fig)
+
+        fig, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
+        width = 0.38
+        for k, model in enumerate(("trained", "untrained")):
+            pl = self.load(f"pool_{model}")
+            xs = np.arange(len(pl["rows"])) + (k - 0.5) * width
+            vals = [100 * r["top1"] for r in pl["rows"]]
+            ax.bar(xs, vals, width, label=f"{model} (t={pl['t']}, block {pl['block']})")
+            for x, v in zip(xs, vals):
+                ax.text(x, v + 0.2, f"{v:.1f}", ha="center", fontsize=7)
+            summary[f"pool_{model}"] = pl
+        ax.set_xticks(range(len(POOLS)), [f"{p}x{p}" for p in POOLS])
+        ax.set_xlabel("adaptive average pooling")
+        ax.set_ylabel("linear-probe top-1 %")
+        lo = min(100 * r["top1"] for m in ("trained", "untrained") for r in self.load(f"pool_{m}")["rows"])
+        ax.set_ylim(max(0, lo - 5), 100)
+        ax.legend(fontsize=8, loc="lower right")
+        ax.set_title("Pooling size at each model's best (t, block), 60,000 training images", fontsize=9)
+        fig.savefig(os.path.join(out_dir, "pooling.png"), dpi=110)
+        plt.close(fig)
+
+        for name in ("heads", "pixels"):
+            if os.path.exists(os.path.join(self.res_dir, name + ".json")):
+                summary[name] = self.load(name)
+        timings = os.path.join(self.res_dir, "timings.tsv")
+        if os.path.exists(timings):
+            summary["timings"] = [line.rstrip("\n").split("\t") for line in open(timings)]
+        json.dump(summary, open(os.path.join(out_dir, "results.json"), "w"), indent=1)
+        self.print_summary(summary)
+
+    def print_summary(self, s):
+        print("\n== Fashion-MNIST test set (10,000 images)")
+        if "pixels" in s:
+            print(f"raw pixels, logistic regression           {100 * s['pixels']['top1']:6.2f}%")
+        for m in ("untrained", "trained"):
+            if f"pool_{m}" in s:
+                pl = s[f"pool_{m}"]
+                print(f"{m:>9} U-Net, linear, t={pl['t']:<3} b={pl['block']:<2} pool {pl['best']['pool']}x{pl['best']['pool']}"
+                      f"   {100 * pl['best']['top1']:6.2f}%")
+        for r in s.get("heads", {}).get("rows", []):
+            print(f"  trained, {r['head']:<14} {r['feature']:<28} {100 * r['top1']:6.2f}%  ({r['seconds']:.0f} s)")
+
+
+# -- file formats ------------------------------------------------------------------------------
+def read_idx(path):
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+_DT = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        base = 8 + n
+        meta = header.pop("__metadata__", {})
+        out = {}
+        for name, h in header.items():
+            a, b = h["data_offsets"]
+            f.seek(base + a)
+            out[name] = np.frombuffer(f.read(b - a), dtype=_DT[h["dtype"]]).reshape(h["shape"])
+    return out, meta
+
+
+def write_safetensors(path, tensors, meta):
+    names = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int64): "I64",
+             np.dtype(np.int32): "I32"}
+    header, off, blobs = {"__metadata__": meta}, 0, []
+    for name, t in tensors.items():
+        raw = np.ascontiguousarray(t).tobytes()
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    hj = json.dumps(header, separators=(",", ":")).encode()
+    hj += b" " * (-len(hj) % 8)
+    with open(path + ".tmp", "wb") as f:
+        f.write(struct.pack("<Q", len(hj)))
+        f.write(hj)
+        for blob in blobs:
+            f.write(blob)
+    os.replace(path + ".tmp", path)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=["sweep", "pool", "heads", "pixels", "report", "all"])
+    p.add_argument("--model", choices=["trained", "untrained", "both"], default="both",
+                   help="for sweep and pool")
+    p.add_argument("--bin", default=os.path.join(ROOT, "build", "release", "bin", "diffprobe"))
+    p.add_argument("--work", default=os.path.join(ROOT, "build", "study"))
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--sweep-train", type=int, default=10000, help="training images for the sweep's probes")
+    a = p.parse_args()
+    s = Study(a)
+    models = ["trained", "untrained"] if a.model == "both" else [a.model]
+    if a.stage in ("sweep", "all"):
+        for m in models:
+            s.sweep(m)
+    if a.stage in ("pool", "all"):
+        for m in models:
+            s.pool(m)
+    if a.stage in ("pixels", "all"):
+        s.pixels()
+    if a.stage in ("heads", "all"):
+        s.heads()
+    if a.stage in ("report", "all"):
+        s.report()
+
+
+if __name__ == "__main__":
+    main()
