@@ -42,7 +42,8 @@ std::vector<int> int_list(std::string_view s) {
   std::size_t pos = 0;
   while (pos <= s.size()) {
     const std::size_t comma = s.find(',', pos);
-    const std::string item(s.substr(pos, comma == std::string_view::npos ? std::string_view::npos : comma - pos));
+    const std::string item(
+        s.substr(pos, comma == std::string_view::npos ? std::string_view::npos : comma - pos));
     out.push_back(item == "out" ? 0 : std::stoi(item));
     if (comma == std::string_view::npos) break;
     pos = comma + 1;
@@ -81,7 +82,8 @@ double gflop_to(const UNet& net, int block) {
 void run_forward(benchmark::State& state, int block, std::int64_t batch, int threads, Precision precision) {
   const UNet& net = *g_net;
   const Tensor x = make_input(net, batch);
-  const Tensor t = Tensor::from_vector(Shape{batch}, std::vector<float>(static_cast<std::size_t>(batch), g_opt.t));
+  const Tensor t =
+      Tensor::from_vector(Shape{batch}, std::vector<float>(static_cast<std::size_t>(batch), g_opt.t));
   Tensor labels;
   if (net.config().class_cond) {
     labels = Tensor::empty(Shape{batch}, DType::I64);
@@ -121,10 +123,11 @@ void run_forward(benchmark::State& state, int block, std::int64_t batch, int thr
     }
   }
   const double flop = gflop_to(net, block) * 1e9 * static_cast<double>(batch);
-  state.counters["GFLOP/s"] = benchmark::Counter(flop, benchmark::Counter::kIsIterationInvariantRate,
-                                                 benchmark::Counter::kIs1000);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(flop, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
   state.counters["GFLOP"] = flop / 1e9;  // per batch
-  state.counters["img/s"] = benchmark::Counter(static_cast<double>(batch), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["img/s"] =
+      benchmark::Counter(static_cast<double>(batch), benchmark::Counter::kIsIterationInvariantRate);
   state.counters["peak_arena_MiB"] = static_cast<double>(alloc.peak_bytes_in_use()) / (1 << 20);
   const double iters = static_cast<double>(state.iterations());
   for (const auto& [b, s] : block_seconds) {
@@ -141,15 +144,24 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string_view a = argv[i];
     auto value = [&](std::string_view key) { return std::string(a.substr(key.size())); };
-    if (a.starts_with("--preset=")) g_opt.preset = value("--preset=");
-    else if (a.starts_with("--weights=")) g_opt.weights = value("--weights=");
-    else if (a.starts_with("--input=")) g_opt.input = value("--input=");
-    else if (a.starts_with("--dump=")) g_opt.dump = value("--dump=");
-    else if (a.starts_with("--t=")) g_opt.t = std::stof(value("--t="));
-    else if (a.starts_with("--blocks=")) g_opt.blocks = int_list(value("--blocks="));
-    else if (a.starts_with("--batch=")) g_opt.batches = int_list(value("--batch="));
-    else if (a.starts_with("--threads=")) g_opt.threads = int_list(value("--threads="));
-    else if (a == "--per-block") g_opt.per_block = true;
+    if (a.starts_with("--preset="))
+      g_opt.preset = value("--preset=");
+    else if (a.starts_with("--weights="))
+      g_opt.weights = value("--weights=");
+    else if (a.starts_with("--input="))
+      g_opt.input = value("--input=");
+    else if (a.starts_with("--dump="))
+      g_opt.dump = value("--dump=");
+    else if (a.starts_with("--t="))
+      g_opt.t = std::stof(value("--t="));
+    else if (a.starts_with("--blocks="))
+      g_opt.blocks = int_list(value("--blocks="));
+    else if (a.starts_with("--batch="))
+      g_opt.batches = int_list(value("--batch="));
+    else if (a.starts_with("--threads="))
+      g_opt.threads = int_list(value("--threads="));
+    else if (a == "--per-block")
+      g_opt.per_block = true;
     else if (a.starts_with("--precision=")) {
       g_opt.precisions.clear();
       const std::string list = value("--precision=");
@@ -158,7 +170,8 @@ int main(int argc, char** argv) {
         g_opt.precisions.push_back(parse_precision(std::string(p.substr(0, comma)).c_str()));
         p = comma == std::string_view::npos ? std::string_view() : p.substr(comma + 1);
       }
-    } else rest.push_back(argv[i]);
+    } else
+      rest.push_back(argv[i]);
   }
   try {
     if (g_opt.weights.empty()) {
@@ -177,10 +190,11 @@ int main(int argc, char** argv) {
     for (int th : g_opt.threads)
       for (int n : g_opt.batches)
         for (int b : g_opt.blocks) {
-          const std::string name = "unet/" + g_opt.preset + "/block:" + (b == 0 ? std::string("out") : std::to_string(b)) +
-                                   "/batch:" + std::to_string(n) + "/threads:" + std::to_string(th) + "/" +
-                                   precision_name(p);
-          benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) { run_forward(s, b, n, th, p); })
+          const std::string name =
+              "unet/" + g_opt.preset + "/block:" + (b == 0 ? std::string("out") : std::to_string(b)) +
+              "/batch:" + std::to_string(n) + "/threads:" + std::to_string(th) + "/" + precision_name(p);
+          benchmark::RegisterBenchmark(name.c_str(),
+                                       [=](benchmark::State& s) { run_forward(s, b, n, th, p); })
               ->Unit(benchmark::kMillisecond)
               ->UseRealTime()
               ->MinTime(0.5);

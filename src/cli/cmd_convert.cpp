@@ -14,16 +14,20 @@ Runner add_convert(CLI::App& app) {
     bool no_check = false;
   };
   auto o = std::make_shared<Opts>();
-  app.add_option("--weights,input", o->in, "input weights (safetensors, torch zip or legacy)")->required()->check(CLI::ExistingFile);
+  app.add_option("--weights,input", o->in, "input weights (safetensors, torch zip or legacy)")
+      ->required()
+      ->check(CLI::ExistingFile);
   app.add_option("--out,-o", o->out, "output .safetensors file")->required();
   app.add_option("--dtype", o->dtype, "storage type of floating tensors: fp32, fp16 or bf16")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16", "f32", "f16"}));
   app.add_option("--preset", o->preset, "validate against this preset and record its config");
-  app.add_option("--config", o->config, "validate against this JSON config and record it")->check(CLI::ExistingFile);
+  app.add_option("--config", o->config, "validate against this JSON config and record it")
+      ->check(CLI::ExistingFile);
   app.add_flag("--no-check", o->no_check, "write the tensors without validating them as a U-Net");
   return [o]() {
     io::NamedTensors w = io::load_weights(o->in);
-    fmt::print("read {} tensors from {} ({})\n", w.size(), o->in, io::weights_format_name(io::detect_weights_format(o->in)));
+    fmt::print("read {} tensors from {} ({})\n", w.size(), o->in,
+               io::weights_format_name(io::detect_weights_format(o->in)));
     if (!o->no_check) {
       LoadOptions lo;
       if (!o->preset.empty()) lo.preset = o->preset;

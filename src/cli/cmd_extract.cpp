@@ -21,7 +21,8 @@ namespace {
 std::unique_ptr<data::Dataset> open_dataset(const std::string& input, const std::string& labels,
                                             const data::InputSpec& spec, std::int64_t limit) {
   if (fs::is_directory(input)) {
-    if (!labels.empty()) throw ArgumentError("--labels", "an image folder takes its labels from its sub-folders");
+    if (!labels.empty())
+      throw ArgumentError("--labels", "an image folder takes its labels from its sub-folders");
     return std::make_unique<data::ImageFolder>(input, spec);
   }
   if (!fs::exists(input)) throw IoError("--input", "no such file or folder: " + input);
@@ -41,8 +42,8 @@ std::unique_ptr<data::Dataset> open_dataset(const std::string& input, const std:
 
 Runner add_extract(CLI::App& app) {
   struct Opts {
-    std::string weights, preset, config, input, labels, t = "90", blocks = "24", pool = "avg:2", device = "cpu", out,
-                                                            precision = "fp32", dtype = "fp32";
+    std::string weights, preset, config, input, labels,
+        t = "90", blocks = "24", pool = "avg:2", device = "cpu", out, precision = "fp32", dtype = "fp32";
     std::uint64_t seed = 0;
     bool no_noise = false;
     int draws = 1, batch = 16, threads = 0, image_size = 0;
@@ -51,25 +52,33 @@ Runner add_extract(CLI::App& app) {
   };
   auto o = std::make_shared<Opts>();
   app.add_option("--weights", o->weights, "U-Net weights (safetensors, torch zip or legacy)")->required();
-  app.add_option("--preset", o->preset, "model preset (default: from the file name or metadata, else inferred)");
+  app.add_option("--preset", o->preset,
+                 "model preset (default: from the file name or metadata, else inferred)");
   app.add_option("--config", o->config, "model config JSON (official flag names)");
-  app.add_option("--image-size", o->image_size, "image size when the config is inferred from the weights");
-  app.add_option("--input", o->input, "image folder (one sub-folder per class), .npy [N,C,H,W] or IDX images file")
+  app.add_option("--image-size", o->image_size, "image size when the config is inferred from the weights")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--input", o->input,
+                 "image folder (one sub-folder per class), .npy [N,C,H,W] or IDX images file")
       ->required();
   app.add_option("--labels", o->labels, "labels: IDX labels file (with IDX input) or .npy (with .npy input)");
   app.add_option("--t", o->t, "timesteps, comma-separated (e.g. 90,150)")->required();
-  app.add_option("--blocks", o->blocks, "blocks, comma-separated, 1-based paper numbering (0/out = output)")->required();
+  app.add_option("--blocks", o->blocks, "blocks, comma-separated, 1-based paper numbering (0/out = output)")
+      ->required();
   app.add_option("--pool", o->pool, "pooling: avg:P, max:P, gap or none");
-  auto* seed = app.add_option("--noise-seed", o->seed, "seed of the counter-based noise");
-  app.add_flag("--no-noise", o->no_noise, "feed the input unchanged as x_t (with t as the timestep)")->excludes(seed);
+  auto* seed = app.add_option("--noise-seed", o->seed, "seed of the counter-based noise")
+                   ->check(CLI::NonNegativeNumber);
+  app.add_flag("--no-noise", o->no_noise, "feed the input unchanged as x_t (with t as the timestep)")
+      ->excludes(seed);
   app.add_option("--noise-draws", o->draws, "average the features over K noise draws");
   app.add_option("--label", o->label, "class label for class-conditional models");
   app.add_option("--batch", o->batch, "images per U-Net pass");
   app.add_option("--threads", o->threads, "CPU threads (default: all cores)");
   app.add_option("--device", o->device, "cpu, cuda or cuda:N");
-  app.add_option("--precision", o->precision, "fp32 or bf16 (CPU, AVX-512 BF16)")->check(CLI::IsMember({"fp32", "bf16"}));
+  app.add_option("--precision", o->precision, "fp32 or bf16 (CPU, AVX-512 BF16)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
   app.add_option("--limit", o->limit, "only the first N samples");
-  app.add_option("--chunk", o->chunk, "samples per resumable chunk (default: 16 batches)");
+  app.add_option("--chunk", o->chunk, "samples per resumable chunk (default: 16 batches)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--dtype", o->dtype, "storage type of the features: fp32, fp16 or bf16")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
   app.add_option("--out", o->out, "output feature file (.safetensors)")->required();
@@ -89,8 +98,10 @@ Runner add_extract(CLI::App& app) {
     eo.noise_seed = o->seed;
     eo.noise_draws = o->draws;
     eo.label = o->label;
-    if (o->pool != "none") eo.pool = PoolSpec::parse(o->pool);
-    else PoolSpec::parse(o->pool);
+    if (o->pool != "none")
+      eo.pool = PoolSpec::parse(o->pool);
+    else
+      PoolSpec::parse(o->pool);
     eo.batch_size = o->batch;
     eo.device = parse_device(o->device);
     eo.threads = o->threads;
@@ -116,8 +127,8 @@ Runner add_extract(CLI::App& app) {
     wo.store = parse_dtype(o->dtype);
     FeatureWriter writer(o->out, meta, wo);
     const auto pending = writer.pending();
-    fmt::print(stderr, "extracting t={} blocks={} pool={} from {} samples ({}), {} of {} chunks to do\n", o->t, o->blocks,
-               o->pool, total, ds->describe(), pending.size(), writer.num_chunks());
+    fmt::print(stderr, "extracting t={} blocks={} pool={} from {} samples ({}), {} of {} chunks to do\n",
+               o->t, o->blocks, o->pool, total, ds->describe(), pending.size(), writer.num_chunks());
     Progress progress("extract", total);
     std::int64_t done = 0;
     for (std::int64_t c = 0; c < writer.num_chunks(); ++c)
@@ -127,7 +138,8 @@ Runner add_extract(CLI::App& app) {
       const auto [b, e] = writer.chunk_range(c);
       const Tensor images = ds->images(b, e);
       const std::int64_t base = done;
-      const FeatureSet fs_ = fx.extract(images, b, {}, [&](std::int64_t d, std::int64_t) { progress.update(base + d); });
+      const FeatureSet fs_ =
+          fx.extract(images, b, {}, [&](std::int64_t d, std::int64_t) { progress.update(base + d); });
       std::optional<Tensor> l;
       if (labels) l = labels->slice_batch(b, e).clone();
       writer.write(c, fs_, l);

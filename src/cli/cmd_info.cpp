@@ -14,10 +14,12 @@ Runner add_info(CLI::App& app) {
     int image_size = 0;
   };
   auto o = std::make_shared<Opts>();
-  app.add_option("--weights", o->weights, "weights file (safetensors, torch zip or legacy)")->check(CLI::ExistingFile);
+  app.add_option("--weights", o->weights, "weights file (safetensors, torch zip or legacy)")
+      ->check(CLI::ExistingFile);
   app.add_option("--preset", o->preset, "a preset name (e.g. 256x256_diffusion_uncond)");
   app.add_option("--config", o->config, "a JSON file of official flags")->check(CLI::ExistingFile);
-  app.add_option("--image-size", o->image_size, "image size, when the config is inferred from the weights");
+  app.add_option("--image-size", o->image_size, "image size, when the config is inferred from the weights")
+      ->check(CLI::PositiveNumber);
   return [o]() {
     if (o->weights.empty() && o->preset.empty() && o->config.empty())
       throw ArgumentError("diffprobe info", "give --weights FILE, --preset NAME or --config FILE.json");
@@ -44,16 +46,17 @@ Runner add_info(CLI::App& app) {
     for (const auto& n : notes) fmt::print("{}\n", n);
     fmt::print("{}\n", config.to_json());
     const auto infos = unet_block_infos(config);
-    fmt::print("parameters: {}\ninput blocks: {}, blocks 1..{} (0 = out)\n", params, config.num_input_blocks(),
-               config.num_blocks());
-    fmt::print("{:>5}  {:<18} {:<20} {:>12} {:>9}  {}\n", "block", "name", "output [C,H,W]", "parameters", "GFLOP",
-               "layers");
+    fmt::print("parameters: {}\ninput blocks: {}, blocks 1..{} (0 = out)\n", params,
+               config.num_input_blocks(), config.num_blocks());
+    fmt::print("{:>5}  {:<18} {:<20} {:>12} {:>9}  {}\n", "block", "name", "output [C,H,W]", "parameters",
+               "GFLOP", "layers");
     double total = 0;
     for (const auto& i : infos) {
       total += i.gflop;
       const auto& s = i.output_shape;
-      fmt::print("{:>5}  {:<18} {:<20} {:>12} {:>9.2f}  {}\n", i.block == 0 ? std::string("out") : std::to_string(i.block),
-                 i.name, fmt::format("{}x{}x{}", s[1], s[2], s[3]), i.parameters, i.gflop, i.description);
+      fmt::print("{:>5}  {:<18} {:<20} {:>12} {:>9.2f}  {}\n",
+                 i.block == 0 ? std::string("out") : std::to_string(i.block), i.name,
+                 fmt::format("{}x{}x{}", s[1], s[2], s[3]), i.parameters, i.gflop, i.description);
     }
     fmt::print("total: {:.1f} GFLOP per image (2*MAC), plus the time embedding\n", total);
     return 0;

@@ -25,23 +25,28 @@ Runner add_probe(CLI::App& app) {
   auto o = std::make_shared<Opts>();
   app.add_option("--train", o->train, "training feature file")->required();
   app.add_option("--test", o->test, "test feature file")->required();
-  app.add_option("--feature", o->feature, "feature name(s), e.g. t90.b24 (fusion: t90.b19,t90.b24,t150.b19,...)")
+  app.add_option("--feature", o->feature,
+                 "feature name(s), e.g. t90.b24 (fusion: t90.b19,t90.b24,t150.b19,...)")
       ->required();
   app.add_option("--head", o->head, "linear | mlp:H1_H2 | cnn | attention | fusion");
   app.add_option("--epochs", o->epochs, "epochs (default: the paper's 28)");
-  app.add_option("--lr", o->lr, "learning rate (default: 1e-2 linear/MLP/CNN, 5e-2 attention/fusion with SGD)");
+  app.add_option("--lr", o->lr,
+                 "learning rate (default: 1e-2 linear/MLP/CNN, 5e-2 attention/fusion with SGD)");
   app.add_option("--batch", o->batch, "mini-batch size (default 128)");
-  app.add_option("--optimizer", o->optimizer, "sgd or adamw (default sgd)")->check(CLI::IsMember({"sgd", "adamw"}));
+  app.add_option("--optimizer", o->optimizer, "sgd or adamw (default sgd)")
+      ->check(CLI::IsMember({"sgd", "adamw"}));
   app.add_option("--schedule", o->schedule, "step, cosine or constant (default step: x0.1 every 7 epochs)")
       ->check(CLI::IsMember({"step", "cosine", "constant"}));
   app.add_option("--momentum", o->momentum, "SGD momentum (default 0)");
   app.add_option("--weight-decay", o->weight_decay, "weight decay (default 0)");
   app.add_option("--val-fraction", o->val_fraction, "hold out this fraction of training data for validation");
   app.add_option("--patience", o->patience, "early stopping patience in epochs (needs --val-fraction)");
-  app.add_flag("--standardize", o->standardize, "standardise features (fitted on training data, saved with the head)");
-  app.add_option("--attention-dim", o->attn_dim, "attention/fusion head width (default 1024, the paper's)");
-  app.add_option("--seed", o->seed, "seed for initialisation and shuffling");
-  app.add_option("--threads", o->threads, "CPU threads (default: all cores)");
+  app.add_flag("--standardize", o->standardize,
+               "standardise features (fitted on training data, saved with the head)");
+  app.add_option("--attention-dim", o->attn_dim, "attention/fusion head width (default 1024, the paper's)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--seed", o->seed, "seed for initialisation and shuffling")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", o->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   app.add_option("--save", o->save, "save the trained head (.safetensors)");
   app.add_option("--json", o->json, "write the results as JSON");
   app.add_flag("--confusion", o->confusion, "print the confusion matrix");
@@ -72,7 +77,8 @@ Runner add_probe(CLI::App& app) {
       if (kind == "linear") return Head::linear(s, classes);
       if (kind == "mlp") {
         const auto colon = o->head.find(':');
-        if (colon == std::string::npos) throw ArgumentError("--head", "mlp needs hidden sizes, e.g. mlp:2048_1024");
+        if (colon == std::string::npos)
+          throw ArgumentError("--head", "mlp needs hidden sizes, e.g. mlp:2048_1024");
         return Head::mlp(s, std::string_view(o->head).substr(colon + 1), classes);
       }
       if (kind == "cnn") return Head::cnn(s, classes);
@@ -103,12 +109,14 @@ Runner add_probe(CLI::App& app) {
         xte = rte;
         return Head::fusion(shapes, classes, ac);
       }
-      throw ArgumentError("--head", "unknown head '" + o->head + "' (linear, mlp:H1_H2, cnn, attention, fusion)");
+      throw ArgumentError("--head",
+                          "unknown head '" + o->head + "' (linear, mlp:H1_H2, cnn, attention, fusion)");
     }();
     if (kind != "fusion" && names.size() != 1)
       throw ArgumentError("--feature", "only the fusion head takes several features");
 
-    TrainConfig tc = (kind == "attention" || kind == "fusion") ? TrainConfig::paper_attention() : TrainConfig::paper_linear();
+    TrainConfig tc = (kind == "attention" || kind == "fusion") ? TrainConfig::paper_attention()
+                                                               : TrainConfig::paper_linear();
     if (o->epochs) tc.epochs = *o->epochs;
     if (o->lr) tc.lr = *o->lr;
     if (o->batch) tc.batch_size = *o->batch;
@@ -124,17 +132,18 @@ Runner add_probe(CLI::App& app) {
     // The paper's step schedule divides lr by 10 at each quarter of training (every 7 of 28 epochs).
     tc.step_epochs = std::max(1, tc.epochs / 4);
     tc.on_epoch = [](const EpochStats& e) {
-      fmt::print(stderr, "epoch {:>3}  lr {:.2e}  loss {:.4f}  train acc {:.2f}%{}\n", e.epoch + 1, e.lr, e.train_loss,
-                 100 * e.train_accuracy,
-                 std::isnan(e.val_accuracy) ? std::string() : fmt::format("  val acc {:.2f}%", 100 * e.val_accuracy));
+      fmt::print(stderr, "epoch {:>3}  lr {:.2e}  loss {:.4f}  train acc {:.2f}%{}\n", e.epoch + 1, e.lr,
+                 e.train_loss, 100 * e.train_accuracy,
+                 std::isnan(e.val_accuracy) ? std::string()
+                                            : fmt::format("  val acc {:.2f}%", 100 * e.val_accuracy));
     };
     head.reset_parameters(o->seed);
     fmt::print(stderr, "training a {} head ({} parameters) on {} samples of {}, {} classes\n", o->head,
                head.num_parameters(), train.size(), o->feature, classes);
     const TrainHistory hist = kind == "fusion" ? head.fit(xtr, *ytr, tc) : head.fit(xtr[0], *ytr, tc);
     const Report rep = kind == "fusion" ? head.evaluate(xte, *yte) : head.evaluate(xte[0], *yte);
-    fmt::print("head {}  feature {}  train {}  test {}  top-1 {:.2f}%  top-5 {:.2f}%\n", o->head, o->feature, train.size(),
-               test.size(), 100 * rep.top1, 100 * rep.top5);
+    fmt::print("head {}  feature {}  train {}  test {}  top-1 {:.2f}%  top-5 {:.2f}%\n", o->head, o->feature,
+               train.size(), test.size(), 100 * rep.top1, 100 * rep.top5);
     if (o->confusion) {
       fmt::print("confusion (rows: true class, columns: predicted)\n");
       for (int i = 0; i < rep.num_classes; ++i) {
@@ -152,8 +161,10 @@ Runner add_probe(CLI::App& app) {
     if (!o->json.empty()) {
       std::ofstream f(o->json);
       if (!f) throw IoError("--json", "cannot write " + o->json);
-      f << fmt::format("{{\"head\": \"{}\", \"feature\": \"{}\", \"train\": {}, \"test\": {}, \"top1\": {:.6f}, \"top5\": {:.6f}, \"epochs\": {}}}\n",
-                       o->head, o->feature, train.size(), test.size(), rep.top1, rep.top5, hist.epochs.size());
+      f << fmt::format(
+          "{{\"head\": \"{}\", \"feature\": \"{}\", \"train\": {}, \"test\": {}, \"top1\": {:.6f}, \"top5\": "
+          "{:.6f}, \"epochs\": {}}}\n",
+          o->head, o->feature, train.size(), test.size(), rep.top1, rep.top5, hist.epochs.size());
     }
     return 0;
   };

@@ -1,5 +1,7 @@
 #include "heads/layers.hpp"
 
+#include <oneapi/dnnl/dnnl.h>
+
 #include <Eigen/Dense>
 #include <algorithm>
 #include <cmath>
@@ -10,21 +12,46 @@
 namespace diffprobe::heads {
 namespace {
 
-template <class T>
-using MatR = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <class T>
-using MapM = Eigen::Map<MatR<T>>;
-template <class T>
-using CMapM = Eigen::Map<const MatR<T>>;
-template <class T>
-using SMapM = Eigen::Map<MatR<T>, 0, Eigen::OuterStride<>>;
-template <class T>
-using CSMapM = Eigen::Map<const MatR<T>, 0, Eigen::OuterStride<>>;
-template <class T>
-using RowV = Eigen::Matrix<T, 1, Eigen::Dynamic>;
+template <class T> using MatR = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T> using MapM = Eigen::Map<MatR<T>>;
+template <class T> using CMapM = Eigen::Map<const MatR<T>>;
+template <class T> using SMapM = Eigen::Map<MatR<T>, 0, Eigen::OuterStride<>>;
+template <class T> using CSMapM = Eigen::Map<const MatR<T>, 0, Eigen::OuterStride<>>;
+template <class T> using RowV = Eigen::Matrix<T, 1, Eigen::Dynamic>;
 
 // Below this many elements, an OpenMP team costs more than it saves (more so on a busy machine).
 constexpr std::int64_t kParallelMin = 1 << 16;
+
+// Row-major C = alpha * op(A) * op(B) + beta * C. float goes to oneDNN's sgemm (JIT, AVX-512/AVX2
+// chosen at run time, OpenMP threads), which is several times faster than Eigen built for the
+// baseline ISA; double (the gradient checks) stays on Eigen.
+void gemm(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
+          std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  const dnnl_status_t st =
+      dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  if (st != dnnl_success)
+    throw UnsupportedError("heads::gemm",
+                           "oneDNN sgemm failed (status " + std::to_string(static_cast<int>(st)) + ")");
+}
+
+void gemm(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, double alpha, const double* a,
+          std::int64_t lda, const double* b, std::int64_t ldb, double beta, double* c, std::int64_t ldc) {
+  using S = Eigen::OuterStride<>;
+  using CM = Eigen::Map<const MatR<double>, 0, S>;
+  Eigen::Map<MatR<double>, 0, S> C(c, m, n, S(ldc));
+  const CM A(a, ta ? k : m, ta ? m : k, S(lda)), B(b, tb ? n : k, tb ? k : n, S(ldb));
+  MatR<double> prod;
+  if (ta && tb)
+    prod = A.transpose() * B.transpose();
+  else if (ta)
+    prod = A.transpose() * B;
+  else if (tb)
+    prod = A * B.transpose();
+  else
+    prod = A * B;
+  C = beta == 0 ? (alpha * prod).eval() : (beta * C + alpha * prod).eval();
+}
 
 [[noreturn]] void no_cache(const char* where) {
   throw ArgumentError(where, "backward() called without a preceding forward(x, training=true)");
@@ -42,8 +69,7 @@ void expect_rank(const char* where, const std::vector<std::int64_t>& shape, int 
     throw ShapeError(where, std::string("expects ") + layout + ", got " + shape_str(shape));
 }
 
-template <class T>
-void add_into(Buf<T>& a, const Buf<T>& b) {
+template <class T> void add_into(Buf<T>& a, const Buf<T>& b) {
   const std::int64_t n = a.numel();
   T* pa = a.data();
   const T* pb = b.data();
@@ -65,19 +91,12 @@ std::string join_name(const std::string& prefix, const std::string& name) {
   return prefix + "." + name;
 }
 
-template <class T>
-void Param<T>::reset(Rng& rng) {
+template <class T> void Param<T>::reset(Rng& rng) {
   for (auto& v : value) {
     switch (init) {
-      case Init::Zeros:
-        v = T(0);
-        break;
-      case Init::Ones:
-        v = T(1);
-        break;
-      case Init::Uniform:
-        v = static_cast<T>(rng.uniform(-bound, bound));
-        break;
+      case Init::Zeros: v = T(0); break;
+      case Init::Ones: v = T(1); break;
+      case Init::Uniform: v = static_cast<T>(rng.uniform(-bound, bound)); break;
     }
   }
   std::fill(grad.begin(), grad.end(), T(0));
@@ -85,16 +104,14 @@ void Param<T>::reset(Rng& rng) {
 
 // ---- Linear --------------------------------------------------------------------------------
 
-template <class T>
-Linear<T>::Linear(std::int64_t in, std::int64_t out, bool with_bias)
+template <class T> Linear<T>::Linear(std::int64_t in, std::int64_t out, bool with_bias)
     : weight({out, in}, Init::Uniform, 1.0 / std::sqrt(static_cast<double>(in))),
       bias(with_bias ? Param<T>({out}, Init::Uniform, 1.0 / std::sqrt(static_cast<double>(in))) : Param<T>()),
       in_(in),
       out_(out),
       has_bias_(with_bias) {}
 
-template <class T>
-Buf<T> Linear<T>::forward(Buf<T> x, bool training) {
+template <class T> Buf<T> Linear<T>::forward(Buf<T> x, bool training) {
   if (x.rank() < 1 || x.dim(-1) != in_)
     throw ShapeError("Linear",
                      "expects a last dimension of " + std::to_string(in_) + ", got " + shape_str(x.shape));
@@ -102,42 +119,36 @@ Buf<T> Linear<T>::forward(Buf<T> x, bool training) {
   auto shape = x.shape;
   shape.back() = out_;
   Buf<T> y(shape);
-  CMapM<T> X(x.data(), rows, in_);
-  CMapM<T> W(weight.value.data(), out_, in_);
+  gemm(false, true, rows, out_, in_, T(1), x.data(), in_, weight.value.data(), in_, T(0), y.data(), out_);
   MapM<T> Y(y.data(), rows, out_);
-  Y.noalias() = X * W.transpose();
   if (has_bias_) Y.rowwise() += Eigen::Map<const RowV<T>>(bias.value.data(), out_);
   if (training) x_ = std::move(x);
   return y;
 }
 
-template <class T>
-Buf<T> Linear<T>::backward(Buf<T> g) {
+template <class T> Buf<T> Linear<T>::backward(Buf<T> g) {
   if (x_.shape.empty()) no_cache("Linear::backward");
   auto out_shape = x_.shape;
   out_shape.back() = out_;
   expect_grad_shape("Linear::backward", g.shape, out_shape);
   const std::int64_t rows = x_.numel() / in_;
   CMapM<T> dY(g.data(), rows, out_);
-  CMapM<T> X(x_.data(), rows, in_);
-  MapM<T>(weight.grad.data(), out_, in_).noalias() += dY.transpose() * X;
+  gemm(true, false, out_, in_, rows, T(1), g.data(), out_, x_.data(), in_, T(1), weight.grad.data(), in_);
   if (has_bias_) Eigen::Map<RowV<T>>(bias.grad.data(), out_) += dY.colwise().sum();
   Buf<T> dx(x_.shape);
-  MapM<T>(dx.data(), rows, in_).noalias() = dY * CMapM<T>(weight.value.data(), out_, in_);
+  gemm(false, false, rows, in_, out_, T(1), g.data(), out_, weight.value.data(), in_, T(0), dx.data(), in_);
   x_ = {};
   return dx;
 }
 
-template <class T>
-void Linear<T>::parameters(const std::string& prefix, std::vector<ParamRef<T>>& out) {
+template <class T> void Linear<T>::parameters(const std::string& prefix, std::vector<ParamRef<T>>& out) {
   out.push_back({join_name(prefix, "weight"), &weight});
   if (has_bias_) out.push_back({join_name(prefix, "bias"), &bias});
 }
 
 // ---- Activations ---------------------------------------------------------------------------
 
-template <class T>
-Buf<T> ReLU<T>::forward(Buf<T> x, bool training) {
+template <class T> Buf<T> ReLU<T>::forward(Buf<T> x, bool training) {
   const std::int64_t n = x.numel();
   T* p = x.data();
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
@@ -146,8 +157,7 @@ Buf<T> ReLU<T>::forward(Buf<T> x, bool training) {
   return x;
 }
 
-template <class T>
-Buf<T> ReLU<T>::backward(Buf<T> g) {
+template <class T> Buf<T> ReLU<T>::backward(Buf<T> g) {
   if (y_.shape.empty()) no_cache("ReLU::backward");
   expect_grad_shape("ReLU::backward", g.shape, y_.shape);
   const std::int64_t n = g.numel();
@@ -160,8 +170,7 @@ Buf<T> ReLU<T>::backward(Buf<T> g) {
   return g;
 }
 
-template <class T>
-Buf<T> GELU<T>::forward(Buf<T> x, bool training) {
+template <class T> Buf<T> GELU<T>::forward(Buf<T> x, bool training) {
   Buf<T> y(x.shape);
   const std::int64_t n = x.numel();
   const T* px = x.data();
@@ -173,8 +182,7 @@ Buf<T> GELU<T>::forward(Buf<T> x, bool training) {
   return y;
 }
 
-template <class T>
-Buf<T> GELU<T>::backward(Buf<T> g) {
+template <class T> Buf<T> GELU<T>::backward(Buf<T> g) {
   if (x_.shape.empty()) no_cache("GELU::backward");
   expect_grad_shape("GELU::backward", g.shape, x_.shape);
   const std::int64_t n = g.numel();
@@ -195,16 +203,14 @@ Buf<T> GELU<T>::backward(Buf<T> g) {
 
 // ---- LayerNorm -----------------------------------------------------------------------------
 
-template <class T>
-LayerNorm<T>::LayerNorm(std::vector<std::int64_t> normalized_shape, double eps)
+template <class T> LayerNorm<T>::LayerNorm(std::vector<std::int64_t> normalized_shape, double eps)
     : weight(normalized_shape, Init::Ones),
       bias(normalized_shape, Init::Zeros),
       norm_shape_(normalized_shape),
       d_(numel_of(normalized_shape)),
       eps_(eps) {}
 
-template <class T>
-Buf<T> LayerNorm<T>::forward(Buf<T> x, bool training) {
+template <class T> Buf<T> LayerNorm<T>::forward(Buf<T> x, bool training) {
   const std::size_t k = norm_shape_.size();
   if (x.shape.size() < k ||
       !std::equal(norm_shape_.begin(), norm_shape_.end(), x.shape.end() - static_cast<long>(k)))
@@ -241,8 +247,7 @@ Buf<T> LayerNorm<T>::forward(Buf<T> x, bool training) {
   return y;
 }
 
-template <class T>
-Buf<T> LayerNorm<T>::backward(Buf<T> g) {
+template <class T> Buf<T> LayerNorm<T>::backward(Buf<T> g) {
   if (xhat_.shape.empty()) no_cache("LayerNorm::backward");
   expect_grad_shape("LayerNorm::backward", g.shape, xhat_.shape);
   const std::int64_t rows = g.numel() / d_, d = d_;
@@ -292,8 +297,7 @@ Buf<T> LayerNorm<T>::backward(Buf<T> g) {
   return dx;
 }
 
-template <class T>
-void LayerNorm<T>::parameters(const std::string& prefix, std::vector<ParamRef<T>>& out) {
+template <class T> void LayerNorm<T>::parameters(const std::string& prefix, std::vector<ParamRef<T>>& out) {
   out.push_back({join_name(prefix, "weight"), &weight});
   out.push_back({join_name(prefix, "bias"), &bias});
 }
@@ -310,9 +314,8 @@ std::int64_t conv_chunk(std::int64_t n, std::int64_t k_rows, std::int64_t hw) {
 }
 
 // col[(c*k + ky)*k + kx, g*HW + y*W + x] = x[n0 + g, c, y + ky - pad, x + kx - pad] (0 outside).
-template <class T>
-void im2col(const T* x, std::int64_t n0, std::int64_t g_count, std::int64_t c_in, std::int64_t h,
-            std::int64_t w, int k, T* col) {
+template <class T> void im2col(const T* x, std::int64_t n0, std::int64_t g_count, std::int64_t c_in,
+                               std::int64_t h, std::int64_t w, int k, T* col) {
   const int pad = k / 2;
   const std::int64_t hw = h * w, cols = g_count * hw, krows = c_in * k * k;
 #pragma omp parallel for schedule(static) if (krows * cols >= kParallelMin)
@@ -340,8 +343,7 @@ void im2col(const T* x, std::int64_t n0, std::int64_t g_count, std::int64_t c_in
 
 }  // namespace
 
-template <class T>
-Conv2d<T>::Conv2d(std::int64_t in, std::int64_t out, int kernel)
+template <class T> Conv2d<T>::Conv2d(std::int64_t in, std::int64_t out, int kernel)
     : weight({out, in, kernel, kernel}, Init::Uniform,
              1.0 / std::sqrt(static_cast<double>(in * kernel * kernel))),
       bias({out}, Init::Uniform, 1.0 / std::sqrt(static_cast<double>(in * kernel * kernel))),
@@ -352,8 +354,7 @@ Conv2d<T>::Conv2d(std::int64_t in, std::int64_t out, int kernel)
     throw ConfigError("Conv2d", "kernel must be 1 or 3, got " + std::to_string(kernel));
 }
 
-template <class T>
-Buf<T> Conv2d<T>::forward(Buf<T> x, bool training) {
+template <class T> Buf<T> Conv2d<T>::forward(Buf<T> x, bool training) {
   expect_rank("Conv2d", x.shape, 4, "[N, C, H, W]");
   if (x.dim(1) != in_)
     throw ShapeError("Conv2d",
@@ -363,12 +364,11 @@ Buf<T> Conv2d<T>::forward(Buf<T> x, bool training) {
   const std::int64_t chunk = conv_chunk(n, krows, hw);
   std::vector<T> col(static_cast<std::size_t>(krows * chunk * hw)),
       out(static_cast<std::size_t>(out_ * chunk * hw));
-  CMapM<T> W(weight.value.data(), out_, krows);
   for (std::int64_t n0 = 0; n0 < n; n0 += chunk) {
     const std::int64_t gc = std::min(chunk, n - n0), cols = gc * hw;
     im2col(x.data(), n0, gc, in_, h, w, k_, col.data());
-    MapM<T> Y(out.data(), out_, cols);
-    Y.noalias() = W * CMapM<T>(col.data(), krows, cols);
+    gemm(false, false, out_, cols, krows, T(1), weight.value.data(), krows, col.data(), cols, T(0),
+         out.data(), cols);
     T* py = y.data();
     const T* pb = bias.value.data();
 #pragma omp parallel for schedule(static) if (out_ * cols >= kParallelMin)
@@ -383,8 +383,7 @@ Buf<T> Conv2d<T>::forward(Buf<T> x, bool training) {
   return y;
 }
 
-template <class T>
-Buf<T> Conv2d<T>::backward(Buf<T> gout) {
+template <class T> Buf<T> Conv2d<T>::backward(Buf<T> gout) {
   if (x_.shape.empty()) no_cache("Conv2d::backward");
   const std::int64_t n = x_.dim(0), h = x_.dim(2), w = x_.dim(3), hw = h * w, krows = in_ * k_ * k_;
   expect_grad_shape("Conv2d::backward", gout.shape, {n, out_, h, w});
@@ -393,8 +392,6 @@ Buf<T> Conv2d<T>::backward(Buf<T> gout) {
   const std::int64_t chunk = conv_chunk(n, krows, hw);
   std::vector<T> col(static_cast<std::size_t>(krows * chunk * hw)),
       dy(static_cast<std::size_t>(out_ * chunk * hw)), dcol(col.size());
-  CMapM<T> W(weight.value.data(), out_, krows);
-  MapM<T> dW(weight.grad.data(), out_, krows);
   for (std::int64_t n0 = 0; n0 < n; n0 += chunk) {
     const std::int64_t gc = std::min(chunk, n - n0), cols = gc * hw;
     im2col(x_.data(), n0, gc, in_, h, w, k_, col.data());
@@ -405,10 +402,11 @@ Buf<T> Conv2d<T>::backward(Buf<T> gout) {
       std::copy_n(pg + ((n0 + g) * out_ + co) * hw, hw, dy.data() + co * cols + g * hw);
     }
     CMapM<T> dY(dy.data(), out_, cols);
-    CMapM<T> C(col.data(), krows, cols);
-    dW.noalias() += dY * C.transpose();
+    gemm(false, true, out_, krows, cols, T(1), dy.data(), cols, col.data(), cols, T(1), weight.grad.data(),
+         krows);
     Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>>(bias.grad.data(), out_) += dY.rowwise().sum();
-    MapM<T>(dcol.data(), krows, cols).noalias() = W.transpose() * dY;
+    gemm(true, false, krows, cols, out_, T(1), weight.value.data(), krows, dy.data(), cols, T(0), dcol.data(),
+         cols);
     // col2im: each (sample, channel) plane gathers its kernel taps, so threads never collide.
     T* pdx = dx.data();
 #pragma omp parallel for schedule(static) if (krows * cols >= kParallelMin)
@@ -433,8 +431,7 @@ Buf<T> Conv2d<T>::backward(Buf<T> gout) {
   return dx;
 }
 
-template <class T>
-void Conv2d<T>::parameters(const std::string& prefix, std::vector<ParamRef<T>>& out) {
+template <class T> void Conv2d<T>::parameters(const std::string& prefix, std::vector<ParamRef<T>>& out) {
   out.push_back({join_name(prefix, "weight"), &weight});
   out.push_back({join_name(prefix, "bias"), &bias});
 }
@@ -448,8 +445,7 @@ inline std::int64_t bin_end(std::int64_t i, std::int64_t in, std::int64_t out) {
 }
 }  // namespace
 
-template <class T>
-Buf<T> AdaptiveAvgPool2d<T>::forward(Buf<T> x, bool training) {
+template <class T> Buf<T> AdaptiveAvgPool2d<T>::forward(Buf<T> x, bool training) {
   expect_rank("AdaptiveAvgPool2d", x.shape, 4, "[N, C, H, W]");
   const std::int64_t planes = x.dim(0) * x.dim(1), h = x.dim(2), w = x.dim(3);
   if (oh_ > h || ow_ > w)
@@ -476,8 +472,7 @@ Buf<T> AdaptiveAvgPool2d<T>::forward(Buf<T> x, bool training) {
   return y;
 }
 
-template <class T>
-Buf<T> AdaptiveAvgPool2d<T>::backward(Buf<T> g) {
+template <class T> Buf<T> AdaptiveAvgPool2d<T>::backward(Buf<T> g) {
   if (in_shape_.empty()) no_cache("AdaptiveAvgPool2d::backward");
   expect_grad_shape("AdaptiveAvgPool2d::backward", g.shape, {in_shape_[0], in_shape_[1], oh_, ow_});
   const std::int64_t planes = in_shape_[0] * in_shape_[1], h = in_shape_[2], w = in_shape_[3];
@@ -501,8 +496,7 @@ Buf<T> AdaptiveAvgPool2d<T>::backward(Buf<T> g) {
   return dx;
 }
 
-template <class T>
-Buf<T> GlobalAvgPool<T>::forward(Buf<T> x, bool training) {
+template <class T> Buf<T> GlobalAvgPool<T>::forward(Buf<T> x, bool training) {
   expect_rank("GlobalAvgPool", x.shape, 4, "[N, C, H, W]");
   const std::int64_t planes = x.dim(0) * x.dim(1), hw = x.dim(2) * x.dim(3);
   Buf<T> y({x.dim(0), x.dim(1)});
@@ -515,8 +509,7 @@ Buf<T> GlobalAvgPool<T>::forward(Buf<T> x, bool training) {
   return y;
 }
 
-template <class T>
-Buf<T> GlobalAvgPool<T>::backward(Buf<T> g) {
+template <class T> Buf<T> GlobalAvgPool<T>::backward(Buf<T> g) {
   if (in_shape_.empty()) no_cache("GlobalAvgPool::backward");
   expect_grad_shape("GlobalAvgPool::backward", g.shape, {in_shape_[0], in_shape_[1]});
   const std::int64_t hw = in_shape_[2] * in_shape_[3];
@@ -527,8 +520,7 @@ Buf<T> GlobalAvgPool<T>::backward(Buf<T> g) {
   return dx;
 }
 
-template <class T>
-Buf<T> Flatten<T>::forward(Buf<T> x, bool training) {
+template <class T> Buf<T> Flatten<T>::forward(Buf<T> x, bool training) {
   if (x.rank() < 1) throw ShapeError("Flatten", "expects a batch, got a scalar");
   if (training) in_shape_ = x.shape;
   const std::int64_t f = numel_of(std::vector<std::int64_t>(x.shape.begin() + 1, x.shape.end()));
@@ -536,8 +528,7 @@ Buf<T> Flatten<T>::forward(Buf<T> x, bool training) {
   return x;
 }
 
-template <class T>
-Buf<T> Flatten<T>::backward(Buf<T> g) {
+template <class T> Buf<T> Flatten<T>::backward(Buf<T> g) {
   if (in_shape_.empty()) no_cache("Flatten::backward");
   if (g.numel() != numel_of(in_shape_))
     throw ShapeError("Flatten::backward",
@@ -547,8 +538,7 @@ Buf<T> Flatten<T>::backward(Buf<T> g) {
   return g;
 }
 
-template <class T>
-Buf<T> ToTokens<T>::forward(Buf<T> x, bool training) {
+template <class T> Buf<T> ToTokens<T>::forward(Buf<T> x, bool training) {
   expect_rank("ToTokens", x.shape, 4, "[N, C, H, W]");
   const std::int64_t n = x.dim(0), c = x.dim(1), hw = x.dim(2) * x.dim(3);
   Buf<T> y({n, hw, c});
@@ -559,8 +549,7 @@ Buf<T> ToTokens<T>::forward(Buf<T> x, bool training) {
   return y;
 }
 
-template <class T>
-Buf<T> ToTokens<T>::backward(Buf<T> g) {
+template <class T> Buf<T> ToTokens<T>::backward(Buf<T> g) {
   if (in_shape_.empty()) no_cache("ToTokens::backward");
   const std::int64_t n = in_shape_[0], c = in_shape_[1], hw = in_shape_[2] * in_shape_[3];
   expect_grad_shape("ToTokens::backward", g.shape, {n, hw, c});
@@ -572,11 +561,9 @@ Buf<T> ToTokens<T>::backward(Buf<T> g) {
   return dx;
 }
 
-template <class T>
-ClsToken<T>::ClsToken(std::int64_t dim) : token({1, 1, dim}, Init::Zeros), dim_(dim) {}
+template <class T> ClsToken<T>::ClsToken(std::int64_t dim) : token({1, 1, dim}, Init::Zeros), dim_(dim) {}
 
-template <class T>
-Buf<T> ClsToken<T>::forward(Buf<T> x, bool /*training*/) {
+template <class T> Buf<T> ClsToken<T>::forward(Buf<T> x, bool /*training*/) {
   expect_rank("ClsToken", x.shape, 3, "[N, T, D]");
   if (x.dim(2) != dim_)
     throw ShapeError("ClsToken", "expects width " + std::to_string(dim_) + ", got " + shape_str(x.shape));
@@ -589,8 +576,7 @@ Buf<T> ClsToken<T>::forward(Buf<T> x, bool /*training*/) {
   return y;
 }
 
-template <class T>
-Buf<T> ClsToken<T>::backward(Buf<T> g) {
+template <class T> Buf<T> ClsToken<T>::backward(Buf<T> g) {
   expect_rank("ClsToken::backward", g.shape, 3, "[N, T+1, D]");
   if (g.dim(2) != dim_ || g.dim(1) < 1)
     throw ShapeError("ClsToken::backward", "bad gradient " + shape_str(g.shape));
@@ -604,13 +590,11 @@ Buf<T> ClsToken<T>::backward(Buf<T> g) {
   return dx;
 }
 
-template <class T>
-void ClsToken<T>::parameters(const std::string& prefix, std::vector<ParamRef<T>>& out) {
+template <class T> void ClsToken<T>::parameters(const std::string& prefix, std::vector<ParamRef<T>>& out) {
   out.push_back({prefix, &token});
 }
 
-template <class T>
-Buf<T> TakeToken<T>::forward(Buf<T> x, bool training) {
+template <class T> Buf<T> TakeToken<T>::forward(Buf<T> x, bool training) {
   expect_rank("TakeToken", x.shape, 3, "[N, T, D]");
   if (index_ >= x.dim(1))
     throw ShapeError("TakeToken", "no token " + std::to_string(index_) + " in " + shape_str(x.shape));
@@ -621,8 +605,7 @@ Buf<T> TakeToken<T>::forward(Buf<T> x, bool training) {
   return y;
 }
 
-template <class T>
-Buf<T> TakeToken<T>::backward(Buf<T> g) {
+template <class T> Buf<T> TakeToken<T>::backward(Buf<T> g) {
   if (in_shape_.empty()) no_cache("TakeToken::backward");
   const std::int64_t n = in_shape_[0], t = in_shape_[1], d = in_shape_[2];
   expect_grad_shape("TakeToken::backward", g.shape, {n, d});
@@ -634,8 +617,7 @@ Buf<T> TakeToken<T>::backward(Buf<T> g) {
 
 // ---- Attention -----------------------------------------------------------------------------
 
-template <class T>
-MultiHeadSelfAttention<T>::MultiHeadSelfAttention(std::int64_t dim, int heads)
+template <class T> MultiHeadSelfAttention<T>::MultiHeadSelfAttention(std::int64_t dim, int heads)
     : qkv(dim, 3 * dim, false), proj(dim, dim, true), dim_(dim), heads_(heads) {
   if (heads < 1 || dim % heads != 0)
     throw ConfigError("MultiHeadSelfAttention", "dim " + std::to_string(dim) + " is not divisible by " +
@@ -643,8 +625,7 @@ MultiHeadSelfAttention<T>::MultiHeadSelfAttention(std::int64_t dim, int heads)
 }
 
 namespace {
-template <class T>
-void softmax_rows(MatR<T>& s) {
+template <class T> void softmax_rows(MatR<T>& s) {
   for (Eigen::Index r = 0; r < s.rows(); ++r) {
     auto row = s.row(r);
     row.array() -= row.maxCoeff();
@@ -654,8 +635,7 @@ void softmax_rows(MatR<T>& s) {
 }
 }  // namespace
 
-template <class T>
-Buf<T> MultiHeadSelfAttention<T>::forward(Buf<T> x, bool training) {
+template <class T> Buf<T> MultiHeadSelfAttention<T>::forward(Buf<T> x, bool training) {
   expect_rank("MultiHeadSelfAttention", x.shape, 3, "[N, T, D]");
   const std::int64_t n = x.dim(0), t = x.dim(1), d = dim_, dh = dim_ / heads_;
   Buf<T> q = qkv.forward(std::move(x), training);  // [N, T, 3D]: q | k | v, heads contiguous within each
@@ -677,8 +657,7 @@ Buf<T> MultiHeadSelfAttention<T>::forward(Buf<T> x, bool training) {
   return y;
 }
 
-template <class T>
-Buf<T> MultiHeadSelfAttention<T>::backward(Buf<T> g) {
+template <class T> Buf<T> MultiHeadSelfAttention<T>::backward(Buf<T> g) {
   if (qkv_out_.shape.empty()) no_cache("MultiHeadSelfAttention::backward");
   Buf<T> datt = proj.backward(std::move(g));
   const std::int64_t n = qkv_out_.dim(0), t = qkv_out_.dim(1), d = dim_, dh = dim_ / heads_;
@@ -722,16 +701,14 @@ TransformerBlock<T>::TransformerBlock(std::int64_t dim, int heads, int mlp_ratio
       fc1(dim, dim * mlp_ratio),
       fc2(dim * mlp_ratio, dim) {}
 
-template <class T>
-Buf<T> TransformerBlock<T>::forward(Buf<T> x, bool training) {
+template <class T> Buf<T> TransformerBlock<T>::forward(Buf<T> x, bool training) {
   add_into(x, attn.forward(norm1.forward(x, training), training));
   add_into(x,
            fc2.forward(act.forward(fc1.forward(norm2.forward(x, training), training), training), training));
   return x;
 }
 
-template <class T>
-Buf<T> TransformerBlock<T>::backward(Buf<T> g) {
+template <class T> Buf<T> TransformerBlock<T>::backward(Buf<T> g) {
   add_into(g, norm2.backward(fc1.backward(act.backward(fc2.backward(g)))));
   add_into(g, norm1.backward(attn.backward(g)));
   return g;
@@ -748,26 +725,22 @@ void TransformerBlock<T>::parameters(const std::string& prefix, std::vector<Para
 
 // ---- Sequential ----------------------------------------------------------------------------
 
-template <class T>
-Sequential<T>& Sequential<T>::add(std::string name, std::unique_ptr<Layer<T>> layer) {
+template <class T> Sequential<T>& Sequential<T>::add(std::string name, std::unique_ptr<Layer<T>> layer) {
   layers_.emplace_back(std::move(name), std::move(layer));
   return *this;
 }
 
-template <class T>
-Buf<T> Sequential<T>::forward(Buf<T> x, bool training) {
+template <class T> Buf<T> Sequential<T>::forward(Buf<T> x, bool training) {
   for (auto& [name, layer] : layers_) x = layer->forward(std::move(x), training);
   return x;
 }
 
-template <class T>
-Buf<T> Sequential<T>::backward(Buf<T> g) {
+template <class T> Buf<T> Sequential<T>::backward(Buf<T> g) {
   for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) g = it->second->backward(std::move(g));
   return g;
 }
 
-template <class T>
-void Sequential<T>::parameters(const std::string& prefix, std::vector<ParamRef<T>>& out) {
+template <class T> void Sequential<T>::parameters(const std::string& prefix, std::vector<ParamRef<T>>& out) {
   for (auto& [name, layer] : layers_) layer->parameters(join_name(prefix, name), out);
 }
 

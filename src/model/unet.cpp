@@ -27,8 +27,8 @@ struct LayerDesc {
   LayerKind kind;
   std::string prefix;  // state-dict prefix, e.g. "input_blocks.3.0"
   int cin = 0, cout = 0;
-  int resample = 0;    // ResBlock: -1 down, +1 up
-  int heads = 0;       // Attn
+  int resample = 0;  // ResBlock: -1 down, +1 up
+  int heads = 0;     // Attn
 };
 
 struct BlockDesc {
@@ -72,8 +72,10 @@ ArchDesc describe(const UNetConfig& c) {
     if (level != levels - 1) {
       const std::string p = "input_blocks." + std::to_string(a.input.size());
       BlockDesc b{p, {}};
-      if (c.resblock_updown) b.layers.push_back({LayerKind::Res, p + ".0", ch, ch, -1});
-      else b.layers.push_back({LayerKind::Down, p + ".0", ch, ch});
+      if (c.resblock_updown)
+        b.layers.push_back({LayerKind::Res, p + ".0", ch, ch, -1});
+      else
+        b.layers.push_back({LayerKind::Down, p + ".0", ch, ch});
       a.input.push_back(b);
       chans.push_back(ch);
       ds *= 2;
@@ -95,8 +97,10 @@ ArchDesc describe(const UNetConfig& c) {
       if (has_attn(ds)) b.layers.push_back({LayerKind::Attn, p + ".1", ch, ch, 0, c.heads_for(ch, true)});
       if (level && i == c.num_res_blocks) {
         const std::string rp = p + "." + std::to_string(b.layers.size());
-        if (c.resblock_updown) b.layers.push_back({LayerKind::Res, rp, ch, ch, +1});
-        else b.layers.push_back({LayerKind::Up, rp, ch, ch});
+        if (c.resblock_updown)
+          b.layers.push_back({LayerKind::Res, rp, ch, ch, +1});
+        else
+          b.layers.push_back({LayerKind::Up, rp, ch, ch});
         ds /= 2;
       }
       a.output.push_back(b);
@@ -152,8 +156,11 @@ std::string describe_layer(const LayerDesc& l) {
   switch (l.kind) {
     case LayerKind::InConv: return "Conv(" + std::to_string(l.cin) + "->" + std::to_string(l.cout) + ")";
     case LayerKind::Res:
-      return std::string("ResBlock") + (l.resample < 0 ? "-down" : l.resample > 0 ? "-up" : "") + "(" +
-             std::to_string(l.cin) + "->" + std::to_string(l.cout) + ")";
+      return std::string("ResBlock") +
+             (l.resample < 0   ? "-down"
+              : l.resample > 0 ? "-up"
+                               : "") +
+             "(" + std::to_string(l.cin) + "->" + std::to_string(l.cout) + ")";
     case LayerKind::Attn: return "Attention(" + std::to_string(l.heads) + " heads)";
     case LayerKind::Down: return "Downsample";
     case LayerKind::Up: return "Upsample";
@@ -169,9 +176,10 @@ struct GN {
 
 struct Layer {
   LayerDesc desc;
-  GN norm_in, norm_out;                 // Res: in/out norms; Attn: norm_in
-  ops::Conv2d conv_in, conv_out, skip;  // Res; InConv/Down/Up use conv_in; Attn: conv_in = qkv, conv_out = proj
-  ops::Linear emb;                      // Res
+  GN norm_in, norm_out;  // Res: in/out norms; Attn: norm_in
+  ops::Conv2d conv_in, conv_out,
+      skip;         // Res; InConv/Down/Up use conv_in; Attn: conv_in = qkv, conv_out = proj
+  ops::Linear emb;  // Res
 };
 
 struct Block {
@@ -215,13 +223,12 @@ Tensor f32_contiguous(const Tensor& t) {
 
 }  // namespace
 
-Tensor UNet::Impl::run_layer(const Layer& l, const Tensor& x, const Tensor& emb, const ExecContext& ctx) const {
+Tensor UNet::Impl::run_layer(const Layer& l, const Tensor& x, const Tensor& emb,
+                             const ExecContext& ctx) const {
   switch (l.desc.kind) {
     case LayerKind::InConv:
-    case LayerKind::Down:
-      return l.conv_in.forward(x, ctx);
-    case LayerKind::Up:
-      return l.conv_in.forward(ops::upsample_nearest2x(x, ctx), ctx);
+    case LayerKind::Down: return l.conv_in.forward(x, ctx);
+    case LayerKind::Up: return l.conv_in.forward(ops::upsample_nearest2x(x, ctx), ctx);
     case LayerKind::Attn: {
       ops::GroupNormArgs a;
       a.eps = kGnEps;
@@ -248,8 +255,10 @@ Tensor UNet::Impl::run_layer(const Layer& l, const Tensor& x, const Tensor& emb,
       ops::GroupNormArgs b;
       b.eps = kGnEps;
       b.silu = true;
-      if (config.use_scale_shift_norm) b.scale_shift = e;
-      else b.pre_bias = e;
+      if (config.use_scale_shift_norm)
+        b.scale_shift = e;
+      else
+        b.pre_bias = e;
       h = ops::group_norm(h, l.norm_out.gamma, l.norm_out.beta, b, ctx);
       const Tensor skip = l.skip.defined() ? l.skip.forward(xs, ctx) : xs;
       return l.conv_out.forward(h, ctx, skip);  // skip(x) + out_layers(h), fused
@@ -298,9 +307,11 @@ void validate_state_dict(const std::vector<WeightSpec>& specs, const io::NamedTe
       missing.push_back(s.name + " " + s.shape.str());
     } else {
       const Tensor& t = w.at(s.name);
-      if (t.shape() != s.shape) misshaped.push_back(s.name + ": expected " + s.shape.str() + ", got " + t.shape().str());
+      if (t.shape() != s.shape)
+        misshaped.push_back(s.name + ": expected " + s.shape.str() + ", got " + t.shape().str());
       else if (!is_floating(t.dtype()))
-        misshaped.push_back(s.name + ": expected a floating dtype, got " + std::string(dtype_name(t.dtype())));
+        misshaped.push_back(s.name + ": expected a floating dtype, got " +
+                            std::string(dtype_name(t.dtype())));
     }
   }
   for (const auto& [name, t] : w)
@@ -348,21 +359,19 @@ UNet UNet::from_weights(const UNetConfig& config, const io::NamedTensors& weight
     l.desc = d;
     const std::string& p = d.prefix;
     switch (d.kind) {
-      case LayerKind::InConv:
-        l.conv_in = ops::Conv2d(w(p + ".weight"), w(p + ".bias"));
-        break;
+      case LayerKind::InConv: l.conv_in = ops::Conv2d(w(p + ".weight"), w(p + ".bias")); break;
       case LayerKind::Down:
         l.conv_in = ops::Conv2d(w(p + ".op.weight"), w(p + ".op.bias"), {.stride = 2, .padding = 1});
         break;
-      case LayerKind::Up:
-        l.conv_in = ops::Conv2d(w(p + ".conv.weight"), w(p + ".conv.bias"));
-        break;
+      case LayerKind::Up: l.conv_in = ops::Conv2d(w(p + ".conv.weight"), w(p + ".conv.bias")); break;
       case LayerKind::Attn: {
         l.norm_in = {w(p + ".norm.weight"), w(p + ".norm.bias")};
         const Tensor q = w(p + ".qkv.weight");
         const Tensor o = w(p + ".proj_out.weight");
-        l.conv_in = ops::Conv2d(q.reshape({q.dim(0), q.dim(1), 1, 1}), w(p + ".qkv.bias"), {.stride = 1, .padding = 0});
-        l.conv_out = ops::Conv2d(o.reshape({o.dim(0), o.dim(1), 1, 1}), w(p + ".proj_out.bias"), {.stride = 1, .padding = 0});
+        l.conv_in = ops::Conv2d(q.reshape({q.dim(0), q.dim(1), 1, 1}), w(p + ".qkv.bias"),
+                                {.stride = 1, .padding = 0});
+        l.conv_out = ops::Conv2d(o.reshape({o.dim(0), o.dim(1), 1, 1}), w(p + ".proj_out.bias"),
+                                 {.stride = 1, .padding = 0});
         break;
       }
       case LayerKind::Res:
@@ -372,7 +381,8 @@ UNet UNet::from_weights(const UNetConfig& config, const io::NamedTensors& weight
         l.norm_out = {w(p + ".out_layers.0.weight"), w(p + ".out_layers.0.bias")};
         l.conv_out = ops::Conv2d(w(p + ".out_layers.3.weight"), w(p + ".out_layers.3.bias"));
         if (d.cin != d.cout)
-          l.skip = ops::Conv2d(w(p + ".skip_connection.weight"), w(p + ".skip_connection.bias"), {.stride = 1, .padding = 0});
+          l.skip = ops::Conv2d(w(p + ".skip_connection.weight"), w(p + ".skip_connection.bias"),
+                               {.stride = 1, .padding = 0});
         break;
     }
     return l;
@@ -468,15 +478,9 @@ Shape layer_shape(const LayerDesc& l, const Shape& in, double& flops) {
     flops += 2.0 * static_cast<double>(N * co * h * w * ci * k * k);
   };
   switch (l.kind) {
-    case LayerKind::InConv:
-      conv(l.cin, l.cout, H, W, 3);
-      return {N, l.cout, H, W};
-    case LayerKind::Down:
-      conv(l.cin, l.cout, H / 2, W / 2, 3);
-      return {N, l.cout, H / 2, W / 2};
-    case LayerKind::Up:
-      conv(l.cin, l.cout, 2 * H, 2 * W, 3);
-      return {N, l.cout, 2 * H, 2 * W};
+    case LayerKind::InConv: conv(l.cin, l.cout, H, W, 3); return {N, l.cout, H, W};
+    case LayerKind::Down: conv(l.cin, l.cout, H / 2, W / 2, 3); return {N, l.cout, H / 2, W / 2};
+    case LayerKind::Up: conv(l.cin, l.cout, 2 * H, 2 * W, 3); return {N, l.cout, 2 * H, 2 * W};
     case LayerKind::Attn: {
       conv(l.cin, 3 * l.cin, H, W, 1);
       flops += ops::attention_flops({N, 3 * l.cin, H, W}, l.heads);
@@ -540,7 +544,8 @@ std::vector<BlockInfo> unet_block_infos(const UNetConfig& config) {
   BlockInfo out;
   out.block = 0;
   out.name = "out";
-  out.description = "GroupNorm + SiLU + Conv(" + std::to_string(a.input_ch) + "->" + std::to_string(a.out_channels) + ")";
+  out.description =
+      "GroupNorm + SiLU + Conv(" + std::to_string(a.input_ch) + "->" + std::to_string(a.out_channels) + ")";
   out.output_shape = {1, a.out_channels, h[2], h[3]};
   out.parameters = params_under("out");
   out.gflop = 2.0 * static_cast<double>(a.out_channels * h[2] * h[3] * a.input_ch * 9) / 1e9;
@@ -550,32 +555,39 @@ std::vector<BlockInfo> unet_block_infos(const UNetConfig& config) {
 
 Shape UNet::block_output_shape(int block, std::int64_t batch) const {
   if (block < 0 || block > num_blocks())
-    throw ArgumentError("UNet::block_output_shape", "block " + std::to_string(block) + " is out of range: this model has blocks 1.." +
+    throw ArgumentError("UNet::block_output_shape", "block " + std::to_string(block) +
+                                                        " is out of range: this model has blocks 1.." +
                                                         std::to_string(num_blocks()) + " (and 0 = out)");
   const auto infos = block_infos();
-  const Shape s = block == 0 ? infos.back().output_shape : infos[static_cast<std::size_t>(block - 1)].output_shape;
+  const Shape s =
+      block == 0 ? infos.back().output_shape : infos[static_cast<std::size_t>(block - 1)].output_shape;
   return {batch, s[1], s[2], s[3]};
 }
 
 // ---- Forward ---------------------------------------------------------------------------------
 
-std::map<int, Tensor> UNet::forward(const Tensor& x_t, const Tensor& t, const Tensor& labels, std::span<const int> blocks,
-                                    const ExecContext& ctx) const {
+std::map<int, Tensor> UNet::forward(const Tensor& x_t, const Tensor& t, const Tensor& labels,
+                                    std::span<const int> blocks, const ExecContext& ctx) const {
   return forward(x_t, t, labels, blocks, ctx, BlockCallback());
 }
 
-std::map<int, Tensor> UNet::forward(const Tensor& x_t, const Tensor& t, const Tensor& labels, std::span<const int> blocks,
-                                    const ExecContext& ctx, const BlockCallback& on_block) const {
+std::map<int, Tensor> UNet::forward(const Tensor& x_t, const Tensor& t, const Tensor& labels,
+                                    std::span<const int> blocks, const ExecContext& ctx,
+                                    const BlockCallback& on_block) const {
   constexpr const char* where = "UNet::forward";
   const auto& c = impl_->config;
   if (!x_t.defined()) throw ArgumentError(where, "x_t is undefined");
-  if (x_t.dtype() != DType::F32) throw DTypeError(where, "x_t must be f32, got " + std::string(dtype_name(x_t.dtype())));
+  if (x_t.dtype() != DType::F32)
+    throw DTypeError(where, "x_t must be f32, got " + std::string(dtype_name(x_t.dtype())));
   if (!(x_t.device() == ctx.device))
-    throw DeviceError(where, "x_t is on " + x_t.device().str() + ", the context asks for " + ctx.device.str());
+    throw DeviceError(where,
+                      "x_t is on " + x_t.device().str() + ", the context asks for " + ctx.device.str());
   const std::int64_t N = x_t.rank() == 4 ? x_t.dim(0) : 0;
-  if (x_t.rank() != 4 || x_t.dim(1) != c.in_channels || x_t.dim(2) != c.image_size || x_t.dim(3) != c.image_size)
-    throw ShapeError(where, "x_t must be [N, " + std::to_string(c.in_channels) + ", " + std::to_string(c.image_size) + ", " +
-                                std::to_string(c.image_size) + "], got " + x_t.shape().str());
+  if (x_t.rank() != 4 || x_t.dim(1) != c.in_channels || x_t.dim(2) != c.image_size ||
+      x_t.dim(3) != c.image_size)
+    throw ShapeError(where, "x_t must be [N, " + std::to_string(c.in_channels) + ", " +
+                                std::to_string(c.image_size) + ", " + std::to_string(c.image_size) +
+                                "], got " + x_t.shape().str());
   if (N < 1) throw ShapeError(where, "x_t has an empty batch");
   if (!t.defined() || t.dtype() != DType::F32 || t.shape() != Shape{N})
     throw ShapeError(where, "t must be f32 [" + std::to_string(N) + "], got " + t.str());
@@ -584,7 +596,8 @@ std::map<int, Tensor> UNet::forward(const Tensor& x_t, const Tensor& t, const Te
   bool want_out = false;
   for (int b : blocks) {
     if (b < 0 || b > num_blocks())
-      throw ArgumentError(where, "block " + std::to_string(b) + " is out of range: this model has blocks 1.." +
+      throw ArgumentError(where, "block " + std::to_string(b) +
+                                     " is out of range: this model has blocks 1.." +
                                      std::to_string(num_blocks()) + " (and 0 = out)");
     if (b == 0) want_out = true;
     deepest = std::max(deepest, b);
@@ -598,8 +611,8 @@ std::map<int, Tensor> UNet::forward(const Tensor& x_t, const Tensor& t, const Te
     for (std::int64_t i = 0; i < N; ++i) {
       const std::int64_t y = labels.data<std::int64_t>()[i];
       if (y < 0 || y >= c.num_classes)
-        throw ArgumentError(where, "label " + std::to_string(y) + " of sample " + std::to_string(i) + " outside [0, " +
-                                       std::to_string(c.num_classes) + ")");
+        throw ArgumentError(where, "label " + std::to_string(y) + " of sample " + std::to_string(i) +
+                                       " outside [0, " + std::to_string(c.num_classes) + ")");
     }
   } else if (labels.defined()) {
     throw ArgumentError(where, "labels given, but this model is not class-conditional");
@@ -608,7 +621,8 @@ std::map<int, Tensor> UNet::forward(const Tensor& x_t, const Tensor& t, const Te
     const Tensor xc = x_t;
     for (std::int64_t i = 0; i < xc.numel(); ++i) {
       const float v = xc.data<float>()[i];  // layout does not matter for a finiteness check
-      if (!std::isfinite(v)) throw NumericError(where, "x_t holds a non-finite value (" + std::to_string(v) + ")");
+      if (!std::isfinite(v))
+        throw NumericError(where, "x_t holds a non-finite value (" + std::to_string(v) + ")");
     }
     for (std::int64_t i = 0; i < N; ++i)
       if (!std::isfinite(t.data<float>()[i])) throw NumericError(where, "t holds a non-finite value");

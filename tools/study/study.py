@@ -12,6 +12,7 @@ done, so an interrupted study resumes):
   pool       pooling sizes 1, 2, 4, 8 at each model's best (t, block), full training set
   heads      linear, MLP, CNN, attention and fusion heads on the trained model, full training set
   pixels     logistic regression on the raw pixels (the same C++ linear probe)
+  precision  the trained model's best linear probe with features extracted in bf16 (--precision bf16)
   report     results JSON -> docs/results/*.png and docs/results/results.json
   all        every stage in order
 
@@ -226,6 +227,36 @@ class Study:
         write_safetensors(out, tensors, meta)
         return out
 
+    def precision(self):
+        """The best linear probe again, with bf16 features (same noise, same head recipe)."""
+        pl = self.load("pool_trained")
+        t, b, p = pl["t"], pl["block"], pl["best"]["pool"]
+        files = {}
+        for split, n in (("train", 60000), ("test", 10000)):
+            images, labels, size, seed = SPLITS[split]
+            out = os.path.join(self.work, "features", f"trained_{split}{n}_t{t}_b{b}_avg{p}_bf16.safetensors")
+            if not os.path.exists(out):
+                log(f"extract bf16 {split}")
+                _, dt = self.run([self.a.bin, "extract", "--weights", self.models["trained"], "--input", images,
+                                  "--labels", labels, "--t", str(t), "--blocks", str(b), "--pool", f"avg:{p}",
+                                  "--noise-seed", str(seed), "--batch", "64", "--threads", str(self.a.threads),
+                                  "--precision", "bf16", "--limit", str(n), "--out", out])
+                self.timing(f"extract bf16 {split}{n} t{t} b{b}", dt, n)
+            files[split] = out
+        feat = f"t{t}.b{b}"
+        r = self.probe(f"precision_bf16_{feat}_avg{p}", files["train"], files["test"], feat, LINEAR)
+        fp32 = self.probe(f"pool_trained_t{t}_b{b}_avg{p}", None, None, feat, LINEAR)  # cached
+        # Cosine similarity of the test features, bf16 vs fp32, per sample.
+        a = read_safetensors(files["test"])[0][feat].reshape(10000, -1).astype(np.float64)
+        ref = read_safetensors(self.features("trained", "test", 10000, [t], [b], f"avg:{p}"))[0][feat]
+        ref = ref.reshape(10000, -1).astype(np.float64)
+        cos = (a * ref).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(ref, axis=1))
+        res = {"t": t, "block": b, "pool": p, "fp32_top1": fp32["top1"], "bf16_top1": r["top1"],
+               "cos_min": float(cos.min()), "cos_mean": float(cos.mean())}
+        self.save("precision", res)
+        log(f"bf16: top-1 {100 * r['top1']:.2f}% vs fp32 {100 * fp32['top1']:.2f}%, feature cosine min {cos.min():.6f}")
+        return res
+
     def pixels(self):
         """Logistic regression on raw pixels: the 28x28 images as 784 features in [-1, 1]."""
         files = {}
@@ -294,7 +325,7 @@ class Study:
         fig.savefig(os.path.join(out_dir, "pooling.png"), dpi=110)
         plt.close(fig)
 
-        for name in ("heads", "pixels"):
+        for name in ("heads", "pixels", "precision"):
             if os.path.exists(os.path.join(self.res_dir, name + ".json")):
                 summary[name] = self.load(name)
         timings = os.path.join(self.res_dir, "timings.tsv")
@@ -363,7 +394,7 @@ def write_safetensors(path, tensors, meta):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["sweep", "pool", "heads", "pixels", "report", "all"])
+    p.add_argument("stage", choices=["sweep", "pool", "heads", "pixels", "precision", "report", "all"])
     p.add_argument("--model", choices=["trained", "untrained", "both"], default="both",
                    help="for sweep and pool")
     p.add_argument("--bin", default=os.path.join(ROOT, "build", "release", "bin", "diffprobe"))
@@ -383,6 +414,8 @@ def main():
         s.pixels()
     if a.stage in ("heads", "all"):
         s.heads()
+    if a.stage in ("precision", "all"):
+        s.precision()
     if a.stage in ("report", "all"):
         s.report()
 

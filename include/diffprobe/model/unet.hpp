@@ -28,12 +28,12 @@ std::vector<WeightSpec> unet_weight_specs(const UNetConfig& config);
 
 /// What one paper-numbered block is: its state-dict prefix, output shape and cost.
 struct BlockInfo {
-  int block = 0;              // 1-based paper number; 0 = final output
-  std::string name;           // "input_blocks.4", "middle_block", "output_blocks.4", "out"
-  std::string description;    // "ResBlock(512->512) + Attention(8 heads)"
-  Shape output_shape;         // for batch 1
+  int block = 0;            // 1-based paper number; 0 = final output
+  std::string name;         // "input_blocks.4", "middle_block", "output_blocks.4", "out"
+  std::string description;  // "ResBlock(512->512) + Attention(8 heads)"
+  Shape output_shape;       // for batch 1
   std::int64_t parameters = 0;
-  double gflop = 0;           // 2*MAC for batch 1, this block alone
+  double gflop = 0;  // 2*MAC for batch 1, this block alone
 };
 
 /// Per-block information for a configuration (no weights needed): blocks 1..2I+1, then 0 (out).
@@ -43,9 +43,9 @@ std::vector<BlockInfo> unet_block_infos(const UNetConfig& config);
 std::int64_t unet_num_parameters(const UNetConfig& config);
 
 struct LoadOptions {
-  std::optional<std::string> preset;       // a preset name (UNetConfig::preset_names())
-  std::optional<UNetConfig> config;        // an explicit configuration (wins over preset)
-  std::optional<int> image_size;           // when neither is given: the size for shape inference
+  std::optional<std::string> preset;  // a preset name (UNetConfig::preset_names())
+  std::optional<UNetConfig> config;   // an explicit configuration (wins over preset)
+  std::optional<int> image_size;      // when neither is given: the size for shape inference
 };
 
 class UNet {
@@ -94,7 +94,8 @@ class UNet {
                                 std::span<const int> blocks, const ExecContext& ctx,
                                 const BlockCallback& on_block) const;
   /// Convenience: the final output (block 0).
-  Tensor forward(const Tensor& x_t, const Tensor& t, const Tensor& labels = {}, const ExecContext& ctx = {}) const;
+  Tensor forward(const Tensor& x_t, const Tensor& t, const Tensor& labels = {},
+                 const ExecContext& ctx = {}) const;
 
   /// Prepares every op for a device/precision now (weights reordered once) instead of on first use.
   void prepare(const ExecContext& ctx) const;
