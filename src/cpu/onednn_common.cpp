@@ -1,5 +1,14 @@
 #include "cpu/onednn_common.hpp"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdint>
+
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21  // Linux >= 5.4; older kernels answer EINVAL, which is ignored
+#endif
+
 namespace diffprobe::cpu::onednn {
 
 dnnl::engine& engine() {
@@ -58,6 +67,20 @@ void Scratch::bind(std::unordered_map<int, dnnl::memory>& args, const dnnl::memo
   args.insert_or_assign(DNNL_ARG_SCRATCHPAD, dnnl::memory(md, engine(), data()));
 }
 
+namespace {
+// Once packed, the user's weights are read again only if another layout is asked for. Let the
+// kernel reclaim their pages: for a memory-mapped checkpoint these are clean file pages, dropped
+// and re-read on demand, so a loaded model does not hold its weights twice. MADV_PAGEOUT never
+// changes contents (anonymous pages without swap simply stay); only whole pages inside the
+// tensor are advised, and errors are ignored: this is a hint.
+void release_pages(const void* data, std::size_t bytes) {
+  static const std::uintptr_t page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto b = reinterpret_cast<std::uintptr_t>(data);
+  const std::uintptr_t first = (b + page - 1) / page * page, last = (b + bytes) / page * page;
+  if (last > first) (void)::madvise(reinterpret_cast<void*>(first), last - first, MADV_PAGEOUT);
+}
+}  // namespace
+
 PackedWeights::Variant& PackedWeights::find_or_pack(const dnnl::memory::desc& want,
                                                     const dnnl::memory& user) {
   for (auto& v : variants_)
@@ -70,6 +93,7 @@ PackedWeights::Variant& PackedWeights::find_or_pack(const dnnl::memory::desc& wa
   dnnl::stream& s = stream();
   r.prim.execute(s, args);
   s.wait();
+  release_pages(user.get_data_handle(), user.get_desc().get_size());
   return variants_.emplace_back(Variant{packed, false});
 }
 

@@ -10,7 +10,8 @@ done, so an interrupted study resumes):
   sweep      linear probe over blocks x t at pool 2x2, for the trained and the untrained U-Net,
              heads trained on the first --sweep-train training images (default 10,000)
   pool       pooling sizes 1, 2, 4, 8 at each model's best (t, block), full training set
-  heads      linear, MLP, CNN, attention and fusion heads on the trained model, full training set
+  heads      linear, MLP, CNN, attention and fusion heads on the trained model, the first
+             --heads-train training images (default 20,000)
   pixels     logistic regression on the raw pixels (the same C++ linear probe)
   precision  the trained model's best linear probe with features extracted in bf16 (--precision bf16)
   report     results JSON -> docs/results/*.png and docs/results/results.json
@@ -143,13 +144,44 @@ class Study:
         log(f"sweep {model}: best t={TS[i]} block={blocks[j]} top-1 {100 * acc[i, j]:.2f}% ({n} training images)")
         return res
 
+    def pooled(self, model, split, n, t, b, p):
+        """Features t{t}.b{b} at adaptive average pool p: extracted once at the largest pool size
+        (8, or the map itself when smaller) and averaged down in numpy. Adaptive average pooling
+        of a map whose size the pool divides is a plain block mean, so avg:p of avg:8 is avg:p of
+        the map (up to float rounding order)."""
+        base = self.features(model, split, n, [t], [b], "avg:8")
+        if p == 8:
+            return base
+        out = base.replace("_avg8.safetensors", f"_avg{p}_from8.safetensors")
+        if os.path.exists(out):
+            return out
+        tensors, meta = read_safetensors(base)
+        x = tensors[f"t{t}.b{b}"].astype(np.float64)
+        n_, c, h, w = x.shape
+        if h % p or w % p:
+            raise SystemExit(f"pool {p} does not divide the {h}x{w} map of t{t}.b{b}")
+        y = x.reshape(n_, c, p, h // p, p, w // p).mean(axis=(3, 5)).astype(np.float32)
+        tensors[f"t{t}.b{b}"] = y
+        meta = dict(meta, pooling=f"avg:{p} (from avg:8 by block means)")
+        write_safetensors(out, tensors, meta)
+        return out
+
+    def subset(self, path, n):
+        """The first n samples of a feature file."""
+        out = path.replace(".safetensors", f"_first{n}.safetensors")
+        if os.path.exists(out):
+            return out
+        tensors, meta = read_safetensors(path)
+        write_safetensors(out, {k: v[:n] for k, v in tensors.items()}, meta)
+        return out
+
     def pool(self, model):
         best = self.load(f"sweep_{model}")["best"]
         t, b = best["t"], best["block"]
         rows = []
         for p in POOLS:
-            tr = self.features(model, "train", 60000, [t], [b], f"avg:{p}")
-            te = self.features(model, "test", 10000, [t], [b], f"avg:{p}")
+            tr = self.pooled(model, "train", 60000, t, b, p)
+            te = self.pooled(model, "test", 10000, t, b, p)
             r = self.probe(f"pool_{model}_t{t}_b{b}_avg{p}", tr, te, f"t{t}.b{b}", LINEAR)
             rows.append({"pool": p, "top1": r["top1"], "top5": r["top5"]})
         best_pool = max(rows, key=lambda r: r["top1"])
@@ -158,56 +190,49 @@ class Study:
         return rows
 
     def heads(self):
+        """Every head on the same data: the first --heads-train training images (the attention-style
+        heads train ~20x slower than the linear probe on these 2 cores), the full test set."""
         sw = self.load("sweep_trained")
         pl = self.load("pool_trained")
-        t, b = pl["t"], pl["block"]
-        p = pl["best"]["pool"]
-        rows = []
-        tr = self.features("trained", "train", 60000, [t], [b], f"avg:{p}")
-        te = self.features("trained", "test", 10000, [t], [b], f"avg:{p}")
+        t, b, p = pl["t"], pl["block"], pl["best"]["pool"]
+        n = self.a.heads_train
         feat = f"t{t}.b{b}"
-        specs = [
-            ("linear", LINEAR, p),
-            ("mlp:1024_512", ["--head", "mlp:1024_512", "--optimizer", "adamw", "--lr", "1e-3", "--schedule",
-                              "cosine", "--epochs", "20", "--standardize"], p),
+        te_of = lambda pp: self.pooled("trained", "test", 10000, t, b, pp)  # noqa: E731
+        tr_of = lambda pp: self.subset(self.pooled("trained", "train", 60000, t, b, pp), n)  # noqa: E731
+        adamw = ["--optimizer", "adamw", "--schedule", "cosine"]
+        specs = [  # name, pool, args
+            ("linear", p, LINEAR),
+            ("mlp:1024_512", p, ["--head", "mlp:1024_512", "--lr", "1e-3", "--epochs", "20", "--standardize"] + adamw),
+            ("cnn", 4, ["--head", "cnn", "--lr", "1e-3", "--epochs", "10"] + adamw),
+            ("attention", 2, ["--head", "attention", "--attention-dim", "128", "--lr", "5e-4", "--epochs", "10"] + adamw),
         ]
-        for name, args, pp in specs:
-            r = self.probe(f"heads_{name.replace(':', '')}_{feat}_avg{pp}", tr, te, feat, args)
+        rows = []
+        for name, pp, args in specs:
+            r = self.probe(f"heads_n{n}_{name.replace(':', '')}_{feat}_avg{pp}", tr_of(pp), te_of(pp), feat, args)
             rows.append({"head": name, "feature": feat, "pool": pp, "top1": r["top1"], "top5": r["top5"],
-                         "seconds": r["seconds"]})
-        # The spatial heads see a 4x4 map (16 tokens: the attention head's cost is quadratic).
-        sp = 4
-        trs = self.features("trained", "train", 60000, [t], [b], f"avg:{sp}")
-        tes = self.features("trained", "test", 10000, [t], [b], f"avg:{sp}")
-        spatial = [
-            ("cnn", ["--head", "cnn", "--optimizer", "adamw", "--lr", "1e-3", "--schedule", "cosine",
-                     "--epochs", "15"]),
-            ("attention", ["--head", "attention", "--attention-dim", "128", "--optimizer", "adamw", "--lr",
-                           "5e-4", "--schedule", "cosine", "--epochs", "15"]),
-        ]
-        for name, args in spatial:
-            r = self.probe(f"heads_{name}_{feat}_avg{sp}", trs, tes, feat, args)
-            rows.append({"head": name, "feature": feat, "pool": sp, "top1": r["top1"], "top5": r["top5"],
-                         "seconds": r["seconds"]})
-        # Fusion over the three best blocks of the sweep at the best t plus the best block at a second t.
+                         "seconds": r["seconds"], "args": args})
+        # Fusion: the three best blocks of the sweep at the best t and the best block at the
+        # second-best t, each globally pooled (one token per (t, block) plus the CLS token).
         acc = np.array(sw["top1"])
         ti = sw["t"].index(t)
-        top_blocks = [sw["blocks"][j] for j in np.argsort(-acc[ti])[:3]]
+        top_blocks = sorted(sw["blocks"][j] for j in np.argsort(-acc[ti])[:3])
+        if b not in top_blocks:
+            top_blocks = sorted(top_blocks[:2] + [b])
         t2 = sw["t"][int(np.argsort(-acc[:, sw["blocks"].index(b)])[1])]
-        pairs = [(t, bb) for bb in sorted(top_blocks)] + [(t2, b)]
-        fts, ftests, names = [], [], []
-        for tt, bb in pairs:
-            fts.append(self.features("trained", "train", 60000, [tt], [bb], f"avg:{sp}"))
-            ftests.append(self.features("trained", "test", 10000, [tt], [bb], f"avg:{sp}"))
-            names.append(f"t{tt}.b{bb}")
-        ftr = self.merge(fts, f"fusion_train_{'_'.join(names)}")
-        fte = self.merge(ftests, f"fusion_test_{'_'.join(names)}")
-        r = self.probe(f"heads_fusion_{'_'.join(names)}_avg{sp}", ftr, fte, ",".join(names),
-                       ["--head", "fusion", "--attention-dim", "128", "--optimizer", "adamw", "--lr", "5e-4",
-                        "--schedule", "cosine", "--epochs", "15"])
-        rows.append({"head": "fusion", "feature": ",".join(names), "pool": sp, "top1": r["top1"], "top5": r["top5"],
-                     "seconds": r["seconds"]})
-        self.save("heads", {"t": t, "block": b, "train_images": 60000, "rows": rows})
+        fp = 1
+        a_tr = self.features("trained", "train", 60000, [t], top_blocks, f"avg:{fp}")
+        a_te = self.features("trained", "test", 10000, [t], top_blocks, f"avg:{fp}")
+        b_tr = self.features("trained", "train", 60000, [t2], [b], f"avg:{fp}")
+        b_te = self.features("trained", "test", 10000, [t2], [b], f"avg:{fp}")
+        names = [f"t{t}.b{bb}" for bb in top_blocks] + [f"t{t2}.b{b}"]
+        tag = "_".join(names)
+        ftr = self.subset(self.merge([a_tr, b_tr], f"fusion_train60000_{tag}_avg{fp}"), n)
+        fte = self.merge([a_te, b_te], f"fusion_test10000_{tag}_avg{fp}")
+        args = ["--head", "fusion", "--attention-dim", "128", "--lr", "5e-4", "--epochs", "10"] + adamw
+        r = self.probe(f"heads_n{n}_fusion_{tag}_avg{fp}", ftr, fte, ",".join(names), args)
+        rows.append({"head": "fusion", "feature": ",".join(names), "pool": fp, "top1": r["top1"], "top5": r["top5"],
+                     "seconds": r["seconds"], "args": args})
+        self.save("heads", {"t": t, "block": b, "train_images": n, "test_images": 10000, "rows": rows})
         return rows
 
     def merge(self, paths, name):
@@ -248,7 +273,7 @@ class Study:
         fp32 = self.probe(f"pool_trained_t{t}_b{b}_avg{p}", None, None, feat, LINEAR)  # cached
         # Cosine similarity of the test features, bf16 vs fp32, per sample.
         a = read_safetensors(files["test"])[0][feat].reshape(10000, -1).astype(np.float64)
-        ref = read_safetensors(self.features("trained", "test", 10000, [t], [b], f"avg:{p}"))[0][feat]
+        ref = read_safetensors(self.pooled("trained", "test", 10000, t, b, p))[0][feat]
         ref = ref.reshape(10000, -1).astype(np.float64)
         cos = (a * ref).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(ref, axis=1))
         res = {"t": t, "block": b, "pool": p, "fp32_top1": fp32["top1"], "bf16_top1": r["top1"],
@@ -401,6 +426,7 @@ def main():
     p.add_argument("--work", default=os.path.join(ROOT, "build", "study"))
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--sweep-train", type=int, default=10000, help="training images for the sweep's probes")
+    p.add_argument("--heads-train", type=int, default=20000, help="training images for the head comparison")
     a = p.parse_args()
     s = Study(a)
     models = ["trained", "untrained"] if a.model == "both" else [a.model]
