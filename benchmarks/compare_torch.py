@@ -191,6 +191,8 @@ def main():
     p.add_argument("--preset", default="256x256_diffusion_uncond")
     p.add_argument("--blocks", default="24,out")
     p.add_argument("--batch", default="1,8")
+    p.add_argument("--pairs", default=None,
+                   help="explicit block:batch pairs instead of blocks x batch, e.g. 24:1,out:1,24:8")
     p.add_argument("--precision", default="fp32,bf16")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
@@ -203,8 +205,12 @@ def main():
     p.add_argument("--out", default=None, help="JSON results (default WORK/compare_PRESET.json)")
     p.add_argument("--plot", default=None, help="per-block time plot (PNG), needs --per-block")
     args = p.parse_args()
-    args.batch = [int(b) for b in args.batch.split(",")]
-    blocks = [0 if b == "out" else int(b) for b in args.blocks.split(",")]
+    blk = lambda b: 0 if b == "out" else int(b)  # noqa: E731
+    if args.pairs:
+        pairs = [(blk(x.split(":")[0]), int(x.split(":")[1])) for x in args.pairs.split(",")]
+    else:
+        pairs = [(blk(b), int(n)) for n in args.batch.split(",") for b in args.blocks.split(",")]
+    args.batch = sorted({n for _, n in pairs})
     precisions = args.precision.split(",")
     args.out = args.out or os.path.join(args.work, f"compare_{args.preset}.json")
 
@@ -224,39 +230,38 @@ def main():
     hdr = f"{'block':>5} {'batch':>5} {'prec':>5} {'ours s':>8} {'torch s':>8} {'speedup':>7} {'GFLOP/s':>8} " \
           f"{'of peak':>7} {'RSS ours':>9} {'RSS torch':>9} {'RSS ratio':>9}  check"
     print(hdr, flush=True)
-    for batch in args.batch:
-        for block in blocks:
-            td = os.path.join(args.work, f"torch_b{block}_n{batch}.npy")
-            tr, trss = run_torch(args, cfg, pt, x, block, batch, td)
-            tmed = statistics.median(tr["times"])
-            fp32_dump = None
-            for prec in precisions:
-                od = os.path.join(args.work, f"ours_{prec}_b{block}_n{batch}.npy")
-                orr, orss = run_ours(args, st, x, block, batch, prec, od)
-                omed = statistics.median(orr["times"])
-                work = orr["gflop"]  # the model's 2*MAC count for this batch, from unet_block_infos
-                err = rel_err(od, td)
-                check = f"rel.err {err:.1e}"
-                cos = None
-                if prec == "fp32":
-                    fp32_dump = od
-                elif fp32_dump:
-                    try:
-                        cos = pooled_cosine(od, fp32_dump)
-                        check += f", pooled cos vs fp32 {cos:.5f}"
-                    except ValueError:
-                        pass
-                row = {"block": block, "batch": batch, "precision": prec, "ours_s": omed, "torch_s": tmed,
-                       "speedup": tmed / omed, "gflop": work, "ours_gflops": work / omed,
-                       "torch_gflops": work / tmed, "fraction_of_peak": work / omed / peak,
-                       "ours_rss_mib": orss, "torch_rss_mib": trss, "rss_ratio": orss / trss,
-                       "rel_err_vs_torch": err, "pooled_cosine_vs_fp32": cos, "ours_times": orr["times"],
-                       "torch_times": tr["times"], "ours_arena_mib": orr["arena_mib"],
-                       "ours_per_block_ms": orr["per_block_ms"], "torch_per_block_ms": tr["per_block_ms"]}
-                results["rows"].append(row)
-                print(f"{block if block else 'out':>5} {batch:>5} {prec:>5} {omed:8.3f} {tmed:8.3f} "
-                      f"{tmed / omed:6.2f}x {work / omed:8.1f} {work / omed / peak:6.1%} {orss:8.0f}M "
-                      f"{trss:8.0f}M {orss / trss:8.2f}x  {check}", flush=True)
+    for block, batch in pairs:
+        td = os.path.join(args.work, f"torch_b{block}_n{batch}.npy")
+        tr, trss = run_torch(args, cfg, pt, x, block, batch, td)
+        tmed = statistics.median(tr["times"])
+        fp32_dump = None
+        for prec in precisions:
+            od = os.path.join(args.work, f"ours_{prec}_b{block}_n{batch}.npy")
+            orr, orss = run_ours(args, st, x, block, batch, prec, od)
+            omed = statistics.median(orr["times"])
+            work = orr["gflop"]  # the model's 2*MAC count for this batch, from unet_block_infos
+            err = rel_err(od, td)
+            check = f"rel.err {err:.1e}"
+            cos = None
+            if prec == "fp32":
+                fp32_dump = od
+            elif fp32_dump:
+                try:
+                    cos = pooled_cosine(od, fp32_dump)
+                    check += f", pooled cos vs fp32 {cos:.5f}"
+                except ValueError:
+                    pass
+            row = {"block": block, "batch": batch, "precision": prec, "ours_s": omed, "torch_s": tmed,
+                   "speedup": tmed / omed, "gflop": work, "ours_gflops": work / omed,
+                   "torch_gflops": work / tmed, "fraction_of_peak": work / omed / peak,
+                   "ours_rss_mib": orss, "torch_rss_mib": trss, "rss_ratio": orss / trss,
+                   "rel_err_vs_torch": err, "pooled_cosine_vs_fp32": cos, "ours_times": orr["times"],
+                   "torch_times": tr["times"], "ours_arena_mib": orr["arena_mib"],
+                   "ours_per_block_ms": orr["per_block_ms"], "torch_per_block_ms": tr["per_block_ms"]}
+            results["rows"].append(row)
+            print(f"{block if block else 'out':>5} {batch:>5} {prec:>5} {omed:8.3f} {tmed:8.3f} "
+                  f"{tmed / omed:6.2f}x {work / omed:8.1f} {work / omed / peak:6.1%} {orss:8.0f}M "
+                  f"{trss:8.0f}M {orss / trss:8.2f}x  {check}", flush=True)
     results["torch_blas"] = "OpenBLAS" if "openblas" in tr.get("blas", "").lower() else tr.get("blas", "")[:200]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     json.dump(results, open(args.out, "w"), indent=1)

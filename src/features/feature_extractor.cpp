@@ -12,7 +12,11 @@ const Tensor& FeatureSet::at(int t, int block) const {
   auto it = items_.find({t, block});
   if (it == items_.end()) {
     std::string have;
-    for (const auto& [k, v] : items_) have += (have.empty() ? "" : ", ") + ("t" + std::to_string(k.first) + ".b" + std::to_string(k.second));
+    for (const auto& [k, v] : items_) {
+      // (appended piece by piece: GCC 12 warns falsely, -Wrestrict, on "t" + std::string&&)
+      if (!have.empty()) have += ", ";
+      have.append("t").append(std::to_string(k.first)).append(".b").append(std::to_string(k.second));
+    }
     throw ArgumentError("FeatureSet::at", "no features for t=" + std::to_string(t) + ", block " + std::to_string(block) +
                                               " (have: " + have + ")");
   }
@@ -123,7 +127,7 @@ FeatureSet FeatureExtractor::extract(const Tensor& x0, std::int64_t first_index,
         labels = Tensor::empty({n * nT}, DType::I64);
         std::fill_n(labels.data<std::int64_t>(), n * nT, static_cast<std::int64_t>(*o.label));
       }
-      const Tensor xd = o.device.is_cpu() ? xt : xt.to_device(o.device);
+      const Tensor xd = o.device.is_cpu() ? xt : xt.to_layout(Layout::NHWC).to_device(o.device);  // NHWC upload
       const Tensor td = o.device.is_cpu() ? tv : tv.to_device(o.device);
       const auto feats = model_->forward(xd, td, labels, o.blocks, ctx);
       for (const auto& [b, f] : feats) {

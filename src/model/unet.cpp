@@ -634,12 +634,21 @@ std::map<int, Tensor> UNet::forward(const Tensor& x_t, const Tensor& t, const Te
   emb = impl_->time0.forward(emb, ctx);
   emb = impl_->time2.forward(emb, ctx, /*silu_input=*/true);
   if (c.class_cond) {
+    // Gather the label rows on the host (the table stays in host memory), then add them where
+    // the embedding lives: in place on the CPU, through ops::add on a GPU.
     const std::int64_t D = emb.dim(1);
-    float* e = emb.data<float>();
     const float* table = impl_->label_emb.data<float>();
-    for (std::int64_t i = 0; i < N; ++i) {
-      const std::int64_t y = labels.data<std::int64_t>()[i];
-      for (std::int64_t j = 0; j < D; ++j) e[i * D + j] += table[y * D + j];
+    if (emb.device().is_cpu()) {
+      float* e = emb.data<float>();
+      for (std::int64_t i = 0; i < N; ++i) {
+        const std::int64_t y = labels.data<std::int64_t>()[i];
+        for (std::int64_t j = 0; j < D; ++j) e[i * D + j] += table[y * D + j];
+      }
+    } else {
+      Tensor rows = Tensor::empty(Shape{N, D});
+      for (std::int64_t i = 0; i < N; ++i)
+        std::copy_n(table + labels.data<std::int64_t>()[i] * D, D, rows.data<float>() + i * D);
+      emb = ops::add(emb, rows.to_device(emb.device()), ctx);
     }
   }
 
@@ -647,7 +656,11 @@ std::map<int, Tensor> UNet::forward(const Tensor& x_t, const Tensor& t, const Te
   std::map<int, Tensor> result;
   const int I = num_input_blocks();
   std::vector<Tensor> skips(static_cast<std::size_t>(I));
-  Tensor h = x_t.layout() == Layout::NHWC ? x_t : x_t.to_layout(Layout::NHWC, ctx.allocator);
+  // Activations are NHWC end to end. A device tensor in NCHW is converted on the host (one
+  // round trip of the input only; FeatureExtractor uploads NHWC directly).
+  Tensor h = x_t.layout() == Layout::NHWC ? x_t
+             : x_t.device().is_cpu()      ? x_t.to_layout(Layout::NHWC, ctx.allocator)
+                                          : x_t.to_device(Device::cpu()).to_layout(Layout::NHWC).to_device(x_t.device());
   for (int b = 1; b <= deepest; ++b) {
     if (b <= I) {
       h = impl_->run_block(impl_->input[static_cast<std::size_t>(b - 1)], h, emb, ctx);

@@ -358,6 +358,42 @@ class Study:
             summary["timings"] = [line.rstrip("\n").split("\t") for line in open(timings)]
         json.dump(summary, open(os.path.join(out_dir, "results.json"), "w"), indent=1)
         self.print_summary(summary)
+        with open(os.path.join(out_dir, "tables.md"), "w") as f:
+            f.write(self.markdown(summary))
+        print(f"wrote {out_dir}/sweep_heatmap.png, pooling.png, results.json, tables.md")
+
+    def markdown(self, s):
+        """The tables of docs/results.md, generated from the results."""
+        md = []
+        for m in ("trained", "untrained"):
+            if f"sweep_{m}" not in s:
+                continue
+            sw = s[f"sweep_{m}"]
+            md.append(f"\n**{m} U-Net, linear probe top-1 % over t x block** (pool 2x2, "
+                      f"{sw['train_images']} training images, 10,000 test images)\n")
+            md.append("| t \\ block | " + " | ".join(map(str, sw["blocks"])) + " |")
+            md.append("|---" * (len(sw["blocks"]) + 1) + "|")
+            acc = np.array(sw["top1"]) * 100
+            for i, t in enumerate(sw["t"]):
+                best = acc[i].max()
+                md.append(f"| {t} | " + " | ".join((f"**{v:.1f}**" if v == best else f"{v:.1f}") for v in acc[i]) + " |")
+        md.append("\n**Pooling at each model's best (t, block)** (60,000 training images)\n")
+        md.append("| model | t | block | 1x1 | 2x2 | 4x4 | 8x8 |")
+        md.append("|---|---|---|---|---|---|---|")
+        for m in ("trained", "untrained"):
+            if f"pool_{m}" in s:
+                pl = s[f"pool_{m}"]
+                md.append(f"| {m} | {pl['t']} | {pl['block']} | " +
+                          " | ".join(f"{100 * r['top1']:.2f}" for r in pl["rows"]) + " |")
+        if "heads" in s:
+            h = s["heads"]
+            md.append(f"\n**Heads** ({h['train_images']} training images, 10,000 test images)\n")
+            md.append("| head | features | pool | top-1 % | top-5 % | training time (s) |")
+            md.append("|---|---|---|---|---|---|")
+            for r in h["rows"]:
+                md.append(f"| {r['head']} | {r['feature']} | {r['pool']}x{r['pool']} | {100 * r['top1']:.2f} | "
+                          f"{100 * r['top5']:.2f} | {r['seconds']:.0f} |")
+        return "\n".join(md) + "\n"
 
     def print_summary(self, s):
         print("\n== Fashion-MNIST test set (10,000 images)")
