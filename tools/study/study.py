@@ -14,6 +14,7 @@ done, so an interrupted study resumes):
              --heads-train training images (default 20,000)
   pixels     logistic regression on the raw pixels (the same C++ linear probe)
   precision  the trained model's best linear probe with features extracted in bf16 (--precision bf16)
+  attention  the attention head on the full training set and the whole 8x8 map
   report     results JSON -> docs/results/*.png and docs/results/results.json
   all        every stage in order
 
@@ -204,15 +205,16 @@ class Study:
             ("linear", p, LINEAR),
             ("mlp:1024_512", p, ["--head", "mlp:1024_512", "--lr", "1e-3", "--epochs", "20", "--standardize"] + adamw),
             ("cnn", 4, ["--head", "cnn", "--lr", "1e-3", "--epochs", "10"] + adamw),
-            ("attention", 2, ["--head", "attention", "--attention-dim", "128", "--lr", "5e-4", "--epochs", "10"] + adamw),
+            ("attention", 4, ["--head", "attention", "--attention-dim", "128", "--lr", "5e-4", "--epochs", "10"] + adamw),
         ]
         rows = []
         for name, pp, args in specs:
             r = self.probe(f"heads_n{n}_{name.replace(':', '')}_{feat}_avg{pp}", tr_of(pp), te_of(pp), feat, args)
             rows.append({"head": name, "feature": feat, "pool": pp, "top1": r["top1"], "top5": r["top5"],
                          "seconds": r["seconds"], "args": args})
-        # Fusion: the three best blocks of the sweep at the best t and the best block at the
-        # second-best t, each globally pooled (one token per (t, block) plus the CLS token).
+        # Fusion (DifFormer-style, one tokenizer per (t, block)) over a t x block grid: the three best
+        # blocks of the sweep at the best t, at the best t and at the second-best t for the best block,
+        # each globally pooled (one token per (t, block) plus the CLS token).
         acc = np.array(sw["top1"])
         ti = sw["t"].index(t)
         top_blocks = sorted(sw["blocks"][j] for j in np.argsort(-acc[ti])[:3])
@@ -220,14 +222,12 @@ class Study:
             top_blocks = sorted(top_blocks[:2] + [b])
         t2 = sw["t"][int(np.argsort(-acc[:, sw["blocks"].index(b)])[1])]
         fp = 1
-        a_tr = self.features("trained", "train", 60000, [t], top_blocks, f"avg:{fp}")
-        a_te = self.features("trained", "test", 10000, [t], top_blocks, f"avg:{fp}")
-        b_tr = self.features("trained", "train", 60000, [t2], [b], f"avg:{fp}")
-        b_te = self.features("trained", "test", 10000, [t2], [b], f"avg:{fp}")
-        names = [f"t{t}.b{bb}" for bb in top_blocks] + [f"t{t2}.b{b}"]
-        tag = "_".join(names)
-        ftr = self.subset(self.merge([a_tr, b_tr], f"fusion_train60000_{tag}_avg{fp}"), n)
-        fte = self.merge([a_te, b_te], f"fusion_test10000_{tag}_avg{fp}")
+        trs = [self.features("trained", "train", 60000, [tt], top_blocks, f"avg:{fp}") for tt in (t, t2)]
+        tes = [self.features("trained", "test", 10000, [tt], top_blocks, f"avg:{fp}") for tt in (t, t2)]
+        names = [f"t{tt}.b{bb}" for tt in (t, t2) for bb in top_blocks]
+        tag = f"t{t}-{t2}_b{'-'.join(map(str, top_blocks))}"
+        ftr = self.subset(self.merge(trs, f"fusion_train60000_{tag}_avg{fp}"), n)
+        fte = self.merge(tes, f"fusion_test10000_{tag}_avg{fp}")
         args = ["--head", "fusion", "--attention-dim", "128", "--lr", "5e-4", "--epochs", "10"] + adamw
         r = self.probe(f"heads_n{n}_fusion_{tag}_avg{fp}", ftr, fte, ",".join(names), args)
         rows.append({"head": "fusion", "feature": ",".join(names), "pool": fp, "top1": r["top1"], "top5": r["top5"],
@@ -251,6 +251,21 @@ class Study:
         meta["blocks"] = ",".join(map(str, sorted(set(bs))))
         write_safetensors(out, tensors, meta)
         return out
+
+    def attention_full(self):
+        """The attention head as the paper uses it (the whole map, pool <= 16 leaves 8x8 as is)
+        on the full training set; width 128 instead of 1024 and 8 epochs to fit 2 CPU cores."""
+        pl = self.load("pool_trained")
+        t, b = pl["t"], pl["block"]
+        feat = f"t{t}.b{b}"
+        args = ["--head", "attention", "--attention-dim", "128", "--lr", "5e-4", "--epochs", "8",
+                "--optimizer", "adamw", "--schedule", "cosine"]
+        r = self.probe(f"attention_full_{feat}_avg8", self.pooled("trained", "train", 60000, t, b, 8),
+                       self.pooled("trained", "test", 10000, t, b, 8), feat, args)
+        res = {"head": "attention", "feature": feat, "pool": 8, "train_images": 60000, "top1": r["top1"],
+               "top5": r["top5"], "seconds": r["seconds"], "args": args}
+        self.save("attention_full", res)
+        return res
 
     def precision(self):
         """The best linear probe again, with bf16 features (same noise, same head recipe)."""
@@ -330,6 +345,24 @@ class Study:
         fig.savefig(os.path.join(out_dir, "sweep_heatmap.png"), dpi=110)
         plt.close(fig)
 
+        # What diffusion training adds, per (t, block): trained minus untrained.
+        tr, un = self.load("sweep_trained"), self.load("sweep_untrained")
+        gain = 100 * (np.array(tr["top1"]) - np.array(un["top1"]))
+        fig, ax = plt.subplots(figsize=(11, 3.4), constrained_layout=True)
+        lim = np.abs(gain).max()
+        im = ax.imshow(gain, cmap="RdBu", aspect="auto", vmin=-lim, vmax=lim)
+        ax.set_xticks(range(len(tr["blocks"])), tr["blocks"])
+        ax.set_yticks(range(len(tr["t"])), tr["t"])
+        ax.set_xlabel("block")
+        ax.set_ylabel("t")
+        for i in range(gain.shape[0]):
+            for j in range(gain.shape[1]):
+                ax.text(j, i, f"{gain[i, j]:+.1f}", ha="center", va="center", fontsize=6.5)
+        ax.set_title("gain from diffusion training: trained minus untrained linear-probe top-1 (points, pool 2x2)")
+        fig.colorbar(im, ax=ax, shrink=0.9)
+        fig.savefig(os.path.join(out_dir, "sweep_gain.png"), dpi=110)
+        plt.close(fig)
+
         fig, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
         width = 0.38
         for k, model in enumerate(("trained", "untrained")):
@@ -350,7 +383,7 @@ class Study:
         fig.savefig(os.path.join(out_dir, "pooling.png"), dpi=110)
         plt.close(fig)
 
-        for name in ("heads", "pixels", "precision"):
+        for name in ("heads", "pixels", "precision", "attention_full"):
             if os.path.exists(os.path.join(self.res_dir, name + ".json")):
                 summary[name] = self.load(name)
         timings = os.path.join(self.res_dir, "timings.tsv")
@@ -393,6 +426,10 @@ class Study:
             for r in h["rows"]:
                 md.append(f"| {r['head']} | {r['feature']} | {r['pool']}x{r['pool']} | {100 * r['top1']:.2f} | "
                           f"{100 * r['top5']:.2f} | {r['seconds']:.0f} |")
+        if "attention_full" in s:
+            r = s["attention_full"]
+            md.append(f"\nAttention head on all 60,000 training images, whole {r['pool']}x{r['pool']} map: "
+                      f"top-1 {100 * r['top1']:.2f} %, top-5 {100 * r['top5']:.2f} % ({r['seconds']:.0f} s).")
         return "\n".join(md) + "\n"
 
     def print_summary(self, s):
@@ -455,7 +492,7 @@ def write_safetensors(path, tensors, meta):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["sweep", "pool", "heads", "pixels", "precision", "report", "all"])
+    p.add_argument("stage", choices=["sweep", "pool", "heads", "pixels", "precision", "attention", "report", "all"])
     p.add_argument("--model", choices=["trained", "untrained", "both"], default="both",
                    help="for sweep and pool")
     p.add_argument("--bin", default=os.path.join(ROOT, "build", "release", "bin", "diffprobe"))
@@ -478,6 +515,8 @@ def main():
         s.heads()
     if a.stage in ("precision", "all"):
         s.precision()
+    if a.stage in ("attention", "all"):
+        s.attention_full()
     if a.stage in ("report", "all"):
         s.report()
 
