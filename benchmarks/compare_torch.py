@@ -169,9 +169,11 @@ def pooled_cosine(a, b, p=2):
 
 def peak_gflops(args):
     out, _ = measured([args.peak, f"--threads={args.threads}", "--benchmark_format=json",
-                       "--benchmark_repetitions=3"])
+                       "--benchmark_repetitions=5"])
     runs = [b for b in json.loads(out)["benchmarks"] if b.get("run_type") == "iteration"]
-    return max(b["GFLOP/s"] for b in runs) / 1e9  # the JSON holds the counter in FLOP/s
+    # The median (the JSON holds the counter in FLOP/s): on the shared VMs a single repetition
+    # has been seen reporting 1.8x the physical limit (a clock glitch), so never the max.
+    return statistics.median(b["GFLOP/s"] for b in runs) / 1e9
 
 
 def main():
