@@ -24,7 +24,8 @@ int main(int argc, char** argv) {
     CLI::App* sub = app.add_subcommand(name, help);
     commands.emplace_back(sub, reg(*sub));
   };
-  add("info", "print a model's configuration and, per block, its output shape, parameters and GFLOP", add_info);
+  add("info", "print a model's configuration and, per block, its output shape, parameters and GFLOP",
+      add_info);
   add("convert", "write any supported weights file as safetensors (fp32, fp16 or bf16)", add_convert);
   add("extract", "extract (and pool) U-Net block features of a dataset into a feature file", add_extract);
   add("probe", "train a head (linear, MLP, CNN, attention) on extracted features and evaluate it", add_probe);

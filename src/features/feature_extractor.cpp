@@ -17,8 +17,8 @@ const Tensor& FeatureSet::at(int t, int block) const {
       if (!have.empty()) have += ", ";
       have.append("t").append(std::to_string(k.first)).append(".b").append(std::to_string(k.second));
     }
-    throw ArgumentError("FeatureSet::at", "no features for t=" + std::to_string(t) + ", block " + std::to_string(block) +
-                                              " (have: " + have + ")");
+    throw ArgumentError("FeatureSet::at", "no features for t=" + std::to_string(t) + ", block " +
+                                              std::to_string(block) + " (have: " + have + ")");
   }
   return it->second;
 }
@@ -32,13 +32,16 @@ FeatureExtractor::FeatureExtractor(const UNet& model, ExtractOptions options)
   std::set<int> seen_t, seen_b;
   for (int t : o.timesteps) {
     if (t < 0 || t >= schedule_.steps())
-      throw ArgumentError(where, "timestep " + std::to_string(t) + " outside [0, " + std::to_string(schedule_.steps()) +
-                                     ") for this model's " + std::to_string(schedule_.steps()) + "-step schedule");
-    if (!seen_t.insert(t).second) throw ArgumentError(where, "timestep " + std::to_string(t) + " given twice");
+      throw ArgumentError(where, "timestep " + std::to_string(t) + " outside [0, " +
+                                     std::to_string(schedule_.steps()) + ") for this model's " +
+                                     std::to_string(schedule_.steps()) + "-step schedule");
+    if (!seen_t.insert(t).second)
+      throw ArgumentError(where, "timestep " + std::to_string(t) + " given twice");
   }
   for (int b : o.blocks) {
     if (b < 0 || b > model.num_blocks())
-      throw ArgumentError(where, "block " + std::to_string(b) + " is out of range: this model has blocks 1.." +
+      throw ArgumentError(where, "block " + std::to_string(b) +
+                                     " is out of range: this model has blocks 1.." +
                                      std::to_string(model.num_blocks()) + " (0 = out)");
     if (!seen_b.insert(b).second) throw ArgumentError(where, "block " + std::to_string(b) + " given twice");
   }
@@ -68,19 +71,23 @@ FeatureSet FeatureExtractor::extract(const Tensor& x0, std::int64_t first_index,
   const auto& o = options_;
   const Shape in = model_->input_shape(1);
   if (!x0.defined()) throw ArgumentError(where, "the images are undefined");
-  if (x0.dtype() != DType::F32) throw DTypeError(where, "images must be f32, got " + std::string(dtype_name(x0.dtype())));
+  if (x0.dtype() != DType::F32)
+    throw DTypeError(where, "images must be f32, got " + std::string(dtype_name(x0.dtype())));
   if (x0.rank() != 4 || x0.dim(1) != in[1] || x0.dim(2) != in[2] || x0.dim(3) != in[3] || x0.dim(0) < 1)
-    throw ShapeError(where, "images must be [N, " + std::to_string(in[1]) + ", " + std::to_string(in[2]) + ", " +
-                                std::to_string(in[3]) + "], got " + x0.shape().str());
+    throw ShapeError(where, "images must be [N, " + std::to_string(in[1]) + ", " + std::to_string(in[2]) +
+                                ", " + std::to_string(in[3]) + "], got " + x0.shape().str());
   if (!x0.device().is_cpu()) throw DeviceError(where, "images are read from CPU memory");
   if (first_index < 0) throw ArgumentError(where, "first_index must be >= 0");
   if ((o.noise == NoiseMode::Given) != eps.defined())
-    throw ArgumentError(where, o.noise == NoiseMode::Given ? "NoiseMode::Given needs eps" : "eps given, but the noise mode is not Given");
+    throw ArgumentError(where, o.noise == NoiseMode::Given ? "NoiseMode::Given needs eps"
+                                                           : "eps given, but the noise mode is not Given");
   if (eps.defined() && (eps.shape() != x0.shape() || eps.dtype() != DType::F32))
-    throw ShapeError(where, "eps must be f32 of the images' shape " + x0.shape().str() + ", got " + eps.str());
+    throw ShapeError(where,
+                     "eps must be f32 of the images' shape " + x0.shape().str() + ", got " + eps.str());
 
   const Tensor x = x0.layout() == Layout::Contiguous ? x0 : x0.to_layout(Layout::Contiguous);
-  const Tensor e = !eps.defined() || eps.layout() == Layout::Contiguous ? eps : eps.to_layout(Layout::Contiguous);
+  const Tensor e =
+      !eps.defined() || eps.layout() == Layout::Contiguous ? eps : eps.to_layout(Layout::Contiguous);
   const std::int64_t N = x.dim(0), per = x.numel() / N;
   const auto nT = static_cast<std::int64_t>(o.timesteps.size());
   const int draws = o.noise == NoiseMode::Seeded ? o.noise_draws : 1;
@@ -114,8 +121,8 @@ FeatureSet FeatureExtractor::extract(const Tensor& x0, std::int64_t first_index,
           if (o.noise == NoiseMode::Given) {
             ep = e.data<float>() + (start + i) * per;
           } else {
-            gaussian_noise({o.noise_seed, static_cast<std::uint64_t>(first_index + start + i), static_cast<std::uint32_t>(t),
-                            static_cast<std::uint32_t>(draw)},
+            gaussian_noise({o.noise_seed, static_cast<std::uint64_t>(first_index + start + i),
+                            static_cast<std::uint32_t>(t), static_cast<std::uint32_t>(draw)},
                            noise.data(), per);
             ep = noise.data();
           }
@@ -127,14 +134,16 @@ FeatureSet FeatureExtractor::extract(const Tensor& x0, std::int64_t first_index,
         labels = Tensor::empty({n * nT}, DType::I64);
         std::fill_n(labels.data<std::int64_t>(), n * nT, static_cast<std::int64_t>(*o.label));
       }
-      const Tensor xd = o.device.is_cpu() ? xt : xt.to_layout(Layout::NHWC).to_device(o.device);  // NHWC upload
+      const Tensor xd =
+          o.device.is_cpu() ? xt : xt.to_layout(Layout::NHWC).to_device(o.device);  // NHWC upload
       const Tensor td = o.device.is_cpu() ? tv : tv.to_device(o.device);
       const auto feats = model_->forward(xd, td, labels, o.blocks, ctx);
       for (const auto& [b, f] : feats) {
         for (std::int64_t ti = 0; ti < nT; ++ti) {
           const int t = o.timesteps[static_cast<std::size_t>(ti)];
           Tensor part = f.slice_batch(ti * n, (ti + 1) * n);
-          Tensor r = pooler ? pooler->pool(part, ctx) : (part.device().is_cpu() ? part : part.to_device(Device::cpu()));
+          Tensor r = pooler ? pooler->pool(part, ctx)
+                            : (part.device().is_cpu() ? part : part.to_device(Device::cpu()));
           if (r.layout() != Layout::Contiguous) r = r.to_layout(Layout::Contiguous);
           const Tensor& dst_t = out.at(t, b);
           const std::int64_t fper = dst_t.numel() / N;

@@ -659,8 +659,9 @@ std::map<int, Tensor> UNet::forward(const Tensor& x_t, const Tensor& t, const Te
   // Activations are NHWC end to end. A device tensor in NCHW is converted on the host (one
   // round trip of the input only; FeatureExtractor uploads NHWC directly).
   Tensor h = x_t.layout() == Layout::NHWC ? x_t
-             : x_t.device().is_cpu()      ? x_t.to_layout(Layout::NHWC, ctx.allocator)
-                                          : x_t.to_device(Device::cpu()).to_layout(Layout::NHWC).to_device(x_t.device());
+             : x_t.device().is_cpu()
+                 ? x_t.to_layout(Layout::NHWC, ctx.allocator)
+                 : x_t.to_device(Device::cpu()).to_layout(Layout::NHWC).to_device(x_t.device());
   for (int b = 1; b <= deepest; ++b) {
     if (b <= I) {
       h = impl_->run_block(impl_->input[static_cast<std::size_t>(b - 1)], h, emb, ctx);

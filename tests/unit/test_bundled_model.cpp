@@ -42,7 +42,8 @@ TEST(BundledModel, FeaturesAreFiniteAndDependOnTheImage) {
   const UNet net = UNet::load(kModel);
   std::vector<float> v(2 * 32 * 32, -1.0f);
   for (int y = 8; y < 24; ++y)
-    for (int x = 8; x < 24; ++x) v[static_cast<std::size_t>(y * 32 + x)] = 0.8f;  // second image: a bright square
+    for (int x = 8; x < 24; ++x)
+      v[static_cast<std::size_t>(y * 32 + x)] = 0.8f;  // second image: a bright square
   for (std::size_t i = 0; i < 32 * 32; ++i) v[i] = -1.0f + 0.002f * static_cast<float>(i % 32);
   const Tensor x = Tensor::from_vector(Shape{2, 1, 32, 32}, v);
   const Tensor t = Tensor::from_vector(Shape{2}, std::vector<float>{50.0f, 50.0f});
