@@ -56,7 +56,7 @@ Runner add_extract(CLI::App& app) {
                  "model preset (default: from the file name or metadata, else inferred)");
   app.add_option("--config", o->config, "model config JSON (official flag names)");
   app.add_option("--image-size", o->image_size, "image size when the config is inferred from the weights")
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   app.add_option("--input", o->input,
                  "image folder (one sub-folder per class), .npy [N,C,H,W] or IDX images file")
       ->required();
@@ -65,20 +65,19 @@ Runner add_extract(CLI::App& app) {
   app.add_option("--blocks", o->blocks, "blocks, comma-separated, 1-based paper numbering (0/out = output)")
       ->required();
   app.add_option("--pool", o->pool, "pooling: avg:P, max:P, gap or none");
-  auto* seed = app.add_option("--noise-seed", o->seed, "seed of the counter-based noise")
-                   ->check(CLI::NonNegativeNumber);
+  auto* seed = app.add_option("--noise-seed", o->seed, "seed of the counter-based noise")->check(at_least(0));
   app.add_flag("--no-noise", o->no_noise, "feed the input unchanged as x_t (with t as the timestep)")
       ->excludes(seed);
   app.add_option("--noise-draws", o->draws, "average the features over K noise draws");
   app.add_option("--label", o->label, "class label for class-conditional models");
   app.add_option("--batch", o->batch, "images per U-Net pass");
-  app.add_option("--threads", o->threads, "CPU threads (default: all cores)");
+  app.add_option("--threads", o->threads, "CPU threads (default: all cores)")->check(at_least(0));
   app.add_option("--device", o->device, "cpu, cuda or cuda:N");
   app.add_option("--precision", o->precision, "fp32 or bf16 (CPU, AVX-512 BF16)")
       ->check(CLI::IsMember({"fp32", "bf16"}));
-  app.add_option("--limit", o->limit, "only the first N samples");
+  app.add_option("--limit", o->limit, "only the first N samples")->check(at_least(0));
   app.add_option("--chunk", o->chunk, "samples per resumable chunk (default: 16 batches)")
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   app.add_option("--dtype", o->dtype, "storage type of the features: fp32, fp16 or bf16")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
   app.add_option("--out", o->out, "output feature file (.safetensors)")->required();
@@ -106,8 +105,6 @@ Runner add_extract(CLI::App& app) {
     eo.device = parse_device(o->device);
     eo.threads = o->threads;
     eo.precision = parse_precision(o->precision.c_str());
-    if (o->threads < 0) throw ArgumentError("--threads", "must be >= 0");
-    if (o->limit < 0) throw ArgumentError("--limit", "must be >= 0");
     const FeatureExtractor fx(net, eo);
 
     const auto spec = data::InputSpec::from_shape(fx.input_spec());

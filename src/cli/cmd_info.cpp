@@ -19,7 +19,7 @@ Runner add_info(CLI::App& app) {
   app.add_option("--preset", o->preset, "a preset name (e.g. 256x256_diffusion_uncond)");
   app.add_option("--config", o->config, "a JSON file of official flags")->check(CLI::ExistingFile);
   app.add_option("--image-size", o->image_size, "image size, when the config is inferred from the weights")
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   return [o]() {
     if (o->weights.empty() && o->preset.empty() && o->config.empty())
       throw ArgumentError("diffprobe info", "give --weights FILE, --preset NAME or --config FILE.json");

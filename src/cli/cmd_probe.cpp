@@ -44,9 +44,9 @@ Runner add_probe(CLI::App& app) {
   app.add_flag("--standardize", o->standardize,
                "standardise features (fitted on training data, saved with the head)");
   app.add_option("--attention-dim", o->attn_dim, "attention/fusion head width (default 1024, the paper's)")
-      ->check(CLI::PositiveNumber);
-  app.add_option("--seed", o->seed, "seed for initialisation and shuffling")->check(CLI::NonNegativeNumber);
-  app.add_option("--threads", o->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+      ->check(at_least(1));
+  app.add_option("--seed", o->seed, "seed for initialisation and shuffling")->check(at_least(0));
+  app.add_option("--threads", o->threads, "CPU threads (default: all cores)")->check(at_least(0));
   app.add_option("--save", o->save, "save the trained head (.safetensors)");
   app.add_option("--json", o->json, "write the results as JSON");
   app.add_flag("--confusion", o->confusion, "print the confusion matrix");
