@@ -2,38 +2,21 @@
 // hundred Fashion-MNIST images, resume of an interrupted extraction, and bad input ending with
 // one clear error message and a non-zero exit.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <array>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <regex>
 
+#include "cli/run_cli.hpp"
+
 using namespace std::string_literals;
 namespace fs = std::filesystem;
 
-#ifndef DIFFPROBE_CLI
-#error "DIFFPROBE_CLI must name the diffprobe program"
-#endif
-
 namespace {
 
-struct Result {
-  int code;
-  std::string out;  // stdout and stderr together
-};
-
-Result run(const std::string& args) {
-  const std::string cmd = std::string(DIFFPROBE_CLI) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return {-1, "popen failed"};
-  std::string out;
-  std::array<char, 4096> buf;
-  while (std::size_t n = std::fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  const int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
-}
+using cli_test::Result;
+using cli_test::run;
 
 const std::string kData = "/usr/share/datasets/fashion-mnist/";
 const std::string kModel = std::string(DIFFPROBE_SOURCE_DIR) + "/models/fmnist_default.safetensors";
@@ -45,7 +28,8 @@ fs::path work() {
 }
 
 std::string extract_args(const std::string& split, int limit, const fs::path& out) {
-  return "extract --weights " + kModel + " --input " + kData + split + "-images-idx3-ubyte.gz --labels " + kData + split +
+  return "extract --weights " + kModel + " --input " + kData + split + "-images-idx3-ubyte.gz --labels " +
+         kData + split +
          "-labels-idx1-ubyte.gz --t 50 --blocks 12,14 --pool avg:2 --batch 32 --threads 2 --limit " +
          std::to_string(limit) + " --out " + out.string();
 }
@@ -68,8 +52,9 @@ TEST(Cli, ExtractAndProbeFashionMnistWellAboveChance) {
   ASSERT_EQ(r.code, 0) << r.out;
   r = run(extract_args("t10k", 300, test));
   ASSERT_EQ(r.code, 0) << r.out;
-  r = run("probe --train " + train.string() + " --test " + test.string() +
-          " --feature t50.b12 --head linear --optimizer adamw --lr 1e-3 --epochs 30 --standardize --threads 2");
+  r = run(
+      "probe --train " + train.string() + " --test " + test.string() +
+      " --feature t50.b12 --head linear --optimizer adamw --lr 1e-3 --epochs 30 --standardize --threads 2");
   ASSERT_EQ(r.code, 0) << r.out;
   std::smatch m;
   ASSERT_TRUE(std::regex_search(r.out, m, std::regex(R"(top-1 ([0-9.]+)%)"))) << r.out;
@@ -86,13 +71,14 @@ TEST(Cli, InterruptedExtractionResumesToTheSameFile) {
   ASSERT_EQ(run(extract_args("t10k", 96, a) + " --chunk 32").code, 0);
   // A first run limited to 64 samples leaves finished chunks behind only if it is killed; simulate
   // that by running the same job under `timeout` until chunks exist, then resume.
-  const std::string cmd = "timeout -s KILL 3 " + std::string(DIFFPROBE_CLI) + " " + extract_args("t10k", 96, b) +
-                          " --chunk 32 > /dev/null 2>&1";
+  const std::string cmd = "timeout -s KILL 3 " + std::string(DIFFPROBE_CLI) + " " +
+                          extract_args("t10k", 96, b) + " --chunk 32 > /dev/null 2>&1";
   (void)std::system(cmd.c_str());
   const Result r = run(extract_args("t10k", 96, b) + " --chunk 32");
   ASSERT_EQ(r.code, 0) << r.out;
   std::ifstream fa(a, std::ios::binary), fb(b, std::ios::binary);
-  const std::string sa((std::istreambuf_iterator<char>(fa)), {}), sb((std::istreambuf_iterator<char>(fb)), {});
+  const std::string sa((std::istreambuf_iterator<char>(fa)), {}),
+      sb((std::istreambuf_iterator<char>(fb)), {});
   EXPECT_FALSE(sa.empty());
   EXPECT_EQ(sa, sb) << "a resumed extraction must equal an uninterrupted one";
 }
@@ -103,14 +89,15 @@ TEST(Cli, BadInputEndsWithOneClearErrorAndNonZeroExit) {
     std::string args, expect;
   };
   const std::vector<Case> cases = {
-      {"extract --weights /nonexistent.safetensors --input " + kData + "t10k-images-idx3-ubyte.gz --t 50 --blocks 12 --out " +
-           out.string(),
+      {"extract --weights /nonexistent.safetensors --input " + kData +
+           "t10k-images-idx3-ubyte.gz --t 50 --blocks 12 --out " + out.string(),
        "nonexistent"},
       {extract_args("t10k", 10, out) + " --blocks 99", "block 99"},
       {extract_args("t10k", 10, out) + " --t 1000", "timestep 1000"},
       {extract_args("t10k", 10, out) + " --label 3", "not class-conditional"},
       {extract_args("t10k", 10, out) + " --pool avg:64", "pool size"},
-      {"extract --weights " + kModel + " --input /nonexistent_dir --t 50 --blocks 12 --out " + out.string(), "nonexistent_dir"},
+      {"extract --weights " + kModel + " --input /nonexistent_dir --t 50 --blocks 12 --out " + out.string(),
+       "nonexistent_dir"},
       {"info --weights " + std::string(DIFFPROBE_SOURCE_DIR) + "/README.md", "README.md"},
       {"info --preset no_such_model", "no_such_model"},
   };
@@ -124,7 +111,8 @@ TEST(Cli, BadInputEndsWithOneClearErrorAndNonZeroExit) {
   const fs::path f = work() / "small.safetensors";
   fs::remove(f);
   ASSERT_EQ(run(extract_args("t10k", 20, f)).code, 0);
-  const Result r = run("probe --train " + f.string() + " --test " + f.string() + " --feature t90.b3 --epochs 1");
+  const Result r =
+      run("probe --train " + f.string() + " --test " + f.string() + " --feature t90.b3 --epochs 1");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.out.find("t50.b12"), std::string::npos) << "the error lists what the file has:\n" << r.out;
 }

@@ -4,11 +4,9 @@
 // (a few Fashion-MNIST images, shallow blocks, one to a few epochs) so the whole file runs in
 // seconds.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -20,34 +18,18 @@
 #include <string>
 #include <vector>
 
+#include "cli/run_cli.hpp"
 #include "diffprobe/diffprobe.hpp"
 
 namespace fs = std::filesystem;
 using namespace diffprobe;
 
-#ifndef DIFFPROBE_CLI
-#error "DIFFPROBE_CLI must name the diffprobe program"
-#endif
-
 namespace {
 
 // ---- Running the program ------------------------------------------------------------------
 
-struct Result {
-  int code;
-  std::string out;  // stdout and stderr together
-};
-
-Result run(const std::string& args) {
-  const std::string cmd = std::string(DIFFPROBE_CLI) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return {-1, "popen failed"};
-  std::string out;
-  std::array<char, 4096> buf;
-  while (std::size_t n = std::fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  const int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
-}
+using cli_test::Result;
+using cli_test::run;
 
 bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
@@ -1096,6 +1078,6 @@ TEST(CliBadValues, ProbeNegativeAttentionDim) {
 }
 
 TEST(CliBadValues, ProbeNegativeThreads) {
-  // extract refuses --threads -1 ("argument error in --threads: must be >= 0"); probe runs.
+  // Refused while parsing, like extract --threads -1 ("--threads: must be >= 0, got -1").
   expect_refused(probe_args("--epochs 1 --threads -1"), {"--threads"});
 }
