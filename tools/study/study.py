@@ -78,11 +78,13 @@ class Study:
                             "--export-init", path, "--seed", "0"], check=True)
         return path
 
-    def features(self, model, split, n, ts, blocks, pool):
+    def features(self, model, split, n, ts, blocks, pool, precision="fp32"):
         """Extract (cached) features t{t}.b{b} for the first n images of a split."""
         images, labels, size, seed = SPLITS[split]
         n = min(n, size)
         name = f"{model}_{split}{n}_t{'-'.join(map(str, ts))}_b{'-'.join(map(str, blocks))}_{pool.replace(':', '')}"
+        if precision != "fp32":
+            name += f"_{precision}"
         out = os.path.join(self.work, "features", name + ".safetensors")
         if os.path.exists(out):
             return out
@@ -92,7 +94,7 @@ class Study:
         _, dt = self.run([self.a.bin, "extract", "--weights", weights, "--input", images, "--labels", labels,
                           "--t", ",".join(map(str, ts)), "--blocks", ",".join(map(str, blocks)), "--pool", pool,
                           "--noise-seed", str(seed), "--batch", "64", "--threads", str(self.a.threads),
-                          "--limit", str(n), "--out", out])
+                          "--precision", precision, "--limit", str(n), "--out", out])
         self.timing(f"extract {name}", dt, n)
         return out
 
@@ -271,21 +273,11 @@ class Study:
         """The best linear probe again, with bf16 features (same noise, same head recipe)."""
         pl = self.load("pool_trained")
         t, b, p = pl["t"], pl["block"], pl["best"]["pool"]
-        files = {}
-        for split, n in (("train", 60000), ("test", 10000)):
-            images, labels, size, seed = SPLITS[split]
-            out = os.path.join(self.work, "features", f"trained_{split}{n}_t{t}_b{b}_avg{p}_bf16.safetensors")
-            if not os.path.exists(out):
-                log(f"extract bf16 {split}")
-                _, dt = self.run([self.a.bin, "extract", "--weights", self.models["trained"], "--input", images,
-                                  "--labels", labels, "--t", str(t), "--blocks", str(b), "--pool", f"avg:{p}",
-                                  "--noise-seed", str(seed), "--batch", "64", "--threads", str(self.a.threads),
-                                  "--precision", "bf16", "--limit", str(n), "--out", out])
-                self.timing(f"extract bf16 {split}{n} t{t} b{b}", dt, n)
-            files[split] = out
+        files = {split: self.features("trained", split, n, [t], [b], f"avg:{p}", precision="bf16")
+                 for split, n in (("train", 60000), ("test", 10000))}
         feat = f"t{t}.b{b}"
         r = self.probe(f"precision_bf16_{feat}_avg{p}", files["train"], files["test"], feat, LINEAR)
-        fp32 = self.probe(f"pool_trained_t{t}_b{b}_avg{p}", None, None, feat, LINEAR)  # cached
+        fp32 = next(row for row in pl["rows"] if row["pool"] == p)  # the same probe on fp32 features
         # Cosine similarity of the test features, bf16 vs fp32, per sample.
         a = read_safetensors(files["test"])[0][feat].reshape(10000, -1).astype(np.float64)
         ref = read_safetensors(self.pooled("trained", "test", 10000, t, b, p))[0][feat]
@@ -328,19 +320,13 @@ class Study:
         for ax, model in zip(axes, ("trained", "untrained")):
             sw = self.load(f"sweep_{model}")
             acc = 100 * np.array(sw["top1"])
-            im = ax.imshow(acc, cmap="viridis", aspect="auto", vmin=np.nanmin(acc), vmax=np.nanmax(acc))
-            ax.set_xticks(range(len(sw["blocks"])), sw["blocks"])
-            ax.set_yticks(range(len(sw["t"])), sw["t"])
+            mid = (np.nanmin(acc) + np.nanmax(acc)) / 2
+            heatmap(fig, ax, acc, sw, "{:.1f}", "viridis", np.nanmin(acc), np.nanmax(acc),
+                    lambda v: "white" if v < mid else "black")
             ax.set_xlabel("block (1-based, paper numbering; 10 = middle)")
-            ax.set_ylabel("t")
-            for i in range(acc.shape[0]):
-                for j in range(acc.shape[1]):
-                    ax.text(j, i, f"{acc[i, j]:.1f}", ha="center", va="center", fontsize=6.5,
-                            color="white" if acc[i, j] < (np.nanmin(acc) + np.nanmax(acc)) / 2 else "black")
             b = sw["best"]
             ax.set_title(f"{model} U-Net: linear-probe top-1 % (pool 2x2, {sw['train_images']} training images, "
                          f"10,000 test images); best t={b['t']} block={b['block']}: {100 * b['top1']:.2f}%")
-            fig.colorbar(im, ax=ax, shrink=0.9)
             summary[f"sweep_{model}"] = sw
         fig.savefig(os.path.join(out_dir, "sweep_heatmap.png"), dpi=110)
         plt.close(fig)
@@ -350,16 +336,9 @@ class Study:
         gain = 100 * (np.array(tr["top1"]) - np.array(un["top1"]))
         fig, ax = plt.subplots(figsize=(11, 3.4), constrained_layout=True)
         lim = np.abs(gain).max()
-        im = ax.imshow(gain, cmap="RdBu", aspect="auto", vmin=-lim, vmax=lim)
-        ax.set_xticks(range(len(tr["blocks"])), tr["blocks"])
-        ax.set_yticks(range(len(tr["t"])), tr["t"])
+        heatmap(fig, ax, gain, tr, "{:+.1f}", "RdBu", -lim, lim, lambda v: "black")
         ax.set_xlabel("block")
-        ax.set_ylabel("t")
-        for i in range(gain.shape[0]):
-            for j in range(gain.shape[1]):
-                ax.text(j, i, f"{gain[i, j]:+.1f}", ha="center", va="center", fontsize=6.5)
         ax.set_title("gain from diffusion training: trained minus untrained linear-probe top-1 (points, pool 2x2)")
-        fig.colorbar(im, ax=ax, shrink=0.9)
         fig.savefig(os.path.join(out_dir, "sweep_gain.png"), dpi=110)
         plt.close(fig)
 
@@ -443,6 +422,19 @@ class Study:
                       f"   {100 * pl['best']['top1']:6.2f}%")
         for r in s.get("heads", {}).get("rows", []):
             print(f"  trained, {r['head']:<14} {r['feature']:<28} {100 * r['top1']:6.2f}%  ({r['seconds']:.0f} s)")
+
+
+def heatmap(fig, ax, values, sweep, fmt, cmap, vmin, vmax, text_color):
+    """A t x block grid of numbers, each cell written in it, with a colour bar."""
+    im = ax.imshow(values, cmap=cmap, aspect="auto", vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(len(sweep["blocks"])), sweep["blocks"])
+    ax.set_yticks(range(len(sweep["t"])), sweep["t"])
+    ax.set_ylabel("t")
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=6.5,
+                    color=text_color(values[i, j]))
+    fig.colorbar(im, ax=ax, shrink=0.9)
 
 
 # -- file formats ------------------------------------------------------------------------------
