@@ -11,6 +11,8 @@
 #include <string_view>
 #include <vector>
 
+#include "cli/parse_list.hpp"  // the CLI's comma-separated lists
+
 namespace {
 
 constexpr long kIters = 1L << 22;
@@ -91,15 +93,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string_view a = argv[i];
     if (a.starts_with("--threads=")) {
-      threads.clear();
-      std::string list(a.substr(10));
-      std::size_t pos = 0;
-      while (pos < list.size()) {
-        const std::size_t c = list.find(',', pos);
-        threads.push_back(std::stoi(list.substr(pos, c - pos)));
-        if (c == std::string::npos) break;
-        pos = c + 1;
-      }
+      threads = diffprobe::cli::parse_int_list(std::string(a.substr(10)), "--threads");
     } else {
       rest.push_back(argv[i]);
     }

@@ -23,6 +23,7 @@
 #include <string_view>
 #include <vector>
 
+#include "cli/parse_list.hpp"  // the CLI's comma-separated lists
 #include "diffprobe/diffprobe.hpp"
 
 using namespace diffprobe;
@@ -36,20 +37,6 @@ struct Options {
   float t = 90;
   bool per_block = false;
 };
-
-std::vector<int> int_list(std::string_view s) {
-  std::vector<int> out;
-  std::size_t pos = 0;
-  while (pos <= s.size()) {
-    const std::size_t comma = s.find(',', pos);
-    const std::string item(
-        s.substr(pos, comma == std::string_view::npos ? std::string_view::npos : comma - pos));
-    out.push_back(item == "out" ? 0 : std::stoi(item));
-    if (comma == std::string_view::npos) break;
-    pos = comma + 1;
-  }
-  return out;
-}
 
 std::unique_ptr<UNet> g_net;
 Tensor g_input;  // the --input images, if any (batch taken from its first rows, repeated as needed)
@@ -141,39 +128,35 @@ void run_forward(benchmark::State& state, int block, std::int64_t batch, int thr
 
 int main(int argc, char** argv) {
   std::vector<char*> rest{argv[0]};
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view a = argv[i];
-    auto value = [&](std::string_view key) { return std::string(a.substr(key.size())); };
-    if (a.starts_with("--preset="))
-      g_opt.preset = value("--preset=");
-    else if (a.starts_with("--weights="))
-      g_opt.weights = value("--weights=");
-    else if (a.starts_with("--input="))
-      g_opt.input = value("--input=");
-    else if (a.starts_with("--dump="))
-      g_opt.dump = value("--dump=");
-    else if (a.starts_with("--t="))
-      g_opt.t = std::stof(value("--t="));
-    else if (a.starts_with("--blocks="))
-      g_opt.blocks = int_list(value("--blocks="));
-    else if (a.starts_with("--batch="))
-      g_opt.batches = int_list(value("--batch="));
-    else if (a.starts_with("--threads="))
-      g_opt.threads = int_list(value("--threads="));
-    else if (a == "--per-block")
-      g_opt.per_block = true;
-    else if (a.starts_with("--precision=")) {
-      g_opt.precisions.clear();
-      const std::string list = value("--precision=");
-      for (std::string_view p = list; !p.empty();) {
-        const auto comma = p.find(',');
-        g_opt.precisions.push_back(parse_precision(std::string(p.substr(0, comma)).c_str()));
-        p = comma == std::string_view::npos ? std::string_view() : p.substr(comma + 1);
-      }
-    } else
-      rest.push_back(argv[i]);
-  }
   try {
+    for (int i = 1; i < argc; ++i) {
+      const std::string_view a = argv[i];
+      auto value = [&](std::string_view key) { return std::string(a.substr(key.size())); };
+      if (a.starts_with("--preset="))
+        g_opt.preset = value("--preset=");
+      else if (a.starts_with("--weights="))
+        g_opt.weights = value("--weights=");
+      else if (a.starts_with("--input="))
+        g_opt.input = value("--input=");
+      else if (a.starts_with("--dump="))
+        g_opt.dump = value("--dump=");
+      else if (a.starts_with("--t="))
+        g_opt.t = std::stof(value("--t="));
+      else if (a.starts_with("--blocks="))
+        g_opt.blocks = cli::parse_int_list(value("--blocks="), "--blocks", /*blocks=*/true);
+      else if (a.starts_with("--batch="))
+        g_opt.batches = cli::parse_int_list(value("--batch="), "--batch");
+      else if (a.starts_with("--threads="))
+        g_opt.threads = cli::parse_int_list(value("--threads="), "--threads");
+      else if (a == "--per-block")
+        g_opt.per_block = true;
+      else if (a.starts_with("--precision=")) {
+        g_opt.precisions.clear();
+        for (const auto& p : cli::split(value("--precision=")))
+          g_opt.precisions.push_back(parse_precision(p.c_str()));
+      } else
+        rest.push_back(argv[i]);
+    }
     if (g_opt.weights.empty()) {
       g_net = std::make_unique<UNet>(UNet::random(UNetConfig::preset(g_opt.preset), 0));
     } else {
@@ -196,8 +179,7 @@ int main(int argc, char** argv) {
           benchmark::RegisterBenchmark(name.c_str(),
                                        [=](benchmark::State& s) { run_forward(s, b, n, th, p); })
               ->Unit(benchmark::kMillisecond)
-              ->UseRealTime()
-              ->MinTime(0.5);
+              ->UseRealTime();
         }
   int rest_argc = static_cast<int>(rest.size());
   benchmark::Initialize(&rest_argc, rest.data());
