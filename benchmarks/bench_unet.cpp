@@ -1,6 +1,6 @@
 // U-Net forward to a block on the CPU: seconds per batch, images/s and GFLOP/s (the model's own
 // 2*MAC count up to that block, from unet_block_infos), warm (weights packed, primitives created,
-// the caching allocator filled by a first pass).
+// the memory plan made by a first pass).
 //   bench_unet [--preset=NAME] [--weights=FILE] [--input=X.npy] [--t=90] [--blocks=24,0]
 //              [--batch=1,8] [--threads=2] [--precision=fp32,bf16] [--per-block] [--dump=OUT.npy]
 // Defaults: the bundled model's preset (fmnist_default), random weights generated in memory
@@ -76,14 +76,14 @@ void run_forward(benchmark::State& state, int block, std::int64_t batch, int thr
     labels = Tensor::empty(Shape{batch}, DType::I64);
     for (std::int64_t i = 0; i < batch; ++i) labels.data<std::int64_t>()[i] = i % net.config().num_classes;
   }
-  CachingAllocator alloc;
+  PlannedAllocator alloc;  // the memory plan FeatureExtractor uses
   ExecContext ctx;
   ctx.threads = threads;
   ctx.precision = precision;
   ctx.allocator = &alloc;
   const int blocks[1] = {block};
   try {
-    net.prepare(ctx);
+    net.prepare(ctx, blocks);                                  // only the blocks this forward runs
     const auto warm = net.forward(x, t, labels, blocks, ctx);  // creates primitives, fills the cache
     if (!g_opt.dump.empty()) {
       io::save_npy(g_opt.dump, warm.at(block).to_layout(Layout::Contiguous));
@@ -115,7 +115,9 @@ void run_forward(benchmark::State& state, int block, std::int64_t batch, int thr
   state.counters["GFLOP"] = flop / 1e9;  // per batch
   state.counters["img/s"] =
       benchmark::Counter(static_cast<double>(batch), benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["peak_arena_MiB"] = static_cast<double>(alloc.peak_bytes_in_use()) / (1 << 20);
+  const auto mem = alloc.stats();
+  state.counters["peak_live_MiB"] = static_cast<double>(mem.peak_bytes_in_use) / (1 << 20);
+  state.counters["arena_MiB"] = static_cast<double>(mem.arena_bytes) / (1 << 20);
   const double iters = static_cast<double>(state.iterations());
   for (const auto& [b, s] : block_seconds) {
     char name[32];

@@ -147,7 +147,8 @@ def run_ours(args, st, x, block, batch, precision, dump):
             if k.startswith("b") and k.endswith("_ms"):
                 per_block.setdefault(str(int(k[1:-3])), []).append(v)
     return {"times": times, "per_block_ms": {k: statistics.median(v) for k, v in per_block.items()},
-            "arena_mib": runs[0].get("peak_arena_MiB"), "gflop": runs[0]["GFLOP"]}, rss
+            "arena_mib": runs[0].get("arena_MiB"), "live_mib": runs[0].get("peak_live_MiB"),
+            "gflop": runs[0]["GFLOP"]}, rss
 
 
 def rel_err(a, b):
@@ -259,6 +260,7 @@ def main():
                    "ours_rss_mib": orss, "torch_rss_mib": trss, "rss_ratio": orss / trss,
                    "rel_err_vs_torch": err, "pooled_cosine_vs_fp32": cos, "ours_times": orr["times"],
                    "torch_times": tr["times"], "ours_arena_mib": orr["arena_mib"],
+                   "ours_live_mib": orr["live_mib"],
                    "ours_per_block_ms": orr["per_block_ms"], "torch_per_block_ms": tr["per_block_ms"]}
             results["rows"].append(row)
             print(f"{block if block else 'out':>5} {batch:>5} {prec:>5} {omed:8.3f} {tmed:8.3f} "

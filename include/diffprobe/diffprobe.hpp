@@ -2,6 +2,7 @@
 // diffprobe: diffusion U-Net features for image classification. One include for the public API.
 #include "diffprobe/version.hpp"
 #include "diffprobe/core/allocator.hpp"
+#include "diffprobe/core/planned_allocator.hpp"
 #include "diffprobe/core/context.hpp"
 #include "diffprobe/core/device.hpp"
 #include "diffprobe/core/dtype.hpp"

@@ -628,6 +628,9 @@ std::map<int, Tensor> UNet::forward(const Tensor& x_t, const Tensor& t, const Te
       if (!std::isfinite(t.data<float>()[i])) throw NumericError(where, "t holds a non-finite value");
   }
 
+  // One pass for a planning allocator: every activation below is freed before it ends, except
+  // the requested blocks' outputs, which escape to the caller.
+  const AllocatorPass pass(ctx.allocator);
   ThreadScope threads(ctx.threads);
   // Embedding: t -> sinusoidal -> Linear -> SiLU -> Linear (+ label embedding).
   Tensor emb = ops::timestep_embedding(t, c.num_channels, ctx);
@@ -698,6 +701,19 @@ Tensor UNet::forward(const Tensor& x_t, const Tensor& t, const Tensor& labels, c
 }
 
 void UNet::prepare(const ExecContext& ctx) const {
+  const int all = 0;
+  prepare(ctx, std::span<const int>(&all, 1));
+}
+
+void UNet::prepare(const ExecContext& ctx, std::span<const int> blocks) const {
+  int deepest = 0;
+  for (const int b : blocks) {
+    if (b < 0 || b > num_blocks())
+      throw ArgumentError("UNet::prepare", "block " + std::to_string(b) +
+                                               " is out of range: this model has blocks 1.." +
+                                               std::to_string(num_blocks()) + " (and 0 = out)");
+    deepest = std::max(deepest, b == 0 ? num_blocks() + 1 : b);
+  }
   impl_->time0.prepare(ctx);
   impl_->time2.prepare(ctx);
   auto prep = [&](const Block& b) {
@@ -708,10 +724,15 @@ void UNet::prepare(const ExecContext& ctx) const {
       if (l.emb.defined()) l.emb.prepare(ctx);
     }
   };
-  for (const auto& b : impl_->input) prep(b);
-  prep(impl_->middle);
-  for (const auto& b : impl_->output) prep(b);
-  impl_->out_conv.prepare(ctx);
+  // Only what a forward to the deepest block runs: packed weights of later blocks would only
+  // hold memory.
+  for (int b = 1; b <= std::min(deepest, num_blocks()); ++b) {
+    const int I = num_input_blocks();
+    prep(b <= I       ? impl_->input[static_cast<std::size_t>(b - 1)]
+         : b == I + 1 ? impl_->middle
+                      : impl_->output[static_cast<std::size_t>(b - I - 2)]);
+  }
+  if (deepest > num_blocks()) impl_->out_conv.prepare(ctx);
 }
 
 }  // namespace diffprobe

@@ -3,6 +3,7 @@
 // the CachingAllocator keeps freed blocks and hands them out again, so after the first pass
 // at a given shape no op calls malloc, and a released skip tensor's memory is reused at once.
 #include <cstddef>
+#include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -21,6 +22,27 @@ class Allocator {
   virtual void* allocate(std::size_t bytes) = 0;
   virtual void deallocate(void* p, std::size_t bytes) noexcept = 0;
   virtual Device device() const noexcept = 0;
+  /// Brackets one repeatable unit of work (a forward pass), for allocators that plan memory
+  /// across calls (PlannedAllocator). `completed` is false when the pass ended by an exception.
+  virtual void begin_pass() {}
+  virtual void end_pass(bool completed) noexcept { (void)completed; }
+};
+
+/// RAII bracket of one pass on an allocator (nullptr: nothing to do).
+class AllocatorPass {
+ public:
+  explicit AllocatorPass(Allocator* a) : a_(a), exceptions_(std::uncaught_exceptions()) {
+    if (a_) a_->begin_pass();
+  }
+  ~AllocatorPass() {
+    if (a_) a_->end_pass(std::uncaught_exceptions() == exceptions_);
+  }
+  AllocatorPass(const AllocatorPass&) = delete;
+  AllocatorPass& operator=(const AllocatorPass&) = delete;
+
+ private:
+  Allocator* a_;
+  int exceptions_;
 };
 
 /// Plain aligned heap memory (the default for tensors created outside a forward pass).
@@ -43,13 +65,13 @@ class CachingAllocator final : public Allocator {
   void release_cached() noexcept;
   std::size_t bytes_in_use() const noexcept;
   std::size_t peak_bytes_in_use() const noexcept;
-  std::size_t bytes_reserved() const noexcept;  // in use + cached
+  std::size_t bytes_reserved() const noexcept;      // in use + cached
   std::size_t system_allocations() const noexcept;  // how often the heap was asked
   void reset_peak() noexcept;
 
  private:
   mutable std::mutex mu_;
-  std::multimap<std::size_t, void*> free_;  // block size -> cached block
+  std::multimap<std::size_t, void*> free_;       // block size -> cached block
   std::unordered_map<void*, std::size_t> live_;  // handed-out block -> its size
   std::size_t in_use_ = 0, peak_ = 0, reserved_ = 0, sys_allocs_ = 0;
 };

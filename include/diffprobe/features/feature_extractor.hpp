@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "diffprobe/core/context.hpp"
+#include "diffprobe/core/planned_allocator.hpp"
 #include "diffprobe/diffusion/noise_schedule.hpp"
 #include "diffprobe/features/pooler.hpp"
 #include "diffprobe/model/unet.hpp"
@@ -26,12 +27,12 @@ struct ExtractOptions {
   std::vector<int> blocks = {24};
   NoiseMode noise = NoiseMode::Seeded;
   std::uint64_t noise_seed = 0;
-  int noise_draws = 1;              // features averaged over this many noise draws
-  std::optional<int> label;         // class label for class-conditional models
-  std::optional<PoolSpec> pool;     // pool inside the extractor (saves memory on big datasets)
-  int batch_size = 16;              // images per U-Net pass (times the number of timesteps)
+  int noise_draws = 1;           // features averaged over this many noise draws
+  std::optional<int> label;      // class label for class-conditional models
+  std::optional<PoolSpec> pool;  // pool inside the extractor (saves memory on big datasets)
+  int batch_size = 16;           // images per U-Net pass (times the number of timesteps)
   Device device = Device::cpu();
-  int threads = 0;                  // <= 0: default_threads()
+  int threads = 0;  // <= 0: default_threads()
   Precision precision = Precision::FP32;
 };
 
@@ -74,7 +75,7 @@ class FeatureExtractor {
   const UNet* model_;
   ExtractOptions options_;
   NoiseSchedule schedule_;
-  mutable CachingAllocator allocator_;  // activations of every pass reuse one pool
+  mutable PlannedAllocator allocator_;  // activations of every pass placed by one memory plan
 };
 
 }  // namespace diffprobe

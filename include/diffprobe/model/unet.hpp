@@ -99,6 +99,8 @@ class UNet {
 
   /// Prepares every op for a device/precision now (weights reordered once) instead of on first use.
   void prepare(const ExecContext& ctx) const;
+  /// Prepares only the ops a forward to these blocks runs (0 = the final output = everything).
+  void prepare(const ExecContext& ctx, std::span<const int> blocks) const;
 
   struct Impl;
 
