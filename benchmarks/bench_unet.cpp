@@ -3,9 +3,12 @@
 // the memory plan made by a first pass).
 //   bench_unet [--preset=NAME] [--weights=FILE] [--input=X.npy] [--t=90] [--blocks=24,0]
 //              [--batch=1,8] [--threads=2] [--precision=fp32,bf16] [--per-block] [--dump=OUT.npy]
+//              [--allocator=planned|caching]
 // Defaults: the bundled model's preset (fmnist_default), random weights generated in memory
 // (UNet::random; no file needed), random input, blocks "deepest to all": 0 (= the full forward).
 // --weights/--input use exactly the weights and input a baseline uses (benchmarks/compare_torch.py).
+// --allocator=caching uses the size-bucketed CachingAllocator instead of the memory plan
+// (FeatureExtractor's), to compare the two.
 // --per-block adds counters b<k>_ms: each block's own time within the forward (block callback).
 // --dump writes the requested block's output of the first configuration as .npy [N, C, H, W]
 // (for checking that the baseline computed the same thing).
@@ -36,6 +39,7 @@ struct Options {
   std::vector<Precision> precisions{Precision::FP32};
   float t = 90;
   bool per_block = false;
+  bool caching = false;  // --allocator=caching
 };
 
 std::unique_ptr<UNet> g_net;
@@ -76,11 +80,12 @@ void run_forward(benchmark::State& state, int block, std::int64_t batch, int thr
     labels = Tensor::empty(Shape{batch}, DType::I64);
     for (std::int64_t i = 0; i < batch; ++i) labels.data<std::int64_t>()[i] = i % net.config().num_classes;
   }
-  PlannedAllocator alloc;  // the memory plan FeatureExtractor uses
+  PlannedAllocator planned;  // the memory plan FeatureExtractor uses
+  CachingAllocator caching;
   ExecContext ctx;
   ctx.threads = threads;
   ctx.precision = precision;
-  ctx.allocator = &alloc;
+  ctx.allocator = g_opt.caching ? static_cast<Allocator*>(&caching) : &planned;
   const int blocks[1] = {block};
   try {
     net.prepare(ctx, blocks);                                  // only the blocks this forward runs
@@ -115,9 +120,18 @@ void run_forward(benchmark::State& state, int block, std::int64_t batch, int thr
   state.counters["GFLOP"] = flop / 1e9;  // per batch
   state.counters["img/s"] =
       benchmark::Counter(static_cast<double>(batch), benchmark::Counter::kIsIterationInvariantRate);
-  const auto mem = alloc.stats();
-  state.counters["peak_live_MiB"] = static_cast<double>(mem.peak_bytes_in_use) / (1 << 20);
-  state.counters["arena_MiB"] = static_cast<double>(mem.arena_bytes) / (1 << 20);
+  constexpr double MiB = 1 << 20;
+  if (g_opt.caching) {
+    state.counters["peak_live_MiB"] = static_cast<double>(caching.peak_bytes_in_use()) / MiB;
+    state.counters["arena_MiB"] = static_cast<double>(caching.bytes_reserved()) / MiB;
+  } else {
+    const auto mem = planned.stats();
+    state.counters["peak_live_MiB"] = static_cast<double>(mem.peak_bytes_in_use) / MiB;
+    state.counters["arena_MiB"] = static_cast<double>(mem.arena_bytes) / MiB;
+    state.counters["plans"] = static_cast<double>(mem.plans);
+    state.counters["plain_allocs"] = static_cast<double>(mem.plain_allocations);
+    state.counters["arena_allocs"] = static_cast<double>(mem.arena_allocations);
+  }
   const double iters = static_cast<double>(state.iterations());
   for (const auto& [b, s] : block_seconds) {
     char name[32];
@@ -152,6 +166,8 @@ int main(int argc, char** argv) {
         g_opt.threads = cli::parse_int_list(value("--threads="), "--threads");
       else if (a == "--per-block")
         g_opt.per_block = true;
+      else if (a == "--allocator=caching" || a == "--allocator=planned")
+        g_opt.caching = a == "--allocator=caching";
       else if (a.starts_with("--precision=")) {
         g_opt.precisions.clear();
         for (const auto& p : cli::split(value("--precision=")))

@@ -28,6 +28,29 @@ void* map_pages(std::size_t bytes) {
   return p;
 }
 
+// The arena: aligned to 2 MiB and marked for transparent huge pages (fewer TLB misses over
+// hundreds of MiB of activations), and faulted in now, while planning, instead of inside the
+// first replayed pass's ops. Measured on the 256x256 model: without both, the first blocks of a
+// replayed pass ran 5-15 % slower than from the caching allocator's reused blocks.
+constexpr std::size_t kHuge = std::size_t{2} << 20;
+char* map_arena(std::size_t bytes) {
+  auto* raw = static_cast<char*>(map_pages(bytes + kHuge));
+  char* p = reinterpret_cast<char*>(round_up(reinterpret_cast<std::uintptr_t>(raw), kHuge));
+  if (p > raw) munmap(raw, static_cast<std::size_t>(p - raw));
+  const std::size_t tail = static_cast<std::size_t>(raw + bytes + kHuge - (p + bytes));
+  if (tail > 0) munmap(p + bytes, tail);
+#ifdef MADV_HUGEPAGE
+  madvise(p, bytes, MADV_HUGEPAGE);  // advice only: ignored where THP is off
+#endif
+  bool populated = false;
+#ifdef MADV_POPULATE_WRITE
+  populated = madvise(p, bytes, MADV_POPULATE_WRITE) == 0;  // Linux >= 5.14
+#endif
+  if (!populated)
+    for (std::size_t i = 0; i < bytes; i += kPage) p[i] = 0;
+  return p;
+}
+
 struct Arena {
   char* base = nullptr;
   std::size_t bytes = 0;
@@ -141,8 +164,8 @@ struct PlannedAllocator::Impl {
     release_if_unused(a);
   }
   void new_arena(std::size_t bytes) {
-    bytes = round_up(bytes, kPage);
-    arenas.push_back(Arena{static_cast<char*>(map_pages(bytes)), bytes, 0});
+    bytes = round_up(bytes, kHuge);
+    arenas.push_back(Arena{map_arena(bytes), bytes, 0});
     cur = &arenas.back();
   }
 
@@ -271,6 +294,7 @@ void PlannedAllocator::end_pass(bool completed) noexcept {
     m.have_plan = true;
     ++m.stats.plans;
     m.stats.planned_live_peak = m.plan.live_peak;
+    m.stats.plan_bytes = m.plan.arena_bytes;
     m.stats.arena_bytes = m.cur ? m.cur->bytes : 0;
   } catch (...) {
     // Out of memory while planning: keep serving plain memory.

@@ -102,8 +102,9 @@ TEST(PlannedAllocator, ReplaysFromTheArenaAfterTheFirstPass) {
   EXPECT_GT(st.arena_bytes, 0u);
   // The arena is close to its lower bound, the recorded peak of simultaneously live bytes
   // (greedy by size is not optimal in general: 3 % above it on this chain).
-  EXPECT_GE(st.arena_bytes, st.planned_live_peak);
-  EXPECT_LE(st.arena_bytes, st.planned_live_peak + st.planned_live_peak / 20 + 4096);
+  EXPECT_GE(st.plan_bytes, st.planned_live_peak);
+  EXPECT_LE(st.plan_bytes, st.planned_live_peak + st.planned_live_peak / 20);
+  EXPECT_GE(st.arena_bytes, st.plan_bytes);
   free_all(a, out);
 
   for (int pass = 0; pass < 3; ++pass) {
@@ -139,17 +140,20 @@ TEST(PlannedAllocator, ADifferentPassGetsPlainMemoryAndBecomesThePlan) {
   auto st = a.stats();
   EXPECT_EQ(st.plans, 2u);
   EXPECT_EQ(st.arena_allocations, before.arena_allocations);
-  EXPECT_GE(st.arena_bytes, 2 * before.arena_bytes - 4096);
+  EXPECT_EQ(st.plan_bytes, 2 * before.plan_bytes);
+  EXPECT_GE(st.arena_bytes, st.plan_bytes);
   // The new shape now replays; the old one (smaller) is planned again into the same arena.
   out = run(a, unet_like(8192), 3);
   free_all(a, out);
   EXPECT_GT(a.stats().arena_allocations, st.arena_allocations);
   const std::size_t arena = a.stats().arena_bytes;
+  const std::size_t plan = a.stats().plan_bytes;
   out = run(a, unet_like(4096), 4);
   free_all(a, out);
   out = run(a, unet_like(4096), 5);
   free_all(a, out);
   EXPECT_EQ(a.stats().arena_bytes, arena) << "a smaller plan reuses the larger arena";
+  EXPECT_LT(a.stats().plan_bytes, plan);
   EXPECT_EQ(a.stats().bytes_in_use, 0u);
 }
 
@@ -263,6 +267,10 @@ TEST(PlannedAllocator, UNetForwardIsBitwiseTheSameAsWithPlainMemory) {
   }
   const auto st = planned.stats();
   EXPECT_EQ(st.plans, 3u) << "batch 3, then 5, then 3 again";
+  // The plan is close to its lower bound on a real network too.
+  EXPECT_GE(st.plan_bytes, st.planned_live_peak);
+  EXPECT_LE(st.plan_bytes, st.planned_live_peak + st.planned_live_peak / 10)
+      << "plan " << st.plan_bytes << " B, live peak " << st.planned_live_peak << " B";
   EXPECT_GT(st.arena_allocations, 0u);
   EXPECT_EQ(st.bytes_in_use, 0u);
 }

@@ -33,6 +33,7 @@ class PlannedAllocator final : public Allocator {
 
   struct Stats {
     std::size_t arena_bytes = 0;        // size of the current arena (0 before the first plan)
+    std::size_t plan_bytes = 0;         // what the current plan needs (the arena: rounded to 2 MiB)
     std::size_t planned_live_peak = 0;  // the recorded pass's largest set of live requests
     std::size_t peak_bytes_in_use = 0;  // every live request (arena and plain), high-water mark
     std::size_t bytes_in_use = 0;
