@@ -12,8 +12,10 @@
 
 #include "diffprobe/io/npy.hpp"
 #include "diffprobe/model/unet.hpp"
+#include "support/relative_error.hpp"
 
 using namespace diffprobe;
+using diffprobe::test_support::worst_relative_error;
 namespace fs = std::filesystem;
 
 namespace {
@@ -47,34 +49,22 @@ fs::path dump(const Case& c) {
   const fs::path marker = out / "manifest.json";
   const fs::path cfg = fs::path(DIFFPROBE_SOURCE_DIR) / "tests/parity/configs" / (c.config + ".json");
   if (fs::exists(marker) && fs::last_write_time(marker) > fs::last_write_time(cfg)) return out;
-  std::string cmd = "/usr/bin/python3 " + (fs::path(DIFFPROBE_SOURCE_DIR) / "tests/reference/adm_unet.py").string() +
-                    " dump --config " + cfg.string() + " --seed 7 --batch " + std::to_string(c.batch) + " --t " + c.t +
-                    (c.labels.empty() ? "" : " --labels " + c.labels) + " --out " + out.string() + " > " +
-                    (out.string() + ".log") + " 2>&1";
+  std::string cmd = "/usr/bin/python3 " +
+                    (fs::path(DIFFPROBE_SOURCE_DIR) / "tests/reference/adm_unet.py").string() +
+                    " dump --config " + cfg.string() + " --seed 7 --batch " + std::to_string(c.batch) +
+                    " --t " + c.t + (c.labels.empty() ? "" : " --labels " + c.labels) + " --out " +
+                    out.string() + " > " + (out.string() + ".log") + " 2>&1";
   fs::create_directories(out.parent_path());
   const int rc = std::system(cmd.c_str());
   if (rc != 0) {
     std::ifstream log(out.string() + ".log");
     std::stringstream ss;
     ss << log.rdbuf();
-    ADD_FAILURE() << "the PyTorch reference failed (is python3-torch installed? run scripts/setup.sh):\n" << cmd << "\n"
+    ADD_FAILURE() << "the PyTorch reference failed (is python3-torch installed? run scripts/setup.sh):\n"
+                  << cmd << "\n"
                   << ss.str();
   }
   return out;
-}
-
-double rel_error(const Tensor& ours, const Tensor& ref) {
-  EXPECT_EQ(ours.shape(), ref.shape());
-  if (ours.shape() != ref.shape()) return INFINITY;
-  const auto a = ours.to_vector();
-  const auto b = ref.to_vector();
-  double diff = 0, mag = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    const double d = std::abs(static_cast<double>(a[i]) - b[i]);
-    diff = std::isnan(d) ? INFINITY : std::max(diff, d);
-    mag = std::max(mag, std::abs(static_cast<double>(b[i])));
-  }
-  return diff / std::max(1.0, mag);
 }
 
 class Parity : public ::testing::TestWithParam<Case> {};
@@ -113,7 +103,7 @@ TEST_P(Parity, EveryBlockInEveryFormat) {
     std::string per_block;
     for (int b : blocks) {
       const Tensor ref = io::load_npy(dir / (std::string(f.ref_prefix) + std::to_string(b) + ".npy"));
-      const double e = rel_error(out.at(b), ref);
+      const double e = worst_relative_error(out.at(b), ref);
       EXPECT_LE(e, 1e-4) << "block " << b;
       char buf[48];
       std::snprintf(buf, sizeof buf, " b%d:%.1e", b, e);
@@ -123,8 +113,8 @@ TEST_P(Parity, EveryBlockInEveryFormat) {
         worst_block = b;
       }
     }
-    std::printf("[parity] %-28s %-22s worst block %2d rel err %.2e |%s\n", c.config.c_str(), f.file, worst_block, worst,
-                per_block.c_str());
+    std::printf("[parity] %-28s %-22s worst block %2d rel err %.2e |%s\n", c.config.c_str(), f.file,
+                worst_block, worst, per_block.c_str());
   }
 }
 
@@ -141,7 +131,7 @@ TEST_P(Parity, TruncatedForwardEqualsFullForward) {
   const std::vector<int> one = {mid + 1};
   const auto a = net.forward(x, t, labels, one);
   const Tensor ref = io::load_npy(dir / ("ref_b" + std::to_string(mid + 1) + ".npy"));
-  EXPECT_LE(rel_error(a.at(mid + 1), ref), 1e-4);
+  EXPECT_LE(worst_relative_error(a.at(mid + 1), ref), 1e-4);
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, Parity, ::testing::ValuesIn(kCases),

@@ -11,8 +11,10 @@
 
 #include "cpu/simd.hpp"
 #include "diffprobe/diffprobe.hpp"
+#include "support/relative_error.hpp"
 
 using namespace diffprobe;
+using diffprobe::test_support::worst_relative_error;
 
 namespace {
 
@@ -21,15 +23,6 @@ std::vector<float> randn(std::size_t n, std::mt19937& rng, float stddev = 1.0f) 
   std::vector<float> v(n);
   for (auto& x : v) x = d(rng);
   return v;
-}
-
-double rel_error(const std::vector<float>& ours, const std::vector<double>& ref) {
-  double err = 0.0, mag = 1.0;
-  for (std::size_t i = 0; i < ref.size(); ++i) {
-    err = std::max(err, std::abs(static_cast<double>(ours[i]) - ref[i]));
-    mag = std::max(mag, std::abs(ref[i]));
-  }
-  return err / mag;
 }
 
 // ADM's QKVAttentionLegacy / QKVAttention in double, on logical [N, 3C, T] data.
@@ -93,7 +86,7 @@ double run_case(const Case& k, std::mt19937& rng, bool all_variants = true) {
       const Tensor y = ops::attention(Tensor::from_vector(s, qkv, layout), k.heads, order, ctx);
       EXPECT_EQ(y.shape(), (Shape{k.n, k.c, k.h, k.w}));
       EXPECT_EQ(y.layout(), layout);
-      const double err = rel_error(y.to_vector(), ref);
+      const double err = worst_relative_error(y.to_vector(), ref);
       worst = std::max(worst, err);
       EXPECT_LE(err, 1e-4) << s.str() << " heads " << k.heads << " " << layout_name(layout) << " "
                            << (order == ops::QkvOrder::Legacy ? "legacy" : "split");

@@ -14,8 +14,10 @@
 
 #include "cpu/onednn_common.hpp"
 #include "diffprobe/diffprobe.hpp"
+#include "support/relative_error.hpp"
 
 using namespace diffprobe;
+using diffprobe::test_support::worst_relative_error;
 using ops::Conv2d;
 using ops::Conv2dSpec;
 
@@ -57,18 +59,6 @@ std::vector<double> reference_conv(const std::vector<float>& x, const std::vecto
           y[yi] = acc + (res.empty() ? 0.0 : static_cast<double>(res[yi]));
         }
   return y;
-}
-
-// max|ours - ref| / max(1, max|ref|).
-double worst_relative_error(const Tensor& ours, const std::vector<double>& ref) {
-  const std::vector<float> got = ours.to_vector();
-  EXPECT_EQ(got.size(), ref.size());
-  double worst = 0.0, scale = 1.0;
-  for (std::size_t i = 0; i < std::min(got.size(), ref.size()); ++i) {
-    worst = std::max(worst, std::abs(static_cast<double>(got[i]) - ref[i]));
-    scale = std::max(scale, std::abs(ref[i]));
-  }
-  return worst / scale;
 }
 
 // Whether this CPU should run bf16 natively; "maybe" when an ISA limit is set in the environment.

@@ -13,8 +13,10 @@
 #include <vector>
 
 #include "diffprobe/diffprobe.hpp"
+#include "support/relative_error.hpp"
 
 using namespace diffprobe;
+using diffprobe::test_support::worst_relative_error;
 
 namespace {
 
@@ -37,16 +39,6 @@ ExecContext gpu_ctx(Precision p = Precision::FP32) {
 
 Tensor gpu(const Tensor& t) { return t.defined() ? t.to_device(Device::cuda()) : t; }
 std::vector<float> host(const Tensor& t) { return t.to_device(Device::cpu()).to_vector(); }
-
-template <class R> double rel_error(const std::vector<float>& ours, const std::vector<R>& ref) {
-  EXPECT_EQ(ours.size(), ref.size());
-  double err = 0.0, mag = 1.0;
-  for (std::size_t i = 0; i < std::min(ours.size(), ref.size()); ++i) {
-    err = std::max(err, std::abs(static_cast<double>(ours[i]) - static_cast<double>(ref[i])));
-    mag = std::max(mag, std::abs(static_cast<double>(ref[i])));
-  }
-  return err / mag;
-}
 
 double tolerance(Precision p) { return p == Precision::FP32 ? 1e-4 : 2e-2; }
 
@@ -109,7 +101,7 @@ TEST(CudaConv2d, MatchesCpuInEveryPrecision) {
             const Tensor y = gpu_conv.forward(gpu(x), gpu_ctx(p), gpu(res));
             EXPECT_EQ(y.shape(), os);
             EXPECT_EQ(y.layout(), layout);
-            const double e = rel_error(host(y), ref);
+            const double e = worst_relative_error(host(y), ref);
             worst[static_cast<int>(p)] = std::max(worst[static_cast<int>(p)], e);
             EXPECT_LE(e, tolerance(p))
                 << s.str() << " -> " << k.o << " k" << k.k << " s" << k.stride << " " << layout_name(layout)
@@ -138,7 +130,7 @@ TEST(CudaConv2d, MatchesDoubleReferenceAndRepeats) {
     const Tensor r = gpu(Tensor::from_vector(os, rv, layout));
     conv.prepare(gpu_ctx());
     const std::vector<float> first = host(conv.forward(x, gpu_ctx(), r));
-    EXPECT_LE(rel_error(first, ref), 1e-4) << layout_name(layout);
+    EXPECT_LE(worst_relative_error(first, ref), 1e-4) << layout_name(layout);
     // The second call reuses the cached plan and weights: same bits.
     const std::vector<float> second = host(conv.forward(x, gpu_ctx(), r));
     EXPECT_EQ(std::memcmp(first.data(), second.data(), first.size() * sizeof(float)), 0)
@@ -172,15 +164,16 @@ TEST(CudaLinear, MatchesCpuAndDoubleReference) {
       for (Precision p : {Precision::FP32, Precision::BF16, Precision::FP16}) {
         lin.prepare(gpu_ctx(p));
         const std::vector<float> y = host(lin.forward(gpu(x), gpu_ctx(p), silu));
-        EXPECT_LE(rel_error(y, ref), tolerance(p))
+        EXPECT_LE(worst_relative_error(y, ref), tolerance(p))
             << rows << "x" << in << "->" << out << " " << precision_name(p);
-        EXPECT_LE(rel_error(y, cpu), tolerance(p))
+        EXPECT_LE(worst_relative_error(y, cpu), tolerance(p))
             << rows << "x" << in << "->" << out << " " << precision_name(p);
       }
     }
     // Without a bias.
     const ops::Linear nb(gpu(w), Tensor{});
-    EXPECT_LE(rel_error(host(nb.forward(gpu(x), gpu_ctx())), ops::Linear(w, Tensor{}).forward(x).to_vector()),
+    EXPECT_LE(worst_relative_error(host(nb.forward(gpu(x), gpu_ctx())),
+                                   ops::Linear(w, Tensor{}).forward(x).to_vector()),
               1e-4);
   }
 }

@@ -14,8 +14,10 @@
 #include <vector>
 
 #include "diffprobe/diffprobe.hpp"
+#include "support/relative_error.hpp"
 
 using namespace diffprobe;
+using diffprobe::test_support::worst_relative_error;
 
 namespace {
 
@@ -39,22 +41,6 @@ ExecContext gpu_ctx() {
 
 Tensor gpu(const Tensor& t) { return t.defined() ? t.to_device(Device::cuda()) : t; }
 std::vector<float> host(const Tensor& t) { return t.to_device(Device::cpu()).to_vector(); }
-
-// max|ours - ref| / max(1, max|ref|)
-template <class R> double rel_error(const std::vector<float>& ours, const std::vector<R>& ref) {
-  EXPECT_EQ(ours.size(), ref.size());
-  double err = 0.0, mag = 1.0;
-  for (std::size_t i = 0; i < std::min(ours.size(), ref.size()); ++i) {
-    const double r = static_cast<double>(ref[i]);
-    if (std::isnan(r) || std::isnan(ours[i])) {
-      if (std::isnan(r) != std::isnan(ours[i])) return std::numeric_limits<double>::infinity();
-      continue;
-    }
-    err = std::max(err, std::abs(static_cast<double>(ours[i]) - r));
-    mag = std::max(mag, std::abs(r));
-  }
-  return err / mag;
-}
 
 bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
@@ -123,7 +109,7 @@ TEST(CudaGroupNorm, MatchesCpuOnAwkwardShapes) {
         const Tensor y = ops::group_norm(gpu(x), gpu(gamma), gpu(beta), gargs, gpu_ctx());
         EXPECT_EQ(y.layout(), layout);
         EXPECT_TRUE(y.device() == Device::cuda());
-        const double e = rel_error(host(y), ref.to_vector());
+        const double e = worst_relative_error(host(y), ref.to_vector());
         worst = std::max(worst, e);
         EXPECT_LE(e, kTol) << s.str() << " " << layout_name(layout) << " variant " << variant;
       }
@@ -150,7 +136,7 @@ TEST(CudaGroupNorm, MatchesDoubleReference) {
     const Tensor y =
         ops::group_norm(gpu(Tensor::from_vector(s, xv, layout)), gpu(Tensor::from_vector(Shape{96}, gv)),
                         gpu(Tensor::from_vector(Shape{96}, bv)), args, gpu_ctx());
-    EXPECT_LE(rel_error(host(y), ref), kTol) << layout_name(layout);
+    EXPECT_LE(worst_relative_error(host(y), ref), kTol) << layout_name(layout);
   }
 }
 
@@ -233,7 +219,7 @@ TEST(CudaAttention, MatchesCpuOnAwkwardShapes) {
         const Tensor y = ops::attention(gpu(qkv), k.heads, order, gpu_ctx());
         EXPECT_EQ(y.shape(), ref.shape());
         EXPECT_EQ(y.layout(), layout);
-        const double e = rel_error(host(y), ref.to_vector());
+        const double e = worst_relative_error(host(y), ref.to_vector());
         worst = std::max(worst, e);
         EXPECT_LE(e, kTol) << s.str() << " heads " << k.heads << " " << layout_name(layout)
                            << (order == ops::QkvOrder::Legacy ? " legacy" : " split");
@@ -255,7 +241,8 @@ TEST(CudaAttention, MatchesDoubleReferenceWithPeakedSoftmax) {
       const Tensor qkv = gpu(Tensor::from_vector(Shape{N, 3 * C, H, W}, v, layout));
       const Tensor y =
           ops::attention(qkv, 2, legacy ? ops::QkvOrder::Legacy : ops::QkvOrder::Split, gpu_ctx());
-      EXPECT_LE(rel_error(host(y), ref), kTol) << layout_name(layout) << (legacy ? " legacy" : " split");
+      EXPECT_LE(worst_relative_error(host(y), ref), kTol)
+          << layout_name(layout) << (legacy ? " legacy" : " split");
     }
   }
 }
@@ -281,7 +268,7 @@ TEST(CudaSmallOps, ElementwiseMatchCpu) {
   const Shape flat{1000003};
   const Tensor a = Tensor::from_vector(flat, randn(flat.numel(), rng, 0.0f, 8.0f));
   const Tensor b = Tensor::from_vector(flat, randn(flat.numel(), rng));
-  EXPECT_LE(rel_error(host(ops::silu(gpu(a), gpu_ctx())), ops::silu(a).to_vector()), 1e-6);
+  EXPECT_LE(worst_relative_error(host(ops::silu(gpu(a), gpu_ctx())), ops::silu(a).to_vector()), 1e-6);
   EXPECT_TRUE(bitwise_equal(host(ops::add(gpu(a), gpu(b), gpu_ctx())), ops::add(a, b).to_vector()));
 
   for (Layout layout : {Layout::NHWC, Layout::Contiguous}) {
@@ -314,9 +301,10 @@ TEST(CudaSmallOps, AdaptivePoolingMatchesCpu) {
       const Tensor avg = ops::adaptive_avg_pool2d(gpu(x), oh, ow, gpu_ctx());
       const Tensor mx = ops::adaptive_max_pool2d(gpu(x), oh, ow, gpu_ctx());
       EXPECT_EQ(avg.shape(), (Shape{33, 96, oh, ow}));
-      EXPECT_LE(rel_error(host(avg), ops::adaptive_avg_pool2d(x, oh, ow).to_vector()), 1e-6)
+      EXPECT_LE(worst_relative_error(host(avg), ops::adaptive_avg_pool2d(x, oh, ow).to_vector()), 1e-6)
           << oh << "x" << ow;
-      EXPECT_LE(rel_error(host(mx), ops::adaptive_max_pool2d(x, oh, ow).to_vector()), 0.0) << oh << "x" << ow;
+      EXPECT_LE(worst_relative_error(host(mx), ops::adaptive_max_pool2d(x, oh, ow).to_vector()), 0.0)
+          << oh << "x" << ow;
     }
   }
 }
@@ -330,7 +318,7 @@ TEST(CudaSmallOps, TimestepEmbeddingMatchesCpuAndFormula) {
     const Tensor y = ops::timestep_embedding(gpu(tc), dim, gpu_ctx());
     ASSERT_EQ(y.shape(), (Shape{33, dim}));
     const std::vector<float> got = host(y);
-    EXPECT_LE(rel_error(got, ops::timestep_embedding(tc, dim).to_vector()), 1e-6) << dim;
+    EXPECT_LE(worst_relative_error(got, ops::timestep_embedding(tc, dim).to_vector()), 1e-6) << dim;
     // The formula in double: error stays at the fp32 rounding of the argument (|t| < 1000).
     const int half = dim / 2;
     std::vector<double> ref(got.size(), 0.0);
@@ -340,7 +328,7 @@ TEST(CudaSmallOps, TimestepEmbeddingMatchesCpuAndFormula) {
         ref[n * dim + i] = std::cos(arg);
         ref[n * dim + half + i] = std::sin(arg);
       }
-    EXPECT_LE(rel_error(got, ref), 5e-4) << dim;
+    EXPECT_LE(worst_relative_error(got, ref), 5e-4) << dim;
   }
 }
 

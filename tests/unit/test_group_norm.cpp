@@ -10,8 +10,10 @@
 
 #include "cpu/simd.hpp"
 #include "diffprobe/diffprobe.hpp"
+#include "support/relative_error.hpp"
 
 using namespace diffprobe;
+using diffprobe::test_support::worst_relative_error;
 
 namespace {
 
@@ -20,16 +22,6 @@ std::vector<float> randn(std::size_t n, std::mt19937& rng, float mean = 0.0f, fl
   std::vector<float> v(n);
   for (auto& x : v) x = d(rng);
   return v;
-}
-
-// max|ours - ref| / max(1, max|ref|)
-double rel_error(const std::vector<float>& ours, const std::vector<double>& ref) {
-  double err = 0.0, mag = 1.0;
-  for (std::size_t i = 0; i < ref.size(); ++i) {
-    err = std::max(err, std::abs(static_cast<double>(ours[i]) - ref[i]));
-    mag = std::max(mag, std::abs(ref[i]));
-  }
-  return err / mag;
 }
 
 // The reference: everything in double, two-pass variance, logical NCHW order.
@@ -102,7 +94,7 @@ void run_case(const Case& k, Layout layout, bool use_pb, bool use_ss, bool silu,
   ASSERT_EQ(y.layout(), layout);
   const auto ref =
       reference(x, s, gamma, beta, k.groups, 1e-5, use_pb ? &pb : nullptr, use_ss ? &ss : nullptr, silu);
-  const double err = rel_error(y.to_vector(), ref);
+  const double err = worst_relative_error(y.to_vector(), ref);
   worst = std::max(worst, err);
   EXPECT_LE(err, 1e-5) << s.str() << " " << layout_name(layout) << " groups " << k.groups << " pre_bias "
                        << use_pb << " scale_shift " << use_ss << " silu " << silu << " offset " << offset;
@@ -180,7 +172,7 @@ TEST(GroupNorm, WorksOnABatchSlice) {
                                      Tensor::from_vector(Shape{32}, beta));
     const std::vector<float> tail(x.begin() + 32 * 35, x.end());
     const auto ref = reference(tail, Shape{2, 32, 5, 7}, gamma, beta, 32, 1e-5, nullptr, nullptr, false);
-    EXPECT_LE(rel_error(y.to_vector(), ref), 1e-5) << layout_name(layout);
+    EXPECT_LE(worst_relative_error(y.to_vector(), ref), 1e-5) << layout_name(layout);
   }
 }
 

@@ -11,8 +11,10 @@
 #include <vector>
 
 #include "diffprobe/diffprobe.hpp"
+#include "support/relative_error.hpp"
 
 using namespace diffprobe;
+using diffprobe::test_support::worst_relative_error;
 using ops::Linear;
 
 namespace {
@@ -41,17 +43,6 @@ std::vector<double> reference_linear(const std::vector<float>& x, const std::vec
       y[static_cast<std::size_t>(n * O + o)] = acc;
     }
   return y;
-}
-
-double worst_relative_error(const Tensor& ours, const std::vector<double>& ref) {
-  const std::vector<float> got = ours.to_vector();
-  EXPECT_EQ(got.size(), ref.size());
-  double worst = 0.0, scale = 1.0;
-  for (std::size_t i = 0; i < std::min(got.size(), ref.size()); ++i) {
-    worst = std::max(worst, std::abs(static_cast<double>(got[i]) - ref[i]));
-    scale = std::max(scale, std::abs(ref[i]));
-  }
-  return worst / scale;
 }
 
 enum class Expect { Yes, No, Maybe };

@@ -12,8 +12,10 @@
 
 #include "cpu/simd.hpp"
 #include "diffprobe/diffprobe.hpp"
+#include "support/relative_error.hpp"
 
 using namespace diffprobe;
+using diffprobe::test_support::worst_relative_error;
 
 namespace {
 
@@ -24,16 +26,6 @@ std::vector<float> randn(i64 n, std::mt19937& rng, float stddev = 1.0f) {
   std::vector<float> v(static_cast<std::size_t>(n));
   for (auto& x : v) x = d(rng);
   return v;
-}
-
-double rel_error(const std::vector<float>& ours, const std::vector<double>& ref) {
-  EXPECT_EQ(ours.size(), ref.size());
-  double err = 0.0, mag = 1.0;
-  for (std::size_t i = 0; i < std::min(ours.size(), ref.size()); ++i) {
-    err = std::max(err, std::abs(static_cast<double>(ours[i]) - ref[i]));
-    mag = std::max(mag, std::abs(ref[i]));
-  }
-  return err / mag;
 }
 
 class KernelPath {
@@ -79,7 +71,7 @@ TEST(Silu, MatchesDoubleReference) {
         std::vector<double> ref(x.size());
         for (std::size_t i = 0; i < x.size(); ++i)
           ref[i] = x[i] / (1.0 + std::exp(-static_cast<double>(x[i])));
-        const double err = rel_error(y, ref);
+        const double err = worst_relative_error(y, ref);
         worst = std::max(worst, err);
         EXPECT_LE(err, 1e-5) << s.str();
         // Far from zero the relative accuracy matters too (small outputs for negative inputs).
@@ -117,7 +109,7 @@ TEST(Add, MatchesDoubleReference) {
       EXPECT_EQ(y.layout(), layout);
       std::vector<double> ref(a.size());
       for (std::size_t i = 0; i < a.size(); ++i) ref[i] = static_cast<double>(a[i]) + b[i];
-      EXPECT_LE(rel_error(y.to_vector(), ref), 1e-6) << s.str();
+      EXPECT_LE(worst_relative_error(y.to_vector(), ref), 1e-6) << s.str();
     }
 }
 
@@ -149,7 +141,7 @@ TEST(AvgPool2x2, MatchesDoubleReference) {
                 for (i64 dw = 0; dw < 2; ++dw) sum += x[at(s, n, c, 2 * h + dh, 2 * w + dw)];
               ref[at(o, n, c, h, w)] = sum / 4.0;
             }
-      EXPECT_LE(rel_error(y.to_vector(), ref), 1e-6) << s.str() << " " << layout_name(layout);
+      EXPECT_LE(worst_relative_error(y.to_vector(), ref), 1e-6) << s.str() << " " << layout_name(layout);
     }
 }
 
@@ -278,7 +270,7 @@ TEST(AdaptivePool, MatchesDoubleReference) {
                              : ops::adaptive_avg_pool2d(in, k.oh, k.ow, threads(2));
         ASSERT_EQ(y.shape(), (Shape{k.s[0], k.s[1], k.oh, k.ow}));
         EXPECT_EQ(y.layout(), layout);
-        const double err = rel_error(y.to_vector(), adaptive_reference(x, k.s, k.oh, k.ow, max));
+        const double err = worst_relative_error(y.to_vector(), adaptive_reference(x, k.s, k.oh, k.ow, max));
         EXPECT_LE(err, 1e-6) << k.s.str() << " -> " << k.oh << "x" << k.ow << (max ? " max " : " avg ")
                              << layout_name(layout);
       }
@@ -338,7 +330,7 @@ TEST(TimestepEmbedding, MatchesFp32ArgumentsInDouble) {
         ref[n * dim + half + i] = std::sin(arg);
       }
     const auto v = y.to_vector();
-    EXPECT_LE(rel_error(v, ref), 1e-6) << "dim " << dim;
+    EXPECT_LE(worst_relative_error(v, ref), 1e-6) << "dim " << dim;
     if (dim % 2) {
       for (int n = 0; n < 6; ++n) EXPECT_EQ(v[n * dim + dim - 1], 0.0f);
     }
