@@ -19,6 +19,8 @@ constexpr std::size_t kAlign = kTensorAlignment;
 // system whatever malloc's settings (the first, recording pass must not leave a heap behind it).
 constexpr std::size_t kMapThreshold = std::size_t{256} << 10;
 constexpr std::size_t kPage = 4096;
+// Planning is quadratic in the number of requests of a pass; a U-Net forward makes a few hundred.
+constexpr std::size_t kMaxRequests = 4096;
 
 std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
 
@@ -285,16 +287,22 @@ void PlannedAllocator::end_pass(bool completed) noexcept {
   if (stray) m.retire_current();
   if (!completed) return;  // an aborted pass says nothing reliable about the next one
   const bool matched = m.have_plan && m.following && m.rec.size() == m.plan.bytes.size();
-  if (matched && !stray) return;
   try {
-    Plan plan = make_plan(m.rec);
-    if (m.cur && m.cur->bytes < plan.arena_bytes) m.retire_current();
-    if (!m.cur && plan.arena_bytes > 0) m.new_arena(plan.arena_bytes);
-    m.plan = std::move(plan);
-    m.have_plan = true;
-    ++m.stats.plans;
-    m.stats.planned_live_peak = m.plan.live_peak;
-    m.stats.plan_bytes = m.plan.arena_bytes;
+    if (!matched || stray) {
+      if (m.rec.size() > kMaxRequests) {  // not a repeatable forward pass: stay plain
+        m.have_plan = false;
+        return;
+      }
+      m.plan = make_plan(m.rec);
+      m.have_plan = true;
+      ++m.stats.plans;
+      m.stats.planned_live_peak = m.plan.live_peak;
+      m.stats.plan_bytes = m.plan.arena_bytes;
+    }
+    // (Re)create the arena when the plan outgrew it or it was retired (e.g. after an aborted
+    // pass left memory in it), even if the plan itself still holds.
+    if (m.cur && m.cur->bytes < m.plan.arena_bytes) m.retire_current();
+    if (!m.cur && m.plan.arena_bytes > 0) m.new_arena(m.plan.arena_bytes);
     m.stats.arena_bytes = m.cur ? m.cur->bytes : 0;
   } catch (...) {
     // Out of memory while planning: keep serving plain memory.

@@ -239,6 +239,34 @@ TEST(PlannedAllocator, AnAbortedPassIsNotPlanned) {
   EXPECT_EQ(a.stats().plans, 0u);
 }
 
+TEST(PlannedAllocator, AnAbortedPassHoldingArenaMemoryDoesNotDisableThePlan) {
+  PlannedAllocator a;
+  const auto script = unet_like(4096);
+  auto out = run(a, script, 1);
+  free_all(a, out);
+  // A replayed pass takes its first request from the arena, keeps it, and ends by an exception.
+  void* held = nullptr;
+  try {
+    AllocatorPass pass(&a);
+    held = a.allocate(script[0].bytes);
+    throw std::runtime_error("op failed");
+  } catch (const std::runtime_error&) {
+  }
+  ASSERT_EQ(a.stats().arena_allocations, 1u);
+  std::memset(held, 0x5a, script[0].bytes);
+  // The plan still holds: one pass on plain memory while a new arena is made, then the arena.
+  out = run(a, script, 2);
+  free_all(a, out);
+  const std::size_t before = a.stats().arena_allocations;
+  out = run(a, script, 3);
+  free_all(a, out);
+  EXPECT_GT(a.stats().arena_allocations, before);
+  for (std::size_t i = 0; i < script[0].bytes; ++i)
+    ASSERT_EQ(static_cast<unsigned char*>(held)[i], 0x5a) << "held memory overwritten at byte " << i;
+  a.deallocate(held, script[0].bytes);
+  EXPECT_EQ(a.stats().bytes_in_use, 0u);
+}
+
 TEST(PlannedAllocator, UNetForwardIsBitwiseTheSameAsWithPlainMemory) {
   const UNet net = UNet::random(UNetConfig::preset("fmnist_default"), 5);
   auto input = [&](std::int64_t n) {
