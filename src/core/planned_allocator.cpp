@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <list>
 #include <mutex>
 #include <new>
@@ -179,10 +178,8 @@ struct PlannedAllocator::Impl {
       return map_pages(reserved);
     }
     kind = Kind::Heap;
-    reserved = round_up(std::max<std::size_t>(bytes, 1), kAlign);
-    void* p = std::aligned_alloc(kAlign, reserved);
-    if (!p) throw std::bad_alloc();
-    return p;
+    reserved = round_up(std::max<std::size_t>(bytes, 1), kAlign);  // what the heap allocator rounds to
+    return cpu_allocator().allocate(bytes);
   }
 
   void count_in(std::size_t bytes) {
@@ -196,7 +193,7 @@ PlannedAllocator::PlannedAllocator() : impl_(std::make_unique<Impl>()) {}
 PlannedAllocator::~PlannedAllocator() {
   // Tensors must not outlive their allocator; whatever is still here is released with it.
   for (auto& [p, l] : impl_->live) {
-    if (l.kind == Impl::Kind::Heap) std::free(p);
+    if (l.kind == Impl::Kind::Heap) cpu_allocator().deallocate(p, l.bytes);
     if (l.kind == Impl::Kind::Mapped) munmap(p, l.bytes);
   }
   for (auto& a : impl_->arenas) munmap(a.base, a.bytes);
@@ -249,7 +246,7 @@ void PlannedAllocator::deallocate(void* p, std::size_t /*bytes*/) noexcept {
   if (this_pass) m.rec[static_cast<std::size_t>(l.request)].freed = m.tick++;
   switch (l.kind) {
     case Impl::Kind::Heap:
-      std::free(p);
+      cpu_allocator().deallocate(p, l.bytes);
       m.stats.bytes_in_use -= l.bytes;
       break;
     case Impl::Kind::Mapped:

@@ -210,6 +210,13 @@ struct UNet::Impl {
     for (const auto& l : b.layers) h = run_layer(l, h, emb, ctx);
     return h;
   }
+  /// Paper block b (1-based): input blocks, then the middle block, then output blocks.
+  const Block& block(int b) const {
+    const int I = static_cast<int>(input.size());
+    return b <= I       ? input[static_cast<std::size_t>(b - 1)]
+           : b == I + 1 ? middle
+                        : output[static_cast<std::size_t>(b - I - 2)];
+  }
 };
 
 namespace {
@@ -219,6 +226,29 @@ const float kGnEps = 1e-5f;
 Tensor f32_contiguous(const Tensor& t) {
   Tensor c = t.dtype() == DType::F32 ? t : t.to_dtype(DType::F32);
   return c.layout() == Layout::Contiguous ? c : c.to_layout(Layout::Contiguous);
+}
+
+void check_block(int block, int num_blocks, const char* where) {
+  if (block < 0 || block > num_blocks)
+    throw ArgumentError(where, "block " + std::to_string(block) +
+                                   " is out of range: this model has blocks 1.." +
+                                   std::to_string(num_blocks) + " (and 0 = out)");
+}
+
+// What a forward to `blocks` runs: paper blocks 1..deepest, then the output head if 0 is asked.
+struct Reach {
+  int deepest = 0;
+  bool want_out = false;
+};
+Reach reach_of(std::span<const int> blocks, int num_blocks, const char* where) {
+  Reach r;
+  for (const int b : blocks) {
+    check_block(b, num_blocks, where);
+    if (b == 0) r.want_out = true;
+    r.deepest = std::max(r.deepest, b);
+  }
+  if (r.want_out) r.deepest = num_blocks;
+  return r;
 }
 
 }  // namespace
@@ -554,10 +584,7 @@ std::vector<BlockInfo> unet_block_infos(const UNetConfig& config) {
 }
 
 Shape UNet::block_output_shape(int block, std::int64_t batch) const {
-  if (block < 0 || block > num_blocks())
-    throw ArgumentError("UNet::block_output_shape", "block " + std::to_string(block) +
-                                                        " is out of range: this model has blocks 1.." +
-                                                        std::to_string(num_blocks()) + " (and 0 = out)");
+  check_block(block, num_blocks(), "UNet::block_output_shape");
   const auto infos = block_infos();
   const Shape s =
       block == 0 ? infos.back().output_shape : infos[static_cast<std::size_t>(block - 1)].output_shape;
@@ -592,17 +619,7 @@ std::map<int, Tensor> UNet::forward(const Tensor& x_t, const Tensor& t, const Te
   if (!t.defined() || t.dtype() != DType::F32 || t.shape() != Shape{N})
     throw ShapeError(where, "t must be f32 [" + std::to_string(N) + "], got " + t.str());
   if (blocks.empty()) throw ArgumentError(where, "no block requested");
-  int deepest = 0;
-  bool want_out = false;
-  for (int b : blocks) {
-    if (b < 0 || b > num_blocks())
-      throw ArgumentError(where, "block " + std::to_string(b) +
-                                     " is out of range: this model has blocks 1.." +
-                                     std::to_string(num_blocks()) + " (and 0 = out)");
-    if (b == 0) want_out = true;
-    deepest = std::max(deepest, b);
-  }
-  if (want_out) deepest = num_blocks();
+  const auto [deepest, want_out] = reach_of(blocks, num_blocks(), where);
   if (c.class_cond) {
     if (!labels.defined()) throw ArgumentError(where, "this model is class-conditional: labels are required");
     if (labels.dtype() != DType::I64 || labels.shape() != Shape{N})
@@ -667,19 +684,19 @@ std::map<int, Tensor> UNet::forward(const Tensor& x_t, const Tensor& t, const Te
                  : x_t.to_device(Device::cpu()).to_layout(Layout::NHWC).to_device(x_t.device());
   for (int b = 1; b <= deepest; ++b) {
     if (b <= I) {
-      h = impl_->run_block(impl_->input[static_cast<std::size_t>(b - 1)], h, emb, ctx);
+      h = impl_->run_block(impl_->block(b), h, emb, ctx);
       // Output block j consumes the skip of input block I-1-j, i.e. paper block 2I+1-(b-1).
       const int consumer = 2 * I + 2 - b;
       if (consumer <= deepest) skips[static_cast<std::size_t>(b - 1)] = h;
     } else if (b == I + 1) {
-      h = impl_->run_block(impl_->middle, h, emb, ctx);
+      h = impl_->run_block(impl_->block(b), h, emb, ctx);
     } else {
       const int j = b - I - 2;
       Tensor& skip = skips[static_cast<std::size_t>(I - 1 - j)];
       Tensor cat = ops::concat_channels(h, skip, ctx);
       skip = Tensor();  // released: nothing later needs it
       h = Tensor();
-      h = impl_->run_block(impl_->output[static_cast<std::size_t>(j)], std::move(cat), emb, ctx);
+      h = impl_->run_block(impl_->block(b), std::move(cat), emb, ctx);
     }
     if (wanted.count(b)) result[b] = h;
     if (on_block) on_block(b, h);
@@ -706,14 +723,7 @@ void UNet::prepare(const ExecContext& ctx) const {
 }
 
 void UNet::prepare(const ExecContext& ctx, std::span<const int> blocks) const {
-  int deepest = 0;
-  for (const int b : blocks) {
-    if (b < 0 || b > num_blocks())
-      throw ArgumentError("UNet::prepare", "block " + std::to_string(b) +
-                                               " is out of range: this model has blocks 1.." +
-                                               std::to_string(num_blocks()) + " (and 0 = out)");
-    deepest = std::max(deepest, b == 0 ? num_blocks() + 1 : b);
-  }
+  const auto [deepest, want_out] = reach_of(blocks, num_blocks(), "UNet::prepare");
   impl_->time0.prepare(ctx);
   impl_->time2.prepare(ctx);
   auto prep = [&](const Block& b) {
@@ -726,13 +736,8 @@ void UNet::prepare(const ExecContext& ctx, std::span<const int> blocks) const {
   };
   // Only what a forward to the deepest block runs: packed weights of later blocks would only
   // hold memory.
-  for (int b = 1; b <= std::min(deepest, num_blocks()); ++b) {
-    const int I = num_input_blocks();
-    prep(b <= I       ? impl_->input[static_cast<std::size_t>(b - 1)]
-         : b == I + 1 ? impl_->middle
-                      : impl_->output[static_cast<std::size_t>(b - I - 2)]);
-  }
-  if (deepest > num_blocks()) impl_->out_conv.prepare(ctx);
+  for (int b = 1; b <= deepest; ++b) prep(impl_->block(b));
+  if (want_out) impl_->out_conv.prepare(ctx);
 }
 
 }  // namespace diffprobe

@@ -2,6 +2,7 @@
 // plain memory whenever a pass departs from the plan (other sizes, other order, escapes).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -21,6 +22,11 @@ struct Step {
   std::size_t bytes;  // alloc
   int id;             // free: which allocation
 };
+
+// Index of the first byte of p[0, n) that is not `value`, or n when all are.
+std::size_t first_byte_not(const unsigned char* p, std::size_t n, unsigned char value) {
+  return static_cast<std::size_t>(std::find_if(p, p + n, [&](unsigned char b) { return b != value; }) - p);
+}
 
 // Runs a script; every live buffer is filled with its own byte pattern and checked before it is
 // freed, so any overlap between two live requests shows up as a corrupted pattern. Returns the
@@ -44,12 +50,8 @@ std::map<int, std::pair<unsigned char*, std::size_t>> run(PlannedAllocator& a,
         continue;
       }
       const auto [p, n] = it->second;
-      const unsigned char want = static_cast<unsigned char>((s.id + salt) & 0xff);
-      for (std::size_t i = 0; i < n; ++i)
-        if (p[i] != want) {
-          ADD_FAILURE() << "request " << s.id << " corrupted at byte " << i;
-          break;
-        }
+      const std::size_t bad = first_byte_not(p, n, static_cast<unsigned char>((s.id + salt) & 0xff));
+      if (bad != n) ADD_FAILURE() << "request " << s.id << " corrupted at byte " << bad;
       a.deallocate(p, n);
       live.erase(it);
     }
@@ -88,6 +90,12 @@ void free_all(PlannedAllocator& a, std::map<int, std::pair<unsigned char*, std::
   live.clear();
 }
 
+// One pass of the script, then whatever escaped it is freed.
+void run_and_free(PlannedAllocator& a, const std::vector<Step>& script, unsigned char salt) {
+  auto out = run(a, script, salt);
+  free_all(a, out);
+}
+
 }  // namespace
 
 TEST(PlannedAllocator, ReplaysFromTheArenaAfterTheFirstPass) {
@@ -108,8 +116,7 @@ TEST(PlannedAllocator, ReplaysFromTheArenaAfterTheFirstPass) {
   free_all(a, out);
 
   for (int pass = 0; pass < 3; ++pass) {
-    out = run(a, script, static_cast<unsigned char>(10 + pass));
-    free_all(a, out);
+    run_and_free(a, script, static_cast<unsigned char>(10 + pass));
   }
   st = a.stats();
   EXPECT_EQ(st.plans, 1u) << "the same pass must not be planned again";
@@ -123,35 +130,29 @@ TEST(PlannedAllocator, LiveRequestsNeverShareBytes) {
   PlannedAllocator a;
   const auto script = unet_like(1000);  // sizes not multiples of the alignment
   for (int pass = 0; pass < 4; ++pass) {
-    auto out = run(a, script, static_cast<unsigned char>(pass));
-    free_all(a, out);
+    run_and_free(a, script, static_cast<unsigned char>(pass));
   }
   EXPECT_GT(a.stats().arena_allocations, 0u);
 }
 
 TEST(PlannedAllocator, ADifferentPassGetsPlainMemoryAndBecomesThePlan) {
   PlannedAllocator a;
-  auto out = run(a, unet_like(4096), 1);
-  free_all(a, out);
+  run_and_free(a, unet_like(4096), 1);
   const auto before = a.stats();
   // Another batch size: nothing matches, everything plain, then planned anew.
-  out = run(a, unet_like(8192), 2);
-  free_all(a, out);
+  run_and_free(a, unet_like(8192), 2);
   auto st = a.stats();
   EXPECT_EQ(st.plans, 2u);
   EXPECT_EQ(st.arena_allocations, before.arena_allocations);
   EXPECT_EQ(st.plan_bytes, 2 * before.plan_bytes);
   EXPECT_GE(st.arena_bytes, st.plan_bytes);
   // The new shape now replays; the old one (smaller) is planned again into the same arena.
-  out = run(a, unet_like(8192), 3);
-  free_all(a, out);
+  run_and_free(a, unet_like(8192), 3);
   EXPECT_GT(a.stats().arena_allocations, st.arena_allocations);
   const std::size_t arena = a.stats().arena_bytes;
   const std::size_t plan = a.stats().plan_bytes;
-  out = run(a, unet_like(4096), 4);
-  free_all(a, out);
-  out = run(a, unet_like(4096), 5);
-  free_all(a, out);
+  run_and_free(a, unet_like(4096), 4);
+  run_and_free(a, unet_like(4096), 5);
   EXPECT_EQ(a.stats().arena_bytes, arena) << "a smaller plan reuses the larger arena";
   EXPECT_LT(a.stats().plan_bytes, plan);
   EXPECT_EQ(a.stats().bytes_in_use, 0u);
@@ -160,8 +161,7 @@ TEST(PlannedAllocator, ADifferentPassGetsPlainMemoryAndBecomesThePlan) {
 TEST(PlannedAllocator, MemoryKeptPastItsPassIsNeverReused) {
   PlannedAllocator a;
   const auto script = unet_like(4096);
-  auto out = run(a, script, 1);
-  free_all(a, out);
+  run_and_free(a, script, 1);
   // Replay, but keep request 0 (planned to be freed inside the pass) alive past the pass.
   std::vector<Step> keep0;
   for (const Step& s : script)
@@ -170,11 +170,10 @@ TEST(PlannedAllocator, MemoryKeptPastItsPassIsNeverReused) {
   ASSERT_EQ(held.count(0), 1u);
   // More passes write every arena slot; the held buffer must stay intact.
   for (int pass = 0; pass < 3; ++pass) {
-    out = run(a, script, static_cast<unsigned char>(20 + pass));
-    free_all(a, out);
+    run_and_free(a, script, static_cast<unsigned char>(20 + pass));
   }
   const auto [p, n] = held.at(0);
-  for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(p[i], 7) << "held request overwritten at byte " << i;
+  ASSERT_EQ(first_byte_not(p, n, 7), n) << "held request overwritten";
   free_all(a, held);
   EXPECT_EQ(a.stats().bytes_in_use, 0u);
 }
@@ -214,8 +213,7 @@ TEST(PlannedAllocator, RandomScriptsAndOrdersStayCorrect) {
           break;
         }
       }
-      auto out = run(a, s, static_cast<unsigned char>(round * 3 + rep));
-      free_all(a, out);
+      run_and_free(a, s, static_cast<unsigned char>(round * 3 + rep));
     }
   }
   EXPECT_GT(a.stats().arena_allocations, 0u);
@@ -242,8 +240,7 @@ TEST(PlannedAllocator, AnAbortedPassIsNotPlanned) {
 TEST(PlannedAllocator, AnAbortedPassHoldingArenaMemoryDoesNotDisableThePlan) {
   PlannedAllocator a;
   const auto script = unet_like(4096);
-  auto out = run(a, script, 1);
-  free_all(a, out);
+  run_and_free(a, script, 1);
   // A replayed pass takes its first request from the arena, keeps it, and ends by an exception.
   void* held = nullptr;
   try {
@@ -255,14 +252,12 @@ TEST(PlannedAllocator, AnAbortedPassHoldingArenaMemoryDoesNotDisableThePlan) {
   ASSERT_EQ(a.stats().arena_allocations, 1u);
   std::memset(held, 0x5a, script[0].bytes);
   // The plan still holds: one pass on plain memory while a new arena is made, then the arena.
-  out = run(a, script, 2);
-  free_all(a, out);
+  run_and_free(a, script, 2);
   const std::size_t before = a.stats().arena_allocations;
-  out = run(a, script, 3);
-  free_all(a, out);
+  run_and_free(a, script, 3);
   EXPECT_GT(a.stats().arena_allocations, before);
-  for (std::size_t i = 0; i < script[0].bytes; ++i)
-    ASSERT_EQ(static_cast<unsigned char*>(held)[i], 0x5a) << "held memory overwritten at byte " << i;
+  ASSERT_EQ(first_byte_not(static_cast<unsigned char*>(held), script[0].bytes, 0x5a), script[0].bytes)
+      << "held memory overwritten";
   a.deallocate(held, script[0].bytes);
   EXPECT_EQ(a.stats().bytes_in_use, 0u);
 }
