@@ -100,6 +100,9 @@ void register_all(bool large) {
       {512, 1536, 32, 1, 1, Layout::NHWC, false},       // qkv projection
       {256, 256, 64, 3, 1, Layout::NHWC, true},         // fused residual
       {256, 256, 64, 3, 1, Layout::Contiguous, false},  // NCHW input
+      {2048, 1024, 16, 3, 1, Layout::NHWC, false},      // decoder, after the skip concatenation
+      {2048, 1024, 16, 1, 1, Layout::NHWC, false},      // decoder's skip projection
+      {1024, 3072, 16, 1, 1, Layout::NHWC, false},      // qkv projection at 16x16
   };
   if (large) convs.push_back({256, 256, 256, 3, 1, Layout::NHWC, false});
   for (const Precision p : {Precision::FP32, Precision::BF16}) {

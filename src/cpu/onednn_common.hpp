@@ -3,6 +3,7 @@
 // precision checks, error translation, scratch memory from the context's allocator, and the
 // store of weights packed into the layouts the primitives asked for.
 #include <cstddef>
+#include <memory>
 #include <mutex>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <string>
@@ -76,7 +77,8 @@ class PackedWeights {
  private:
   struct Variant {
     dnnl::memory packed;
-    bool used;  // taken by a primitive (else only packed ahead)
+    std::shared_ptr<void> storage;  // packed's buffer when we mapped it (large weights)
+    bool used;                      // taken by a primitive (else only packed ahead)
   };
   Variant& find_or_pack(const dnnl::memory::desc& want, const dnnl::memory& user);  // mu_ held
 

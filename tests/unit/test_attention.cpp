@@ -110,6 +110,7 @@ void run_all(bool avx512) {
       {1, 1024, 5, 7, 16, 1.0f},  // d = 64, 16 heads
       {1, 64, 1, 1, 1, 1.0f},     // a single token: output = v
       {1, 64, 12, 11, 1, 1.0f},   // T = 132 > one query tile, with a ragged last tile
+      {1, 128, 16, 16, 2, 1.0f},  // T = 256: K^T and score rows get a padded stride
   };
   double worst = 0.0;
   for (const Case& k : cases) worst = std::max(worst, run_case(k, rng));

@@ -167,7 +167,8 @@ INSTANTIATE_TEST_SUITE_P(
         ConvCase{1, 96, 32, 9, 7, 1, 2, 0, false, false, NHWC, NHWC},  // 1x1 stride 2
         ConvCase{2, 32, 32, 7, 9, 3, 1, 0, true, false, NHWC, NHWC},   // no padding
         ConvCase{2, 32, 96, 7, 9, 3, 1, 1, true, true, NHWC, NCHW},    // residual in the other layout
-        ConvCase{2, 32, 96, 7, 9, 3, 1, 1, false, true, NCHW, NHWC}),
+        ConvCase{2, 32, 96, 7, 9, 3, 1, 1, false, true, NCHW, NHWC},
+        ConvCase{1, 512, 640, 6, 5, 3, 1, 1, true, true, NHWC, NHWC}),  // 11.8 MB: packed in its own mapping
     [](const ::testing::TestParamInfo<ConvCase>& info) { return case_name(info.param); });
 
 TEST(Conv2d, SameOpServesSeveralShapesAndLayouts) {
