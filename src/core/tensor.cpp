@@ -37,8 +37,7 @@ void store_from_double(void* base, DType t, std::int64_t i, double v) {
 
 void require_cpu(const Tensor& t, const char* where) {
   if (!t.defined()) throw ArgumentError(where, "the tensor is undefined");
-  if (!t.device().is_cpu())
-    throw DeviceError(where, "needs a CPU tensor, got one on " + t.device().str());
+  if (!t.device().is_cpu()) throw DeviceError(where, "needs a CPU tensor, got one on " + t.device().str());
 }
 
 }  // namespace
@@ -47,8 +46,8 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Layout layout, Device devi
   check_layout(shape, layout, "Tensor::empty");
   Allocator& a = alloc ? *alloc : default_allocator(device);
   if (!(a.device() == device))
-    throw DeviceError("Tensor::empty", "allocator serves " + a.device().str() + ", tensor wants " +
-                                           device.str());
+    throw DeviceError("Tensor::empty",
+                      "allocator serves " + a.device().str() + ", tensor wants " + device.str());
   const std::size_t bytes = static_cast<std::size_t>(shape.numel()) * dtype_size(dtype);
   void* p = a.allocate(bytes);
   Tensor t;
@@ -87,8 +86,8 @@ Tensor Tensor::view_of(void* data, const Shape& shape, DType dtype, Layout layou
   if (!data && shape.numel() > 0) throw ArgumentError("Tensor::view_of", "null data pointer");
   Tensor t;
   const std::size_t bytes = static_cast<std::size_t>(shape.numel()) * dtype_size(dtype);
-  t.storage_ = std::make_shared<Storage>(data, bytes, device,
-                                         [keep = std::move(keep_alive)](void*) mutable { keep.reset(); });
+  t.storage_ = std::make_shared<Storage>(
+      data, bytes, device, [keep = std::move(keep_alive)](void*) mutable { keep.reset(); }, /*owned=*/false);
   t.shape_ = shape;
   t.dtype_ = dtype;
   t.layout_ = layout;
@@ -158,7 +157,8 @@ Tensor Tensor::to_dtype(DType dtype, Allocator* alloc) const {
     auto* d = out.data<std::uint16_t>();
     for (std::int64_t i = 0; i < n; ++i) d[i] = float_to_bf16(s[i]);
   } else {
-    for (std::int64_t i = 0; i < n; ++i) store_from_double(out.raw(), dtype, i, load_as_double(raw(), dtype_, i));
+    for (std::int64_t i = 0; i < n; ++i)
+      store_from_double(out.raw(), dtype, i, load_as_double(raw(), dtype_, i));
   }
   return out;
 }
@@ -169,8 +169,8 @@ Tensor Tensor::to_device(Device device) const {
   if (from == device) return clone();
   auto& hooks = detail::cuda_hooks();
   if (!hooks.copy_to_device)
-    throw DeviceError("Tensor::to_device", "cannot move a tensor to " + device.str() +
-                                               ": this build has no CUDA backend");
+    throw DeviceError("Tensor::to_device",
+                      "cannot move a tensor to " + device.str() + ": this build has no CUDA backend");
   Tensor out = empty(shape_, dtype_, layout_, device);
   if (from.is_cpu() && device.is_cuda()) {
     hooks.copy_to_device(out.raw(), device.index, raw(), nbytes());

@@ -10,10 +10,15 @@ class CpuBackend final : public Backend {
                 const ExecContext& ctx) override {
     return cpu::conv2d(op, cache, x, residual, ctx);
   }
+  Tensor conv2d_into_residual(const Conv2d& op, OpCache& cache, const Tensor& x, Tensor residual,
+                              const ExecContext& ctx) override {
+    return cpu::conv2d(op, cache, x, residual, ctx, /*into_residual=*/true);
+  }
   void conv2d_prepare(const Conv2d& op, OpCache& cache, const ExecContext& ctx) override {
     cpu::conv2d_prepare(op, cache, ctx);
   }
-  Tensor linear(const Linear& op, OpCache& cache, const Tensor& x, bool silu_input, const ExecContext& ctx) override {
+  Tensor linear(const Linear& op, OpCache& cache, const Tensor& x, bool silu_input,
+                const ExecContext& ctx) override {
     return cpu::linear(op, cache, x, silu_input, ctx);
   }
   void linear_prepare(const Linear& op, OpCache& cache, const ExecContext& ctx) override {
@@ -27,7 +32,9 @@ class CpuBackend final : public Backend {
     return cpu::attention(qkv, heads, order, ctx);
   }
   Tensor silu(const Tensor& x, const ExecContext& ctx) override { return cpu::silu(x, ctx); }
-  Tensor add(const Tensor& a, const Tensor& b, const ExecContext& ctx) override { return cpu::add(a, b, ctx); }
+  Tensor add(const Tensor& a, const Tensor& b, const ExecContext& ctx) override {
+    return cpu::add(a, b, ctx);
+  }
   Tensor avg_pool2x2(const Tensor& x, const ExecContext& ctx) override { return cpu::avg_pool2x2(x, ctx); }
   Tensor upsample_nearest2x(const Tensor& x, const ExecContext& ctx) override {
     return cpu::upsample_nearest2x(x, ctx);

@@ -7,9 +7,12 @@
 namespace diffprobe::cpu {
 using ops::detail::OpCache;
 
-Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tensor& residual, const ExecContext& ctx);
+/// into_residual: write y into the residual's buffer (the caller holds the only reference).
+Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tensor& residual,
+              const ExecContext& ctx, bool into_residual = false);
 void conv2d_prepare(const ops::Conv2d& op, OpCache& cache, const ExecContext& ctx);
-Tensor linear(const ops::Linear& op, OpCache& cache, const Tensor& x, bool silu_input, const ExecContext& ctx);
+Tensor linear(const ops::Linear& op, OpCache& cache, const Tensor& x, bool silu_input,
+              const ExecContext& ctx);
 void linear_prepare(const ops::Linear& op, OpCache& cache, const ExecContext& ctx);
 Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, const ops::GroupNormArgs& args,
                   const ExecContext& ctx);

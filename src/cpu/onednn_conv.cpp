@@ -111,7 +111,7 @@ void require_cpu_weights(const ops::Conv2d& op, const char* where) {
 }  // namespace
 
 Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tensor& residual,
-              const ExecContext& ctx) {
+              const ExecContext& ctx, bool into_residual) {
   onednn::check_precision(ctx.precision, kWhere);
   const ThreadScope scope(ctx.threads);
   const Shape& in = x.shape();
@@ -132,13 +132,15 @@ Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tens
                                 in.str(), layout_name(x.layout())));
   }
 
-  Tensor y = Tensor::empty(out, DType::F32, x.layout(), Device::cpu(), ctx.allocator);
+  // In place: the sum post-op adds onto what dst holds, which is then the residual already.
+  const bool in_place = into_residual && residual.layout() == x.layout() && plan->residual == plan->dst;
+  Tensor y = in_place ? residual : Tensor::empty(out, DType::F32, x.layout(), Device::cpu(), ctx.allocator);
   try {
     const dnnl::engine& eng = onednn::engine();
     dnnl::stream& s = onednn::stream();
     const onednn::Scratch scratch(plan->scratch_bytes, ctx.allocator);
     memory dst(plan->dst, eng, y.raw());
-    if (plan->copy_residual) {
+    if (plan->copy_residual && !in_place) {
       std::unordered_map<int, memory> args{{DNNL_ARG_FROM, memory(plan->residual, eng, residual.raw())},
                                            {DNNL_ARG_TO, dst}};
       scratch.bind(args, plan->copy_residual->scratchpad);

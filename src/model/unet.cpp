@@ -205,9 +205,11 @@ struct UNet::Impl {
   ops::QkvOrder order() const {
     return config.use_new_attention_order ? ops::QkvOrder::Split : ops::QkvOrder::Legacy;
   }
-  Tensor run_layer(const Layer& l, const Tensor& x, const Tensor& emb, const ExecContext& ctx) const;
+  // Inputs are taken by value and moved along: a layer's input that nothing else holds can
+  // then take the fused residual sum in place (Conv2d::forward_add).
+  Tensor run_layer(const Layer& l, Tensor x, const Tensor& emb, const ExecContext& ctx) const;
   Tensor run_block(const Block& b, Tensor h, const Tensor& emb, const ExecContext& ctx) const {
-    for (const auto& l : b.layers) h = run_layer(l, h, emb, ctx);
+    for (const auto& l : b.layers) h = run_layer(l, std::move(h), emb, ctx);
     return h;
   }
   /// Paper block b (1-based): input blocks, then the middle block, then output blocks.
@@ -253,8 +255,7 @@ Reach reach_of(std::span<const int> blocks, int num_blocks, const char* where) {
 
 }  // namespace
 
-Tensor UNet::Impl::run_layer(const Layer& l, const Tensor& x, const Tensor& emb,
-                             const ExecContext& ctx) const {
+Tensor UNet::Impl::run_layer(const Layer& l, Tensor x, const Tensor& emb, const ExecContext& ctx) const {
   switch (l.desc.kind) {
     case LayerKind::InConv:
     case LayerKind::Down: return l.conv_in.forward(x, ctx);
@@ -262,24 +263,27 @@ Tensor UNet::Impl::run_layer(const Layer& l, const Tensor& x, const Tensor& emb,
     case LayerKind::Attn: {
       ops::GroupNormArgs a;
       a.eps = kGnEps;
-      const Tensor n = ops::group_norm(x, l.norm_in.gamma, l.norm_in.beta, a, ctx);
-      const Tensor qkv = l.conv_in.forward(n, ctx);
+      Tensor qkv = l.conv_in.forward(ops::group_norm(x, l.norm_in.gamma, l.norm_in.beta, a, ctx), ctx);
       const Tensor att = ops::attention(qkv, l.desc.heads, order(), ctx);
-      return l.conv_out.forward(att, ctx, x);  // proj_out(a) + x, fused
+      qkv = Tensor();
+      return l.conv_out.forward_add(att, std::move(x), ctx);  // proj_out(a) + x, fused
     }
     case LayerKind::Res: {
       ops::GroupNormArgs a;
       a.eps = kGnEps;
       a.silu = true;
       Tensor h = ops::group_norm(x, l.norm_in.gamma, l.norm_in.beta, a, ctx);
-      Tensor xs = x;
+      Tensor xs;
       if (l.desc.resample < 0) {
         h = ops::avg_pool2x2(h, ctx);
         xs = ops::avg_pool2x2(x, ctx);
       } else if (l.desc.resample > 0) {
         h = ops::upsample_nearest2x(h, ctx);
         xs = ops::upsample_nearest2x(x, ctx);
+      } else {
+        xs = std::move(x);
       }
+      x = Tensor();
       h = l.conv_in.forward(h, ctx);
       const Tensor e = l.emb.forward(emb, ctx, /*silu_input=*/true);
       ops::GroupNormArgs b;
@@ -290,8 +294,8 @@ Tensor UNet::Impl::run_layer(const Layer& l, const Tensor& x, const Tensor& emb,
       else
         b.pre_bias = e;
       h = ops::group_norm(h, l.norm_out.gamma, l.norm_out.beta, b, ctx);
-      const Tensor skip = l.skip.defined() ? l.skip.forward(xs, ctx) : xs;
-      return l.conv_out.forward(h, ctx, skip);  // skip(x) + out_layers(h), fused
+      if (l.skip.defined()) xs = l.skip.forward(xs, ctx);
+      return l.conv_out.forward_add(h, std::move(xs), ctx);  // skip(x) + out_layers(h), fused
     }
   }
   throw ArgumentError("UNet", "unknown layer kind");
@@ -684,12 +688,12 @@ std::map<int, Tensor> UNet::forward(const Tensor& x_t, const Tensor& t, const Te
                  : x_t.to_device(Device::cpu()).to_layout(Layout::NHWC).to_device(x_t.device());
   for (int b = 1; b <= deepest; ++b) {
     if (b <= I) {
-      h = impl_->run_block(impl_->block(b), h, emb, ctx);
+      h = impl_->run_block(impl_->block(b), std::move(h), emb, ctx);
       // Output block j consumes the skip of input block I-1-j, i.e. paper block 2I+1-(b-1).
       const int consumer = 2 * I + 2 - b;
       if (consumer <= deepest) skips[static_cast<std::size_t>(b - 1)] = h;
     } else if (b == I + 1) {
-      h = impl_->run_block(impl_->block(b), h, emb, ctx);
+      h = impl_->run_block(impl_->block(b), std::move(h), emb, ctx);
     } else {
       const int j = b - I - 2;
       Tensor& skip = skips[static_cast<std::size_t>(I - 1 - j)];

@@ -35,6 +35,11 @@ class Backend {
   virtual ~Backend() = default;
   virtual Tensor conv2d(const Conv2d& op, OpCache& cache, const Tensor& x, const Tensor& residual,
                         const ExecContext& ctx) = 0;
+  /// conv2d with a residual nothing else refers to: a backend may write the output into it.
+  virtual Tensor conv2d_into_residual(const Conv2d& op, OpCache& cache, const Tensor& x, Tensor residual,
+                                      const ExecContext& ctx) {
+    return conv2d(op, cache, x, residual, ctx);
+  }
   virtual void conv2d_prepare(const Conv2d& op, OpCache& cache, const ExecContext& ctx) = 0;
   virtual Tensor linear(const Linear& op, OpCache& cache, const Tensor& x, bool silu_input,
                         const ExecContext& ctx) = 0;

@@ -17,8 +17,8 @@ void check_image(const Tensor& x, const char* where, const char* what = "input")
 
 Device resolve_device(const Tensor& x, const ExecContext& ctx, const char* where) {
   if (!(ctx.device == x.device()))
-    throw DeviceError(where, "the context asks for " + ctx.device.str() + " but the input is on " +
-                                 x.device().str());
+    throw DeviceError(
+        where, "the context asks for " + ctx.device.str() + " but the input is on " + x.device().str());
   return x.device();
 }
 
@@ -42,7 +42,8 @@ Conv2d::Conv2d(Tensor weight, Tensor bias, Conv2dSpec spec)
     : weight_(std::move(weight)), bias_(std::move(bias)), spec_(spec), cache_(std::make_shared<OpCache>()) {
   require_f32(weight_, "Conv2d", "weight");
   require_rank(weight_, 4, "Conv2d", "weight");
-  if (weight_.layout() != Layout::Contiguous) throw ShapeError("Conv2d", "weight must be in [O, I, kH, kW] order");
+  if (weight_.layout() != Layout::Contiguous)
+    throw ShapeError("Conv2d", "weight must be in [O, I, kH, kW] order");
   if (weight_.shape()[2] != weight_.shape()[3] || weight_.shape()[2] % 2 == 0)
     throw ShapeError("Conv2d", "kernel must be square and odd, got " + weight_.shape().str());
   if (bias_.defined()) {
@@ -71,7 +72,8 @@ Shape Conv2d::output_shape(const Shape& in) const {
 
 double Conv2d::flops(const Shape& in) const {
   const Shape o = output_shape(in);
-  return 2.0 * static_cast<double>(o.numel()) * static_cast<double>(in_channels() * kernel_size() * kernel_size());
+  return 2.0 * static_cast<double>(o.numel()) *
+         static_cast<double>(in_channels() * kernel_size() * kernel_size());
 }
 
 Tensor Conv2d::forward(const Tensor& x, const ExecContext& ctx, const Tensor& residual) const {
@@ -85,6 +87,23 @@ Tensor Conv2d::forward(const Tensor& x, const ExecContext& ctx, const Tensor& re
     require_same_device(x, residual, "Conv2d", "residual");
   }
   return backend_for(dev, "Conv2d").conv2d(*this, *cache_, x, residual, ctx);
+}
+
+Tensor Conv2d::forward_add(const Tensor& x, Tensor residual, const ExecContext& ctx) const {
+  if (!residual.defined()) return forward(x, ctx);
+  check_image(x, "Conv2d");
+  const Shape out = output_shape(x.shape());
+  const Device dev = resolve_device(x, ctx, "Conv2d");
+  require_same_device(x, weight_, "Conv2d", "weight");
+  require_f32(residual, "Conv2d", "residual");
+  require_shape(residual, out, "Conv2d", "residual");
+  require_same_device(x, residual, "Conv2d", "residual");
+  // Only this call holds the storage, which is the library's own memory (not a view of the
+  // caller's), and the output has the residual's layout: then its buffer becomes the output.
+  const bool sole = residual.storage().use_count() == 1 && residual.storage()->owns_memory() &&
+                    residual.layout() == x.layout();
+  if (!sole) return backend_for(dev, "Conv2d").conv2d(*this, *cache_, x, residual, ctx);
+  return backend_for(dev, "Conv2d").conv2d_into_residual(*this, *cache_, x, std::move(residual), ctx);
 }
 
 void Conv2d::prepare(const ExecContext& ctx) const {
@@ -110,8 +129,8 @@ Tensor Linear::forward(const Tensor& x, const ExecContext& ctx, bool silu_input)
   require_f32(x, "Linear", "input");
   require_rank(x, 2, "Linear", "input");
   if (x.shape()[1] != in_features())
-    throw ShapeError("Linear", "input has " + std::to_string(x.shape()[1]) + " features, the weight expects " +
-                                   std::to_string(in_features()));
+    throw ShapeError("Linear", "input has " + std::to_string(x.shape()[1]) +
+                                   " features, the weight expects " + std::to_string(in_features()));
   const Device dev = resolve_device(x, ctx, "Linear");
   require_same_device(x, weight_, "Linear", "weight");
   return backend_for(dev, "Linear").linear(*this, *cache_, x, silu_input, ctx);
@@ -130,8 +149,8 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
   check_image(x, where);
   const std::int64_t N = x.shape()[0], C = x.shape()[1];
   if (args.groups < 1 || C % args.groups != 0)
-    throw ShapeError(where, std::to_string(C) + " channels cannot be split into " + std::to_string(args.groups) +
-                                " groups");
+    throw ShapeError(where, std::to_string(C) + " channels cannot be split into " +
+                                std::to_string(args.groups) + " groups");
   if (!(args.eps > 0.0f) || !std::isfinite(args.eps))
     throw ArgumentError(where, "eps must be positive and finite");
   require_f32(gamma, where, "gamma");
@@ -162,8 +181,8 @@ Tensor attention(const Tensor& qkv, int heads, QkvOrder order, const ExecContext
   const std::int64_t C3 = qkv.shape()[1];
   if (C3 % 3 != 0) throw ShapeError(where, "qkv must have 3*C channels, got " + std::to_string(C3));
   if (heads < 1 || (C3 / 3) % heads != 0)
-    throw ShapeError(where, std::to_string(C3 / 3) + " channels cannot be split into " + std::to_string(heads) +
-                                " heads");
+    throw ShapeError(
+        where, std::to_string(C3 / 3) + " channels cannot be split into " + std::to_string(heads) + " heads");
   const Device dev = resolve_device(qkv, ctx, where);
   return backend_for(dev, where).attention(qkv, heads, order, ctx);
 }
@@ -186,8 +205,8 @@ Tensor add(const Tensor& a, const Tensor& b, const ExecContext& ctx) {
   require_f32(b, "add", "b");
   require_shape(b, a.shape(), "add", "b");
   if (a.layout() != b.layout())
-    throw ShapeError("add", std::string("layouts differ: ") + layout_name(a.layout()) + " vs " +
-                                layout_name(b.layout()));
+    throw ShapeError(
+        "add", std::string("layouts differ: ") + layout_name(a.layout()) + " vs " + layout_name(b.layout()));
   require_same_device(a, b, "add", "b");
   return backend_for(resolve_device(a, ctx, "add"), "add").add(a, b, ctx);
 }
@@ -201,7 +220,8 @@ Tensor avg_pool2x2(const Tensor& x, const ExecContext& ctx) {
 
 Tensor upsample_nearest2x(const Tensor& x, const ExecContext& ctx) {
   check_image(x, "upsample_nearest2x");
-  return backend_for(resolve_device(x, ctx, "upsample_nearest2x"), "upsample_nearest2x").upsample_nearest2x(x, ctx);
+  return backend_for(resolve_device(x, ctx, "upsample_nearest2x"), "upsample_nearest2x")
+      .upsample_nearest2x(x, ctx);
 }
 
 Tensor concat_channels(const Tensor& a, const Tensor& b, const ExecContext& ctx) {
@@ -237,7 +257,8 @@ Tensor timestep_embedding(const Tensor& t, int dim, const ExecContext& ctx) {
   require_f32(t, "timestep_embedding", "t");
   require_rank(t, 1, "timestep_embedding", "t");
   if (dim < 1) throw ArgumentError("timestep_embedding", "dim must be >= 1, got " + std::to_string(dim));
-  return backend_for(resolve_device(t, ctx, "timestep_embedding"), "timestep_embedding").timestep_embedding(t, dim, ctx);
+  return backend_for(resolve_device(t, ctx, "timestep_embedding"), "timestep_embedding")
+      .timestep_embedding(t, dim, ctx);
 }
 
 }  // namespace diffprobe::ops

@@ -241,6 +241,51 @@ TEST(Conv2d, BatchSliceViewAsInput) {
   EXPECT_LE(worst_relative_error(whole.conv.forward(x, ExecContext{}), ref), 1e-4);
 }
 
+TEST(Conv2d, ForwardAddWritesIntoAResidualNothingElseHolds) {
+  ConvProblem p(ConvCase{2, 32, 96, 7, 9, 3, 1, 1, true, true, NHWC, NHWC});
+  ExecContext ctx;
+  ctx.threads = 2;
+  const std::vector<float> expect = p.conv.forward(p.x, ctx, p.res).to_vector();
+  EXPECT_LE(worst_relative_error(p.conv.forward(p.x, ctx, p.res), p.ref), 1e-4);
+
+  // Sole owner: the output is the residual's buffer, with the same values as forward().
+  Tensor sole = p.res.clone();
+  const void* buffer = sole.raw();
+  const Tensor y = p.conv.forward_add(p.x, std::move(sole), ctx);
+  EXPECT_EQ(y.raw(), buffer);
+  EXPECT_EQ(y.to_vector(), expect);
+
+  // Shared: another tensor still sees the residual unchanged; the output is new memory.
+  const Tensor kept = p.res.clone();
+  Tensor shared = kept;
+  const Tensor y2 = p.conv.forward_add(p.x, std::move(shared), ctx);
+  EXPECT_NE(y2.raw(), kept.raw());
+  EXPECT_EQ(y2.to_vector(), expect);
+  EXPECT_EQ(kept.to_vector(), p.rv);
+
+  // A view of the caller's memory is never written, even when given up.
+  std::vector<float> raw(static_cast<std::size_t>(p.res.numel()));
+  std::copy(static_cast<const float*>(p.res.raw()), static_cast<const float*>(p.res.raw()) + raw.size(),
+            raw.begin());
+  const std::vector<float> raw_before = raw;
+  const Tensor y3 =
+      p.conv.forward_add(p.x, Tensor::view_of(raw.data(), p.res.shape(), DType::F32, Layout::NHWC), ctx);
+  EXPECT_EQ(raw, raw_before);
+  EXPECT_EQ(y3.to_vector(), expect);
+
+  // A residual in the other layout: summed correctly, not in place.
+  Tensor other = p.res.to_layout(Layout::Contiguous);
+  const void* other_buffer = other.raw();
+  const Tensor y4 = p.conv.forward_add(p.x, std::move(other), ctx);
+  EXPECT_NE(y4.raw(), other_buffer);
+  EXPECT_LE(worst_relative_error(y4, p.ref), 1e-4);
+
+  // No residual: the plain convolution.
+  ConvProblem q(ConvCase{1, 32, 32, 8, 8, 3, 1, 1, true, false, NHWC, NHWC});
+  EXPECT_LE(worst_relative_error(q.conv.forward_add(q.x, Tensor(), ctx), q.ref), 1e-4);
+  EXPECT_THROW(p.conv.forward_add(p.x, Tensor::zeros(Shape{1, 96, 7, 9}), ctx), ShapeError);
+}
+
 TEST(Conv2d, PrepareThenForward) {
   ConvProblem p(ConvCase{1, 96, 32, 13, 5, 3, 1, 1, true, true, NHWC, NHWC});
   ExecContext ctx;

@@ -20,8 +20,9 @@ namespace diffprobe {
 /// A block of memory shared by tensors. The deleter runs when the last tensor lets go.
 class Storage {
  public:
-  Storage(void* data, std::size_t bytes, Device device, std::function<void(void*)> deleter)
-      : data_(data), bytes_(bytes), device_(device), deleter_(std::move(deleter)) {}
+  /// owned: the memory was allocated for this storage (false for views of memory owned elsewhere).
+  Storage(void* data, std::size_t bytes, Device device, std::function<void(void*)> deleter, bool owned = true)
+      : data_(data), bytes_(bytes), device_(device), deleter_(std::move(deleter)), owned_(owned) {}
   ~Storage() {
     if (deleter_) deleter_(data_);
   }
@@ -31,12 +32,14 @@ class Storage {
   void* data() const noexcept { return data_; }
   std::size_t bytes() const noexcept { return bytes_; }
   Device device() const noexcept { return device_; }
+  bool owns_memory() const noexcept { return owned_; }
 
  private:
   void* data_;
   std::size_t bytes_;
   Device device_;
   std::function<void(void*)> deleter_;
+  bool owned_;
 };
 
 class Tensor {
@@ -106,13 +109,14 @@ template <class T> T* Tensor::data() const {
   if (!defined()) throw ArgumentError("Tensor::data", "the tensor is undefined");
   constexpr bool is16 = std::is_same_v<T, std::uint16_t> || std::is_same_v<T, const std::uint16_t>;
   using U = std::remove_const_t<T>;
-  const bool ok = is16 ? (dtype_ == DType::F16 || dtype_ == DType::BF16)
-                       : (dtype_size(dtype_) == sizeof(U) &&
-                          ((std::is_same_v<U, float> && dtype_ == DType::F32) ||
-                           (std::is_same_v<U, std::int32_t> && dtype_ == DType::I32) ||
-                           (std::is_same_v<U, std::int64_t> && dtype_ == DType::I64)));
-  if (!ok) throw DTypeError("Tensor::data", "requested element type does not match tensor dtype " +
-                                                 std::string(dtype_name(dtype_)));
+  const bool ok =
+      is16 ? (dtype_ == DType::F16 || dtype_ == DType::BF16)
+           : (dtype_size(dtype_) == sizeof(U) && ((std::is_same_v<U, float> && dtype_ == DType::F32) ||
+                                                  (std::is_same_v<U, std::int32_t> && dtype_ == DType::I32) ||
+                                                  (std::is_same_v<U, std::int64_t> && dtype_ == DType::I64)));
+  if (!ok)
+    throw DTypeError("Tensor::data",
+                     "requested element type does not match tensor dtype " + std::string(dtype_name(dtype_)));
   return static_cast<T*>(raw());
 }
 
