@@ -150,9 +150,8 @@ DIFFPROBE_AVX512 void apply_pixel_avx512(const float* x, float* y, const Affine&
   }
 }
 
-template <bool kSilu>
-DIFFPROBE_AVX512 void apply_plane_avx512(const float* x, float* y, float m_hi, float m_lo, float a, float b,
-                                         i64 n) {
+template <bool kSilu> DIFFPROBE_AVX512 void apply_plane_avx512(const float* x, float* y, float m_hi,
+                                                               float m_lo, float a, float b, i64 n) {
   const __m512 vm = _mm512_set1_ps(m_hi), vl = _mm512_set1_ps(m_lo), va = _mm512_set1_ps(a),
                vb = _mm512_set1_ps(b);
   i64 i = 0;
@@ -195,9 +194,12 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
     for (i64 c = 0; c < C; ++c) shift[n * C + c] = xp[nhwc ? n * HW * C + c : (n * C + c) * HW];
 
   std::vector<double> s1(static_cast<std::size_t>(N * C)), s2(static_cast<std::size_t>(N * C));
-  // NHWC: pixel chunks of ~16K values, each giving per-channel sums, merged in chunk order.
-  // NCHW: one channel plane per item.
-  const i64 chunk = std::max<i64>(kBlockPixels, 16384 / C);
+  // NHWC: pixel chunks of at least ~16K values, each giving per-channel sums, merged in chunk
+  // order; at most kMaxChunks per sample, because every chunk keeps 2 * C doubles of partial sums
+  // (uncapped, 33 MB at batch 8 of 256x256x256: a fresh mapping, faulted in page by page, on
+  // every call). NCHW: one channel plane per item.
+  constexpr i64 kMaxChunks = 64;
+  const i64 chunk = std::max({kBlockPixels, 16384 / C, (HW + kMaxChunks - 1) / kMaxChunks});
   const i64 nchunks = (HW + chunk - 1) / chunk;
   std::vector<double> part(nhwc ? static_cast<std::size_t>(N * nchunks * C * 2) : 0);
   std::vector<float> am(static_cast<std::size_t>(N * C)), al(am.size()), aa(am.size()), ab(am.size());
