@@ -12,8 +12,12 @@ namespace diffprobe::cli {
 class Progress {
  public:
   Progress(std::string label, std::int64_t total, std::string unit = "img")
-      : label_(std::move(label)), unit_(std::move(unit)), total_(total), tty_(isatty(STDERR_FILENO) != 0),
-        start_(std::chrono::steady_clock::now()), last_(start_) {}
+      : label_(std::move(label)),
+        unit_(std::move(unit)),
+        total_(total),
+        tty_(isatty(STDERR_FILENO) != 0),
+        start_(std::chrono::steady_clock::now()),
+        last_(start_) {}
 
   void update(std::int64_t done) {
     const auto now = std::chrono::steady_clock::now();
@@ -30,12 +34,13 @@ class Progress {
       const int width = 28, fill = total_ > 0 ? static_cast<int>(width * done / total_) : width;
       std::fprintf(stderr, "\r%s [%s%s] %3d%% %lld/%lld %.1f %s/s ETA %.0fs  ", label_.c_str(),
                    std::string(static_cast<std::size_t>(fill), '#').c_str(),
-                   std::string(static_cast<std::size_t>(width - fill), '.').c_str(), pct, static_cast<long long>(done),
-                   static_cast<long long>(total_), rate, unit_.c_str(), eta);
+                   std::string(static_cast<std::size_t>(width - fill), '.').c_str(), pct,
+                   static_cast<long long>(done), static_cast<long long>(total_), rate, unit_.c_str(), eta);
       if (finished) std::fprintf(stderr, "\n");
     } else {
-      std::fprintf(stderr, "%s: %lld/%lld (%d%%) %.1f %s/s, ETA %.0f s\n", label_.c_str(), static_cast<long long>(done),
-                   static_cast<long long>(total_), pct, rate, unit_.c_str(), eta);
+      std::fprintf(stderr, "%s: %lld/%lld (%d%%) %.1f %s/s, ETA %.0f s\n", label_.c_str(),
+                   static_cast<long long>(done), static_cast<long long>(total_), pct, rate, unit_.c_str(),
+                   eta);
     }
     std::fflush(stderr);
   }

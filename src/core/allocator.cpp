@@ -45,8 +45,8 @@ Allocator& default_allocator(Device device) {
   if (device.is_cpu()) return cpu_allocator();
   auto& hooks = detail::cuda_hooks();
   if (!hooks.allocator)
-    throw DeviceError("default_allocator", "device " + device.str() +
-                                               " requested, but this build has no CUDA backend");
+    throw DeviceError("default_allocator",
+                      "device " + device.str() + " requested, but this build has no CUDA backend");
   return hooks.allocator(device.index);
 }
 

@@ -14,13 +14,11 @@ DType parse_dtype(std::string_view name) {
   if (name == "bf16" || name == "bfloat16" || name == "BF16") return DType::BF16;
   if (name == "i32" || name == "int32" || name == "I32") return DType::I32;
   if (name == "i64" || name == "int64" || name == "I64") return DType::I64;
-  throw ArgumentError("parse_dtype", "unknown dtype '" + std::string(name) +
-                                         "' (expected f32, f16, bf16, i32 or i64)");
+  throw ArgumentError("parse_dtype",
+                      "unknown dtype '" + std::string(name) + "' (expected f32, f16, bf16, i32 or i64)");
 }
 
-std::string Device::str() const {
-  return is_cpu() ? std::string("cpu") : "cuda:" + std::to_string(index);
-}
+std::string Device::str() const { return is_cpu() ? std::string("cpu") : "cuda:" + std::to_string(index); }
 
 Device parse_device(std::string_view text) {
   if (text == "cpu") return Device::cpu();

@@ -12,8 +12,8 @@ Shape::Shape(std::span<const std::int64_t> dims) {
     throw ShapeError("Shape", "rank " + std::to_string(dims.size()) + " exceeds the maximum of 8");
   for (std::size_t i = 0; i < dims.size(); ++i) {
     if (dims[i] < 0)
-      throw ShapeError("Shape", "dimension " + std::to_string(i) + " is negative (" +
-                                    std::to_string(dims[i]) + ")");
+      throw ShapeError("Shape",
+                       "dimension " + std::to_string(i) + " is negative (" + std::to_string(dims[i]) + ")");
     dims_[i] = dims[i];
   }
   rank_ = static_cast<int>(dims.size());

@@ -24,7 +24,8 @@ int default_threads() noexcept {
 }
 
 void set_default_threads(int n) {
-  if (n < 1) throw ArgumentError("set_default_threads", "thread count must be >= 1, got " + std::to_string(n));
+  if (n < 1)
+    throw ArgumentError("set_default_threads", "thread count must be >= 1, got " + std::to_string(n));
   g_default_threads.store(n);
 }
 

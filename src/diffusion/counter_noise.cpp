@@ -29,7 +29,8 @@ void philox4x32(const std::uint32_t counter[4], const std::uint32_t key[2], std:
 
 void gaussian_noise(const NoiseKey& key, float* out, std::int64_t n) noexcept {
   // Key: the seed. Counter: (element pair index, sample low/high, t and draw packed).
-  const std::uint32_t k[2] = {static_cast<std::uint32_t>(key.seed), static_cast<std::uint32_t>(key.seed >> 32)};
+  const std::uint32_t k[2] = {static_cast<std::uint32_t>(key.seed),
+                              static_cast<std::uint32_t>(key.seed >> 32)};
   const std::uint32_t tag = (key.t & 0xFFFFu) | (key.draw << 16);
   for (std::int64_t i = 0; i < n; i += 2) {
     const std::uint32_t ctr[4] = {static_cast<std::uint32_t>(i / 2), static_cast<std::uint32_t>(key.sample),
@@ -37,8 +38,10 @@ void gaussian_noise(const NoiseKey& key, float* out, std::int64_t n) noexcept {
     std::uint32_t r[4];
     philox4x32(ctr, k, r);
     // Two uniforms in (0, 1] from 53-bit mantissas, then Box-Muller in double.
-    const double u1 = (static_cast<double>((static_cast<std::uint64_t>(r[0]) << 21) ^ r[1]) + 1.0) / 9007199254740992.0;
-    const double u2 = (static_cast<double>((static_cast<std::uint64_t>(r[2]) << 21) ^ r[3]) + 1.0) / 9007199254740992.0;
+    const double u1 =
+        (static_cast<double>((static_cast<std::uint64_t>(r[0]) << 21) ^ r[1]) + 1.0) / 9007199254740992.0;
+    const double u2 =
+        (static_cast<double>((static_cast<std::uint64_t>(r[2]) << 21) ^ r[3]) + 1.0) / 9007199254740992.0;
     const double rad = std::sqrt(-2.0 * std::log(u1));
     const double th = 2.0 * std::numbers::pi * u2;
     out[i] = static_cast<float>(rad * std::cos(th));

@@ -49,7 +49,8 @@ NoiseSchedule NoiseSchedule::for_model(const UNetConfig& c) {
 
 void NoiseSchedule::check_t(int t, const char* where) const {
   if (t < 0 || t >= steps())
-    throw ArgumentError(where, "timestep " + std::to_string(t) + " outside [0, " + std::to_string(steps()) + ")");
+    throw ArgumentError(where,
+                        "timestep " + std::to_string(t) + " outside [0, " + std::to_string(steps()) + ")");
 }
 
 float NoiseSchedule::sqrt_alpha_bar(int t) const {
@@ -71,7 +72,8 @@ float NoiseSchedule::model_timestep(int t) const {
 Tensor NoiseSchedule::q_sample(const Tensor& x0, const std::vector<int>& t, const Tensor& eps) const {
   constexpr const char* where = "NoiseSchedule::q_sample";
   if (!x0.defined() || !eps.defined()) throw ArgumentError(where, "x0 and eps must be defined");
-  if (x0.dtype() != DType::F32 || eps.dtype() != DType::F32) throw DTypeError(where, "x0 and eps must be f32");
+  if (x0.dtype() != DType::F32 || eps.dtype() != DType::F32)
+    throw DTypeError(where, "x0 and eps must be f32");
   if (x0.shape() != eps.shape() || x0.layout() != eps.layout())
     throw ShapeError(where, "x0 " + x0.str() + " and eps " + eps.str() + " differ");
   if (!x0.device().is_cpu() || !eps.device().is_cpu()) throw DeviceError(where, "q_sample runs on the CPU");

@@ -11,7 +11,8 @@ PoolSpec PoolSpec::parse(const std::string& text) {
   const auto colon = text.find(':');
   const std::string kind = text.substr(0, colon);
   if (colon == std::string::npos || (kind != "avg" && kind != "max"))
-    throw ArgumentError("PoolSpec::parse", "'" + text + "' is not a pooling (expected avg:P, max:P, gap or none)");
+    throw ArgumentError("PoolSpec::parse",
+                        "'" + text + "' is not a pooling (expected avg:P, max:P, gap or none)");
   const std::string p = text.substr(colon + 1);
   if (p.empty() || p.size() > 4 || p.find_first_not_of("0123456789") != std::string::npos || std::stoi(p) < 1)
     throw ArgumentError("PoolSpec::parse", "pool size '" + p + "' must be a positive integer");
@@ -41,8 +42,9 @@ Shape Pooler::pooled_shape(const Shape& s) const {
     case PoolKind::Average:
     case PoolKind::Max:
       if (spec_.size > s[2] || spec_.size > s[3])
-        throw ArgumentError("Pooler", "pool size " + std::to_string(spec_.size) + " exceeds the feature map " +
-                                          std::to_string(s[2]) + "x" + std::to_string(s[3]));
+        throw ArgumentError("Pooler", "pool size " + std::to_string(spec_.size) +
+                                          " exceeds the feature map " + std::to_string(s[2]) + "x" +
+                                          std::to_string(s[3]));
       return {s[0], s[1], spec_.size, spec_.size};
     case PoolKind::GlobalAverage: return {s[0], s[1], 1, 1};
     case PoolKind::None: return s;
@@ -64,7 +66,8 @@ Tensor Pooler::pool(const Tensor& x, const ExecContext& ctx) const {
   }
   if (!p.device().is_cpu()) p = p.to_device(Device::cpu());
   if (p.layout() != Layout::Contiguous) p = p.to_layout(Layout::Contiguous);
-  if (p.shape() != out) throw ShapeError("Pooler", "internal: pooled shape " + p.shape().str() + " != " + out.str());
+  if (p.shape() != out)
+    throw ShapeError("Pooler", "internal: pooled shape " + p.shape().str() + " != " + out.str());
   return p;
 }
 

@@ -16,8 +16,7 @@ inline std::int64_t numel_of(const std::vector<std::int64_t>& shape) {
 
 std::string shape_str(const std::vector<std::int64_t>& shape);
 
-template <class T>
-struct Buf {
+template <class T> struct Buf {
   std::vector<std::int64_t> shape;
   std::vector<T> v;
 

@@ -21,16 +21,11 @@ json shape_json(const Shape& s) { return json(s.vec()); }
 
 const char* head_kind_name(HeadKind kind) noexcept {
   switch (kind) {
-    case HeadKind::Linear:
-      return "linear";
-    case HeadKind::MLP:
-      return "mlp";
-    case HeadKind::CNN:
-      return "cnn";
-    case HeadKind::Attention:
-      return "attention";
-    case HeadKind::Fusion:
-      return "fusion";
+    case HeadKind::Linear: return "linear";
+    case HeadKind::MLP: return "mlp";
+    case HeadKind::CNN: return "cnn";
+    case HeadKind::Attention: return "attention";
+    case HeadKind::Fusion: return "fusion";
   }
   return "?";
 }

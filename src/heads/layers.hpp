@@ -17,8 +17,7 @@ namespace diffprobe::heads {
 /// weights, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for biases, both the same bound).
 enum class Init : std::uint8_t { Zeros, Ones, Uniform };
 
-template <class T>
-struct Param {
+template <class T> struct Param {
   std::vector<std::int64_t> shape;
   std::vector<T> value, grad;
   Init init = Init::Zeros;
@@ -35,8 +34,7 @@ struct Param {
   void reset(Rng& rng);
 };
 
-template <class T>
-struct ParamRef {
+template <class T> struct ParamRef {
   std::string name;  // PyTorch-style dotted name, e.g. "blocks.0.attn.qkv.weight"
   Param<T>* param;
 };
@@ -44,8 +42,7 @@ struct ParamRef {
 /// prefix + "." + name, skipping empty parts.
 std::string join_name(const std::string& prefix, const std::string& name);
 
-template <class T>
-class Layer {
+template <class T> class Layer {
  public:
   virtual ~Layer() = default;
   virtual Buf<T> forward(Buf<T> x, bool training) = 0;
@@ -55,8 +52,7 @@ class Layer {
 };
 
 /// y = x W^T + b over the last dimension. W [out, in], b [out].
-template <class T>
-class Linear final : public Layer<T> {
+template <class T> class Linear final : public Layer<T> {
  public:
   Linear(std::int64_t in, std::int64_t out, bool bias = true);
   Buf<T> forward(Buf<T> x, bool training) override;
@@ -70,8 +66,7 @@ class Linear final : public Layer<T> {
   Buf<T> x_;
 };
 
-template <class T>
-class ReLU final : public Layer<T> {
+template <class T> class ReLU final : public Layer<T> {
  public:
   Buf<T> forward(Buf<T> x, bool training) override;
   Buf<T> backward(Buf<T> grad_out) override;
@@ -81,8 +76,7 @@ class ReLU final : public Layer<T> {
 };
 
 /// The exact (erf) GELU, PyTorch's default.
-template <class T>
-class GELU final : public Layer<T> {
+template <class T> class GELU final : public Layer<T> {
  public:
   Buf<T> forward(Buf<T> x, bool training) override;
   Buf<T> backward(Buf<T> grad_out) override;
@@ -93,8 +87,7 @@ class GELU final : public Layer<T> {
 
 /// Normalises over the trailing dimensions `normalized_shape` (e.g. [D] or [C, H, W]) with a
 /// biased variance, then applies an elementwise affine of that shape.
-template <class T>
-class LayerNorm final : public Layer<T> {
+template <class T> class LayerNorm final : public Layer<T> {
  public:
   explicit LayerNorm(std::vector<std::int64_t> normalized_shape, double eps = 1e-5);
   Buf<T> forward(Buf<T> x, bool training) override;
@@ -112,8 +105,7 @@ class LayerNorm final : public Layer<T> {
 
 /// Stride-1 convolution with "same" zero padding (kernel 1 or 3), NCHW, by im2col + GEMM.
 /// W [out, in, k, k], b [out].
-template <class T>
-class Conv2d final : public Layer<T> {
+template <class T> class Conv2d final : public Layer<T> {
  public:
   Conv2d(std::int64_t in, std::int64_t out, int kernel);
   Buf<T> forward(Buf<T> x, bool training) override;
@@ -128,8 +120,7 @@ class Conv2d final : public Layer<T> {
 };
 
 /// PyTorch's AdaptiveAvgPool2d: output cell i covers [floor(i*H/oh), ceil((i+1)*H/oh)).
-template <class T>
-class AdaptiveAvgPool2d final : public Layer<T> {
+template <class T> class AdaptiveAvgPool2d final : public Layer<T> {
  public:
   AdaptiveAvgPool2d(std::int64_t out_h, std::int64_t out_w) : oh_(out_h), ow_(out_w) {}
   Buf<T> forward(Buf<T> x, bool training) override;
@@ -141,8 +132,7 @@ class AdaptiveAvgPool2d final : public Layer<T> {
 };
 
 /// [N, C, H, W] -> [N, C].
-template <class T>
-class GlobalAvgPool final : public Layer<T> {
+template <class T> class GlobalAvgPool final : public Layer<T> {
  public:
   Buf<T> forward(Buf<T> x, bool training) override;
   Buf<T> backward(Buf<T> grad_out) override;
@@ -152,8 +142,7 @@ class GlobalAvgPool final : public Layer<T> {
 };
 
 /// [N, ...] -> [N, prod(...)].
-template <class T>
-class Flatten final : public Layer<T> {
+template <class T> class Flatten final : public Layer<T> {
  public:
   Buf<T> forward(Buf<T> x, bool training) override;
   Buf<T> backward(Buf<T> grad_out) override;
@@ -163,8 +152,7 @@ class Flatten final : public Layer<T> {
 };
 
 /// [N, C, H, W] -> [N, H*W, C]: one token per position.
-template <class T>
-class ToTokens final : public Layer<T> {
+template <class T> class ToTokens final : public Layer<T> {
  public:
   Buf<T> forward(Buf<T> x, bool training) override;
   Buf<T> backward(Buf<T> grad_out) override;
@@ -174,8 +162,7 @@ class ToTokens final : public Layer<T> {
 };
 
 /// Prepends a learned token (zero-initialised, shape [1, 1, D]): [N, T, D] -> [N, T+1, D].
-template <class T>
-class ClsToken final : public Layer<T> {
+template <class T> class ClsToken final : public Layer<T> {
  public:
   explicit ClsToken(std::int64_t dim);
   Buf<T> forward(Buf<T> x, bool training) override;
@@ -188,8 +175,7 @@ class ClsToken final : public Layer<T> {
 };
 
 /// [N, T, D] -> [N, D]: token `index` (0, the CLS token).
-template <class T>
-class TakeToken final : public Layer<T> {
+template <class T> class TakeToken final : public Layer<T> {
  public:
   explicit TakeToken(std::int64_t index = 0) : index_(index) {}
   Buf<T> forward(Buf<T> x, bool training) override;
@@ -203,8 +189,7 @@ class TakeToken final : public Layer<T> {
 /// Multi-head self-attention on [N, T, D] (timm's Attention): qkv = Linear(D, 3D, no bias),
 /// softmax(q k^T / sqrt(D/heads)) v per head, then proj = Linear(D, D). The attention
 /// probabilities are recomputed in backward rather than kept, to save memory.
-template <class T>
-class MultiHeadSelfAttention final : public Layer<T> {
+template <class T> class MultiHeadSelfAttention final : public Layer<T> {
  public:
   MultiHeadSelfAttention(std::int64_t dim, int heads);
   Buf<T> forward(Buf<T> x, bool training) override;
@@ -219,8 +204,7 @@ class MultiHeadSelfAttention final : public Layer<T> {
 };
 
 /// Pre-norm transformer block: x + attn(norm1(x)), then h + fc2(gelu(fc1(norm2(h)))).
-template <class T>
-class TransformerBlock final : public Layer<T> {
+template <class T> class TransformerBlock final : public Layer<T> {
  public:
   TransformerBlock(std::int64_t dim, int heads, int mlp_ratio, double eps = 1e-5);
   Buf<T> forward(Buf<T> x, bool training) override;
@@ -235,8 +219,7 @@ class TransformerBlock final : public Layer<T> {
 };
 
 /// Named layers applied in order.
-template <class T>
-class Sequential final : public Layer<T> {
+template <class T> class Sequential final : public Layer<T> {
  public:
   Sequential& add(std::string name, std::unique_ptr<Layer<T>> layer);
   Buf<T> forward(Buf<T> x, bool training) override;

@@ -6,8 +6,7 @@
 
 namespace diffprobe::heads {
 
-template <class T>
-LossResult cross_entropy(const Buf<T>& logits, const int* labels, Buf<T>* grad) {
+template <class T> LossResult cross_entropy(const Buf<T>& logits, const int* labels, Buf<T>* grad) {
   if (logits.rank() != 2)
     throw ShapeError("cross_entropy", "expects logits [N, K], got " + shape_str(logits.shape));
   const std::int64_t n = logits.dim(0), k = logits.dim(1);

@@ -13,7 +13,6 @@ struct LossResult {
 
 /// logits [N, K]; labels[i] in [0, K). When `grad` is given it receives d(mean loss)/d(logits),
 /// i.e. (softmax - onehot) / N.
-template <class T>
-LossResult cross_entropy(const Buf<T>& logits, const int* labels, Buf<T>* grad);
+template <class T> LossResult cross_entropy(const Buf<T>& logits, const int* labels, Buf<T>* grad);
 
 }  // namespace diffprobe::heads

@@ -7,22 +7,19 @@
 
 namespace diffprobe::heads {
 
-template <class T>
-void Model<T>::reset_parameters(std::uint64_t seed) {
+template <class T> void Model<T>::reset_parameters(std::uint64_t seed) {
   Rng rng(seed);
   for (auto& p : parameters()) p.param->reset(rng);
 }
 
-template <class T>
-void Model<T>::zero_grad() {
+template <class T> void Model<T>::zero_grad() {
   for (auto& p : parameters()) std::fill(p.param->grad.begin(), p.param->grad.end(), T(0));
 }
 
 namespace {
 
 // Linear, MLP, CNN and attention heads: one input through one chain of layers.
-template <class T>
-class SequentialModel final : public Model<T> {
+template <class T> class SequentialModel final : public Model<T> {
  public:
   explicit SequentialModel(Sequential<T> net) : net_(std::move(net)) {}
   Buf<T> forward(std::vector<Buf<T>> inputs, bool training) override {
@@ -46,8 +43,7 @@ class SequentialModel final : public Model<T> {
 };
 
 // Pool to <= max_pool, LayerNorm over [C, h, w], 1x1 conv to `dim`, one token per position.
-template <class T>
-void add_tokenizer(Sequential<T>& s, const Shape& in, const AttentionHeadConfig& cfg) {
+template <class T> void add_tokenizer(Sequential<T>& s, const Shape& in, const AttentionHeadConfig& cfg) {
   const std::int64_t c = in[0], h = in[1], w = in[2];
   const std::int64_t ph = pooled_side(h, cfg.max_pool), pw = pooled_side(w, cfg.max_pool);
   if (ph != h || pw != w) s.add("pool", std::make_unique<AdaptiveAvgPool2d<T>>(ph, pw));
@@ -56,8 +52,7 @@ void add_tokenizer(Sequential<T>& s, const Shape& in, const AttentionHeadConfig&
   s.add("tokens", std::make_unique<ToTokens<T>>());
 }
 
-template <class T>
-void add_blocks(Sequential<T>& s, const AttentionHeadConfig& cfg) {
+template <class T> void add_blocks(Sequential<T>& s, const AttentionHeadConfig& cfg) {
   for (int i = 0; i < cfg.depth; ++i)
     s.add("blocks." + std::to_string(i),
           std::make_unique<TransformerBlock<T>>(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.norm_eps));
@@ -66,8 +61,7 @@ void add_blocks(Sequential<T>& s, const AttentionHeadConfig& cfg) {
 // DifFormer: tokenizer b (shared by every t) turns block b's map into tokens; the tokens of all
 // blocks of one t, after a CLS token, go through the shared transformer; the CLS outputs of all
 // t are concatenated and classified. All t run as one batch of nt * N sequences.
-template <class T>
-class FusionModel final : public Model<T> {
+template <class T> class FusionModel final : public Model<T> {
  public:
   explicit FusionModel(const HeadSpec& spec)
       : nt_(spec.num_timesteps),
@@ -182,8 +176,7 @@ class FusionModel final : public Model<T> {
 
 }  // namespace
 
-template <class T>
-std::unique_ptr<Model<T>> build_model(const HeadSpec& spec) {
+template <class T> std::unique_ptr<Model<T>> build_model(const HeadSpec& spec) {
   const std::int64_t k = spec.num_classes;
   Sequential<T> s;
   switch (spec.kind) {
@@ -228,8 +221,7 @@ std::unique_ptr<Model<T>> build_model(const HeadSpec& spec) {
       s.add("head", std::make_unique<Linear<T>>(spec.attention.dim, k));
       break;
     }
-    case HeadKind::Fusion:
-      return std::make_unique<FusionModel<T>>(spec);
+    case HeadKind::Fusion: return std::make_unique<FusionModel<T>>(spec);
   }
   return std::make_unique<SequentialModel<T>>(std::move(s));
 }

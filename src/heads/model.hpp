@@ -10,8 +10,7 @@
 
 namespace diffprobe::heads {
 
-template <class T>
-class Model {
+template <class T> class Model {
  public:
   virtual ~Model() = default;
   /// One [N, ...per-sample shape] buffer per spec input; returns logits [N, classes].
@@ -27,8 +26,7 @@ class Model {
 };
 
 /// The spec must be valid (HeadSpec::validate()).
-template <class T>
-std::unique_ptr<Model<T>> build_model(const HeadSpec& spec);
+template <class T> std::unique_ptr<Model<T>> build_model(const HeadSpec& spec);
 
 /// Side of the token grid after pooling a map of side `side` to at most `max_pool`.
 inline std::int64_t pooled_side(std::int64_t side, int max_pool) { return side < max_pool ? side : max_pool; }

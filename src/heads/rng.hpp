@@ -23,8 +23,7 @@ class Rng {
     while (r >= limit);
     return r % n;
   }
-  template <class T>
-  void shuffle(std::vector<T>& v) {  // Fisher-Yates
+  template <class T> void shuffle(std::vector<T>& v) {  // Fisher-Yates
     for (std::size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[below(i)]);
   }
 

@@ -13,12 +13,9 @@ const char* optimizer_name(OptimizerKind k) noexcept { return k == OptimizerKind
 
 const char* schedule_name(ScheduleKind k) noexcept {
   switch (k) {
-    case ScheduleKind::Constant:
-      return "constant";
-    case ScheduleKind::Step:
-      return "step";
-    case ScheduleKind::Cosine:
-      return "cosine";
+    case ScheduleKind::Constant: return "constant";
+    case ScheduleKind::Step: return "step";
+    case ScheduleKind::Cosine: return "cosine";
   }
   return "?";
 }
@@ -86,11 +83,8 @@ double learning_rate_at(const TrainConfig& c, int epoch, int step, int steps_per
   const double warm = static_cast<double>(c.warmup_epochs) * steps_per_epoch;
   double lr = c.lr;
   switch (c.schedule) {
-    case ScheduleKind::Constant:
-      break;
-    case ScheduleKind::Step:
-      lr = c.lr * std::pow(c.step_gamma, epoch / c.step_epochs);
-      break;
+    case ScheduleKind::Constant: break;
+    case ScheduleKind::Step: lr = c.lr * std::pow(c.step_gamma, epoch / c.step_epochs); break;
     case ScheduleKind::Cosine: {
       const double total = static_cast<double>(c.epochs) * steps_per_epoch;
       if (global >= warm) {

@@ -7,20 +7,16 @@ namespace diffprobe::io::detail {
 std::size_t src_type_size(SrcType t) noexcept {
   switch (t) {
     case SrcType::F64:
-    case SrcType::I64:
-      return 8;
+    case SrcType::I64: return 8;
     case SrcType::F32:
-    case SrcType::I32:
-      return 4;
+    case SrcType::I32: return 4;
     case SrcType::F16:
     case SrcType::BF16:
     case SrcType::I16:
-    case SrcType::U16:
-      return 2;
+    case SrcType::U16: return 2;
     case SrcType::I8:
     case SrcType::U8:
-    case SrcType::Bool:
-      return 1;
+    case SrcType::Bool: return 1;
   }
   return 0;
 }
@@ -28,21 +24,16 @@ std::size_t src_type_size(SrcType t) noexcept {
 DType loaded_dtype(SrcType t) noexcept {
   switch (t) {
     case SrcType::F32:
-    case SrcType::F64:
-      return DType::F32;
-    case SrcType::F16:
-      return DType::F16;
-    case SrcType::BF16:
-      return DType::BF16;
-    case SrcType::I64:
-      return DType::I64;
+    case SrcType::F64: return DType::F32;
+    case SrcType::F16: return DType::F16;
+    case SrcType::BF16: return DType::BF16;
+    case SrcType::I64: return DType::I64;
     case SrcType::I32:
     case SrcType::I16:
     case SrcType::I8:
     case SrcType::U8:
     case SrcType::U16:
-    case SrcType::Bool:
-      return DType::I32;
+    case SrcType::Bool: return DType::I32;
   }
   return DType::F32;
 }
@@ -53,36 +44,20 @@ namespace {
 inline void convert_one(const std::uint8_t* p, SrcType t, std::uint8_t* q) noexcept {
   switch (t) {
     case SrcType::F32:
-    case SrcType::I32:
-      std::memcpy(q, p, 4);
-      break;
+    case SrcType::I32: std::memcpy(q, p, 4); break;
     case SrcType::F16:
-    case SrcType::BF16:
-      std::memcpy(q, p, 2);
-      break;
-    case SrcType::I64:
-      std::memcpy(q, p, 8);
-      break;
+    case SrcType::BF16: std::memcpy(q, p, 2); break;
+    case SrcType::I64: std::memcpy(q, p, 8); break;
     case SrcType::F64: {
       const float f = static_cast<float>(load_le<double>(p));
       std::memcpy(q, &f, 4);
       break;
     }
-    case SrcType::I16:
-      store_le<std::int32_t>(q, load_le<std::int16_t>(p));
-      break;
-    case SrcType::U16:
-      store_le<std::int32_t>(q, load_le<std::uint16_t>(p));
-      break;
-    case SrcType::I8:
-      store_le<std::int32_t>(q, static_cast<std::int8_t>(*p));
-      break;
-    case SrcType::U8:
-      store_le<std::int32_t>(q, *p);
-      break;
-    case SrcType::Bool:
-      store_le<std::int32_t>(q, *p != 0 ? 1 : 0);
-      break;
+    case SrcType::I16: store_le<std::int32_t>(q, load_le<std::int16_t>(p)); break;
+    case SrcType::U16: store_le<std::int32_t>(q, load_le<std::uint16_t>(p)); break;
+    case SrcType::I8: store_le<std::int32_t>(q, static_cast<std::int8_t>(*p)); break;
+    case SrcType::U8: store_le<std::int32_t>(q, *p); break;
+    case SrcType::Bool: store_le<std::int32_t>(q, *p != 0 ? 1 : 0); break;
   }
 }
 

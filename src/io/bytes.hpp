@@ -11,25 +11,20 @@
 
 namespace diffprobe::io::detail {
 
-template <class T>
-T load_le(const std::uint8_t* p) noexcept {
+template <class T> T load_le(const std::uint8_t* p) noexcept {
   static_assert(std::is_trivially_copyable_v<T>);
   T v;
   std::memcpy(&v, p, sizeof(T));  // the library only targets little-endian hosts
   return v;
 }
 
-template <class T>
-T load_be(const std::uint8_t* p) noexcept {
+template <class T> T load_be(const std::uint8_t* p) noexcept {
   std::make_unsigned_t<T> u = 0;
   for (std::size_t i = 0; i < sizeof(T); ++i) u = static_cast<decltype(u)>((u << 8) | p[i]);
   return static_cast<T>(u);
 }
 
-template <class T>
-void store_le(std::uint8_t* p, T v) noexcept {
-  std::memcpy(p, &v, sizeof(T));
-}
+template <class T> void store_le(std::uint8_t* p, T v) noexcept { std::memcpy(p, &v, sizeof(T)); }
 
 /// a * b, or false when it overflows int64 (both must be >= 0).
 inline bool checked_mul(std::int64_t a, std::int64_t b, std::int64_t& out) noexcept {

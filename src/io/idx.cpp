@@ -76,26 +76,13 @@ Tensor load_idx(const std::filesystem::path& path, std::int64_t limit) {
   if (magic[0] != 0 || magic[1] != 0) throw FormatError(where, "not an IDX file (bad magic number)");
   detail::SrcType type;
   switch (magic[2]) {
-    case 0x08:
-      type = detail::SrcType::U8;
-      break;
-    case 0x09:
-      type = detail::SrcType::I8;
-      break;
-    case 0x0B:
-      type = detail::SrcType::I16;
-      break;
-    case 0x0C:
-      type = detail::SrcType::I32;
-      break;
-    case 0x0D:
-      type = detail::SrcType::F32;
-      break;
-    case 0x0E:
-      type = detail::SrcType::F64;
-      break;
-    default:
-      throw FormatError(where, "unknown IDX data type code " + std::to_string(magic[2]));
+    case 0x08: type = detail::SrcType::U8; break;
+    case 0x09: type = detail::SrcType::I8; break;
+    case 0x0B: type = detail::SrcType::I16; break;
+    case 0x0C: type = detail::SrcType::I32; break;
+    case 0x0D: type = detail::SrcType::F32; break;
+    case 0x0E: type = detail::SrcType::F64; break;
+    default: throw FormatError(where, "unknown IDX data type code " + std::to_string(magic[2]));
   }
   const int rank = magic[3];
   if (rank < 1 || rank > Shape::kMaxRank)
@@ -133,12 +120,8 @@ Tensor load_idx(const std::filesystem::path& path, std::int64_t limit) {
     for (std::size_t i = 0; i < n; ++i, out += os) {
       const std::uint8_t* p = &buf[i * es];
       switch (type) {
-        case detail::SrcType::U8:
-          detail::store_le<std::int32_t>(out, *p);
-          break;
-        case detail::SrcType::I8:
-          detail::store_le<std::int32_t>(out, static_cast<std::int8_t>(*p));
-          break;
+        case detail::SrcType::U8: detail::store_le<std::int32_t>(out, *p); break;
+        case detail::SrcType::I8: detail::store_le<std::int32_t>(out, static_cast<std::int8_t>(*p)); break;
         case detail::SrcType::I16:
           detail::store_le<std::int32_t>(out, detail::load_be<std::int16_t>(p));
           break;

@@ -175,18 +175,10 @@ void save_npy(const std::filesystem::path& path, const Tensor& t) {
   if (!t.defined()) throw ArgumentError("save_npy", "the tensor is undefined");
   const char* descr = nullptr;
   switch (t.dtype()) {
-    case DType::F32:
-      descr = "<f4";
-      break;
-    case DType::F16:
-      descr = "<f2";
-      break;
-    case DType::I32:
-      descr = "<i4";
-      break;
-    case DType::I64:
-      descr = "<i8";
-      break;
+    case DType::F32: descr = "<f4"; break;
+    case DType::F16: descr = "<f2"; break;
+    case DType::I32: descr = "<i4"; break;
+    case DType::I64: descr = "<i8"; break;
     case DType::BF16:
       throw DTypeError("save_npy",
                        "NumPy has no bfloat16; convert the tensor to f32 first (" + path.string() + ")");

@@ -32,16 +32,11 @@ constexpr DTypeName kDTypes[] = {
 
 const char* safetensors_name(DType t) {
   switch (t) {
-    case DType::F32:
-      return "F32";
-    case DType::F16:
-      return "F16";
-    case DType::BF16:
-      return "BF16";
-    case DType::I32:
-      return "I32";
-    case DType::I64:
-      return "I64";
+    case DType::F32: return "F32";
+    case DType::F16: return "F16";
+    case DType::BF16: return "BF16";
+    case DType::I32: return "I32";
+    case DType::I64: return "I64";
   }
   return "?";
 }

@@ -410,14 +410,10 @@ NamedTensors load_legacy(const std::shared_ptr<detail::MappedFile>& file) {
 
 const char* weights_format_name(WeightsFormat f) noexcept {
   switch (f) {
-    case WeightsFormat::Safetensors:
-      return "safetensors";
-    case WeightsFormat::TorchZip:
-      return "torch zip";
-    case WeightsFormat::TorchLegacy:
-      return "torch legacy";
-    case WeightsFormat::Unknown:
-      return "unknown";
+    case WeightsFormat::Safetensors: return "safetensors";
+    case WeightsFormat::TorchZip: return "torch zip";
+    case WeightsFormat::TorchLegacy: return "torch legacy";
+    case WeightsFormat::Unknown: return "unknown";
   }
   return "unknown";
 }
@@ -457,13 +453,10 @@ NamedTensors load_torch_checkpoint(const std::filesystem::path& path) {
 
 NamedTensors load_weights(const std::filesystem::path& path) {
   switch (detect_weights_format(path)) {
-    case WeightsFormat::Safetensors:
-      return load_safetensors(path);
+    case WeightsFormat::Safetensors: return load_safetensors(path);
     case WeightsFormat::TorchZip:
-    case WeightsFormat::TorchLegacy:
-      return load_torch_checkpoint(path);
-    case WeightsFormat::Unknown:
-      break;
+    case WeightsFormat::TorchLegacy: return load_torch_checkpoint(path);
+    case WeightsFormat::Unknown: break;
   }
   throw FormatError(path.string(),
                     "unrecognised weights file: expected safetensors, a PyTorch zip checkpoint or a "

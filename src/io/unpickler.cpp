@@ -9,30 +9,18 @@ namespace diffprobe::io::detail {
 
 std::string describe(const PyValue& v) {
   switch (v.kind) {
-    case PyKind::None:
-      return "None";
-    case PyKind::Bool:
-      return v.b ? "True" : "False";
-    case PyKind::Int:
-      return "int " + std::to_string(v.i);
-    case PyKind::BigInt:
-      return "a " + std::to_string(v.str.size()) + "-byte integer";
-    case PyKind::Float:
-      return "float " + std::to_string(v.f);
-    case PyKind::Str:
-      return "str '" + (v.str.size() > 60 ? v.str.substr(0, 60) + "..." : v.str) + "'";
-    case PyKind::Bytes:
-      return "bytes of length " + std::to_string(v.str.size());
-    case PyKind::Tuple:
-      return "tuple of " + std::to_string(v.items.size());
-    case PyKind::List:
-      return "list of " + std::to_string(v.items.size());
-    case PyKind::Dict:
-      return "dict of " + std::to_string(v.entries.size());
-    case PyKind::Global:
-      return "global " + v.qualified_name();
-    case PyKind::Object:
-      return v.str;
+    case PyKind::None: return "None";
+    case PyKind::Bool: return v.b ? "True" : "False";
+    case PyKind::Int: return "int " + std::to_string(v.i);
+    case PyKind::BigInt: return "a " + std::to_string(v.str.size()) + "-byte integer";
+    case PyKind::Float: return "float " + std::to_string(v.f);
+    case PyKind::Str: return "str '" + (v.str.size() > 60 ? v.str.substr(0, 60) + "..." : v.str) + "'";
+    case PyKind::Bytes: return "bytes of length " + std::to_string(v.str.size());
+    case PyKind::Tuple: return "tuple of " + std::to_string(v.items.size());
+    case PyKind::List: return "list of " + std::to_string(v.items.size());
+    case PyKind::Dict: return "dict of " + std::to_string(v.entries.size());
+    case PyKind::Global: return "global " + v.qualified_name();
+    case PyKind::Object: return v.str;
   }
   return "?";
 }
@@ -95,10 +83,7 @@ class Unpickler {
     pos_ += static_cast<std::size_t>(n);
     return p;
   }
-  template <class T>
-  T take_le() {
-    return load_le<T>(take(sizeof(T)));
-  }
+  template <class T> T take_le() { return load_le<T>(take(sizeof(T))); }
   std::string take_line() {
     const std::size_t start = pos_;
     while (pos_ < d_.size() && d_[pos_] != '\n') {
@@ -247,10 +232,8 @@ std::pair<PyPtr, std::size_t> Unpickler::run() {
         if (proto < 2 || proto > 5) fail("unsupported pickle protocol " + std::to_string(proto));
         break;
       }
-      case 0x95:
-        take_le<std::uint64_t>();
-        break;     // FRAME: a length hint only
-      case '.': {  // STOP
+      case 0x95: take_le<std::uint64_t>(); break;  // FRAME: a length hint only
+      case '.': {                                  // STOP
         if (!marks_.empty() || stack_.size() != 1)
           fail("STOP with " + std::to_string(stack_.size()) + " values on the stack");
         return {std::move(stack_.back()), pos_};
@@ -259,18 +242,10 @@ std::pair<PyPtr, std::size_t> Unpickler::run() {
         if (marks_.size() >= lim_.max_objects) fail("too many MARKs");
         marks_.push_back(stack_.size());
         break;
-      case '0':
-        pop();
-        break;  // POP
-      case '1':
-        pop_mark();
-        break;  // POP_MARK
-      case '2':
-        push(top());
-        break;  // DUP
-      case 'N':
-        push(make(PyKind::None));
-        break;
+      case '0': pop(); break;        // POP
+      case '1': pop_mark(); break;   // POP_MARK
+      case '2': push(top()); break;  // DUP
+      case 'N': push(make(PyKind::None)); break;
       case 0x88:
       case 0x89: {  // NEWTRUE, NEWFALSE
         PyPtr v = make(PyKind::Bool);
@@ -296,10 +271,8 @@ std::pair<PyPtr, std::size_t> Unpickler::run() {
         push(std::move(v));
         break;
       }
-      case 0x8a:
-        push(long_value(*take(1)));
-        break;      // LONG1
-      case 0x8b: {  // LONG4
+      case 0x8a: push(long_value(*take(1))); break;  // LONG1
+      case 0x8b: {                                   // LONG4
         const std::int32_t n = take_le<std::int32_t>();
         if (n < 0) fail("negative LONG4 length");
         push(long_value(static_cast<std::uint64_t>(n)));
@@ -312,39 +285,21 @@ std::pair<PyPtr, std::size_t> Unpickler::run() {
         push(std::move(v));
         break;
       }
-      case 'X':
-        push(str_value(PyKind::Str, take_le<std::uint32_t>()));
-        break;  // BINUNICODE
-      case 0x8c:
-        push(str_value(PyKind::Str, *take(1)));
-        break;  // SHORT_BINUNICODE
-      case 0x8d:
-        push(str_value(PyKind::Str, take_le<std::uint64_t>()));
-        break;  // BINUNICODE8
-      case 'U':
-        push(str_value(PyKind::Str, *take(1)));
-        break;     // SHORT_BINSTRING
-      case 'T': {  // BINSTRING
+      case 'X': push(str_value(PyKind::Str, take_le<std::uint32_t>())); break;   // BINUNICODE
+      case 0x8c: push(str_value(PyKind::Str, *take(1))); break;                  // SHORT_BINUNICODE
+      case 0x8d: push(str_value(PyKind::Str, take_le<std::uint64_t>())); break;  // BINUNICODE8
+      case 'U': push(str_value(PyKind::Str, *take(1))); break;                   // SHORT_BINSTRING
+      case 'T': {                                                                // BINSTRING
         const std::int32_t n = take_le<std::int32_t>();
         if (n < 0) fail("negative BINSTRING length");
         push(str_value(PyKind::Str, static_cast<std::uint64_t>(n)));
         break;
       }
-      case 'C':
-        push(str_value(PyKind::Bytes, *take(1)));
-        break;  // SHORT_BINBYTES
-      case 'B':
-        push(str_value(PyKind::Bytes, take_le<std::uint32_t>()));
-        break;  // BINBYTES
-      case 0x8e:
-        push(str_value(PyKind::Bytes, take_le<std::uint64_t>()));
-        break;  // BINBYTES8
-      case ')':
-        push(make_tuple({}));
-        break;  // EMPTY_TUPLE
-      case 't':
-        push(make_tuple(pop_mark()));
-        break;  // TUPLE
+      case 'C': push(str_value(PyKind::Bytes, *take(1))); break;                   // SHORT_BINBYTES
+      case 'B': push(str_value(PyKind::Bytes, take_le<std::uint32_t>())); break;   // BINBYTES
+      case 0x8e: push(str_value(PyKind::Bytes, take_le<std::uint64_t>())); break;  // BINBYTES8
+      case ')': push(make_tuple({})); break;                                       // EMPTY_TUPLE
+      case 't': push(make_tuple(pop_mark())); break;                               // TUPLE
       case 0x85:
       case 0x86:
       case 0x87: {  // TUPLE1..3
@@ -446,21 +401,11 @@ std::pair<PyPtr, std::size_t> Unpickler::run() {
         push(std::move(out));
         break;
       }
-      case 'q':
-        memo_put(*take(1));
-        break;  // BINPUT
-      case 'r':
-        memo_put(take_le<std::uint32_t>());
-        break;  // LONG_BINPUT
-      case 0x94:
-        memo_put(memo_.size());
-        break;  // MEMOIZE
-      case 'h':
-        memo_get(*take(1));
-        break;  // BINGET
-      case 'j':
-        memo_get(take_le<std::uint32_t>());
-        break;  // LONG_BINGET
+      case 'q': memo_put(*take(1)); break;                  // BINPUT
+      case 'r': memo_put(take_le<std::uint32_t>()); break;  // LONG_BINPUT
+      case 0x94: memo_put(memo_.size()); break;             // MEMOIZE
+      case 'h': memo_get(*take(1)); break;                  // BINGET
+      case 'j': memo_get(take_le<std::uint32_t>()); break;  // LONG_BINGET
       default: {
         char hex[8];
         std::snprintf(hex, sizeof hex, "0x%02x", op);

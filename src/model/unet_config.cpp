@@ -70,7 +70,8 @@ std::vector<double> UNetConfig::channel_multipliers() const {
   std::vector<double> m;
   for (const auto& part : split_commas(channel_mult)) {
     const double v = parse_number(part, "channel_mult");
-    if (!(v > 0)) throw ConfigError("UNetConfig", "channel_mult entries must be positive, got '" + part + "'");
+    if (!(v > 0))
+      throw ConfigError("UNetConfig", "channel_mult entries must be positive, got '" + part + "'");
     m.push_back(v);
   }
   if (m.empty()) throw ConfigError("UNetConfig", "channel_mult '" + channel_mult + "' has no entries");
@@ -118,7 +119,8 @@ void UNetConfig::validate() const {
          " (" + std::to_string(levels) + " levels)");
   const auto ds = attention_downsample_factors();
   auto check_channels = [&](int ch, const std::string& where, bool attn, bool decoder) {
-    if (ch % 32 != 0) fail(where + " has " + std::to_string(ch) + " channels, not divisible by GroupNorm's 32 groups");
+    if (ch % 32 != 0)
+      fail(where + " has " + std::to_string(ch) + " channels, not divisible by GroupNorm's 32 groups");
     if (!attn) return;
     if (num_head_channels != -1) {
       if (num_head_channels < 1 || ch % num_head_channels != 0)
@@ -127,12 +129,14 @@ void UNetConfig::validate() const {
     } else {
       const int h = heads_for(ch, decoder);
       if (h < 1 || ch % h != 0)
-        fail(where + ": " + std::to_string(ch) + " channels cannot be split into " + std::to_string(h) + " heads");
+        fail(where + ": " + std::to_string(ch) + " channels cannot be split into " + std::to_string(h) +
+             " heads");
     }
   };
   for (int level = 0; level < levels; ++level) {
     const double c = mult[static_cast<std::size_t>(level)] * num_channels;
-    if (c != std::floor(c)) fail("channel_mult[" + std::to_string(level) + "] * num_channels is not an integer");
+    if (c != std::floor(c))
+      fail("channel_mult[" + std::to_string(level) + "] * num_channels is not an integer");
     const int dsl = 1 << level;
     const bool attn = std::find(ds.begin(), ds.end(), dsl) != ds.end();
     check_channels(static_cast<int>(c), "level " + std::to_string(level), attn, false);
@@ -153,7 +157,7 @@ UNetConfig UNetConfig::from_json(const std::string& text) {
   }
   if (!j.is_object()) throw ConfigError("UNetConfig::from_json", "expected a JSON object of flags");
   UNetConfig c;
-  static const std::set<std::string> ignored = {"use_checkpoint", "timestep_respacing", "use_kl",
+  static const std::set<std::string> ignored = {"use_checkpoint", "timestep_respacing",     "use_kl",
                                                 "predict_xstart", "rescale_learned_sigmas", "out_channels"};
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& k = it.key();
@@ -183,32 +187,52 @@ UNetConfig UNetConfig::from_json(const std::string& text) {
         throw ConfigError("UNetConfig::from_json", k + " must be a string like \"16,8\" or a list");
       }
     };
-    if (k == "image_size") as_int(c.image_size);
-    else if (k == "in_channels") as_int(c.in_channels);
-    else if (k == "num_channels" || k == "model_channels") as_int(c.num_channels);
-    else if (k == "num_res_blocks") as_int(c.num_res_blocks);
-    else if (k == "attention_resolutions") as_list_string(c.attention_resolutions);
-    else if (k == "channel_mult") as_list_string(c.channel_mult);
-    else if (k == "num_heads") as_int(c.num_heads);
-    else if (k == "num_head_channels") as_int(c.num_head_channels);
-    else if (k == "num_heads_upsample") as_int(c.num_heads_upsample);
-    else if (k == "use_scale_shift_norm") as_bool(c.use_scale_shift_norm);
-    else if (k == "resblock_updown") as_bool(c.resblock_updown);
-    else if (k == "use_new_attention_order") as_bool(c.use_new_attention_order);
-    else if (k == "learn_sigma") as_bool(c.learn_sigma);
-    else if (k == "class_cond") as_bool(c.class_cond);
-    else if (k == "num_classes") as_int(c.num_classes);
-    else if (k == "use_fp16") as_bool(c.use_fp16);
+    if (k == "image_size")
+      as_int(c.image_size);
+    else if (k == "in_channels")
+      as_int(c.in_channels);
+    else if (k == "num_channels" || k == "model_channels")
+      as_int(c.num_channels);
+    else if (k == "num_res_blocks")
+      as_int(c.num_res_blocks);
+    else if (k == "attention_resolutions")
+      as_list_string(c.attention_resolutions);
+    else if (k == "channel_mult")
+      as_list_string(c.channel_mult);
+    else if (k == "num_heads")
+      as_int(c.num_heads);
+    else if (k == "num_head_channels")
+      as_int(c.num_head_channels);
+    else if (k == "num_heads_upsample")
+      as_int(c.num_heads_upsample);
+    else if (k == "use_scale_shift_norm")
+      as_bool(c.use_scale_shift_norm);
+    else if (k == "resblock_updown")
+      as_bool(c.resblock_updown);
+    else if (k == "use_new_attention_order")
+      as_bool(c.use_new_attention_order);
+    else if (k == "learn_sigma")
+      as_bool(c.learn_sigma);
+    else if (k == "class_cond")
+      as_bool(c.class_cond);
+    else if (k == "num_classes")
+      as_int(c.num_classes);
+    else if (k == "use_fp16")
+      as_bool(c.use_fp16);
     else if (k == "dropout") {
       if (!v.is_number()) throw ConfigError("UNetConfig::from_json", "dropout must be a number");
       c.dropout = v.get<double>();
-    } else if (k == "diffusion_steps") as_int(c.diffusion_steps);
+    } else if (k == "diffusion_steps")
+      as_int(c.diffusion_steps);
     else if (k == "noise_schedule") {
       if (!v.is_string()) throw ConfigError("UNetConfig::from_json", "noise_schedule must be a string");
       c.noise_schedule = v.get<std::string>();
-    } else if (k == "rescale_timesteps") as_bool(c.rescale_timesteps);
-    else if (ignored.count(k)) continue;
-    else throw ConfigError("UNetConfig::from_json", "unknown flag '" + k + "'");
+    } else if (k == "rescale_timesteps")
+      as_bool(c.rescale_timesteps);
+    else if (ignored.count(k))
+      continue;
+    else
+      throw ConfigError("UNetConfig::from_json", "unknown flag '" + k + "'");
   }
   c.validate();
   return c;

@@ -19,19 +19,20 @@ inline void require_f32(const Tensor& t, const char* where, const char* what) {
 
 inline void require_rank(const Tensor& t, int rank, const char* where, const char* what) {
   if (t.rank() != rank)
-    throw ShapeError(where, std::string(what) + " must have rank " + std::to_string(rank) + ", got " +
-                                t.shape().str());
+    throw ShapeError(
+        where, std::string(what) + " must have rank " + std::to_string(rank) + ", got " + t.shape().str());
 }
 
 inline void require_same_device(const Tensor& a, const Tensor& b, const char* where, const char* what) {
   if (b.defined() && !(a.device() == b.device()))
-    throw DeviceError(where, std::string(what) + " is on " + b.device().str() + " but the input is on " +
-                                 a.device().str());
+    throw DeviceError(
+        where, std::string(what) + " is on " + b.device().str() + " but the input is on " + a.device().str());
 }
 
 inline void require_shape(const Tensor& t, const Shape& want, const char* where, const char* what) {
   if (t.shape() != want)
-    throw ShapeError(where, std::string(what) + " must have shape " + want.str() + ", got " + t.shape().str());
+    throw ShapeError(where,
+                     std::string(what) + " must have shape " + want.str() + ", got " + t.shape().str());
 }
 
 }  // namespace diffprobe::ops::detail

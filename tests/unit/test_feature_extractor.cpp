@@ -35,16 +35,23 @@ TEST(NoiseSchedule, MatchesThePyTorchReferenceBitForBit) {
   const fs::path dir = fs::path(DIFFPROBE_BINARY_DIR) / "schedule_ref";
   fs::create_directories(dir);
   const std::string script =
-      "import sys, numpy as np; sys.path.insert(0, '" + std::string(DIFFPROBE_SOURCE_DIR) + "/tests/reference')\n"
+      "import sys, numpy as np; sys.path.insert(0, '" + std::string(DIFFPROBE_SOURCE_DIR) +
+      "/tests/reference')\n"
       "from adm_unet import noise_schedule\n"
       "for kind, T in [('linear', 1000), ('cosine', 4000), ('linear', 250), ('cosine', 1000)]:\n"
       "    b, a = noise_schedule(kind, T)\n"
-      "    np.save('" + dir.string() + "/%s_%d_ac.npy' % (kind, T), a)\n"
-      "    np.save('" + dir.string() + "/%s_%d_c.npy' % (kind, T), np.stack([np.sqrt(a), np.sqrt(1 - a)]).astype(np.float32))\n";
+      "    np.save('" +
+      dir.string() +
+      "/%s_%d_ac.npy' % (kind, T), a)\n"
+      "    np.save('" +
+      dir.string() +
+      "/%s_%d_c.npy' % (kind, T), np.stack([np.sqrt(a), np.sqrt(1 - a)]).astype(np.float32))\n";
   const fs::path py = dir / "make.py";
   std::ofstream(py) << script;
-  ASSERT_EQ(std::system(("/usr/bin/python3 " + py.string()).c_str()), 0) << "the PyTorch reference is needed (scripts/setup.sh)";
-  for (auto [kind, T] : std::vector<std::pair<std::string, int>>{{"linear", 1000}, {"cosine", 4000}, {"linear", 250}, {"cosine", 1000}}) {
+  ASSERT_EQ(std::system(("/usr/bin/python3 " + py.string()).c_str()), 0)
+      << "the PyTorch reference is needed (scripts/setup.sh)";
+  for (auto [kind, T] : std::vector<std::pair<std::string, int>>{
+           {"linear", 1000}, {"cosine", 4000}, {"linear", 250}, {"cosine", 1000}}) {
     SCOPED_TRACE(kind + std::to_string(T));
     const NoiseSchedule s(kind, T);
     const Tensor c = io::load_npy(dir / (kind + "_" + std::to_string(T) + "_c.npy"));
@@ -70,7 +77,8 @@ TEST(CounterNoise, IsStandardNormalAndKeyed) {
   v /= static_cast<double>(a.size());
   EXPECT_NEAR(m, 0.0, 0.01);
   EXPECT_NEAR(v, 1.0, 0.02);
-  for (NoiseKey k : {NoiseKey{2, 5, 90, 0}, NoiseKey{1, 6, 90, 0}, NoiseKey{1, 5, 91, 0}, NoiseKey{1, 5, 90, 1}}) {
+  for (NoiseKey k :
+       {NoiseKey{2, 5, 90, 0}, NoiseKey{1, 6, 90, 0}, NoiseKey{1, 5, 91, 0}, NoiseKey{1, 5, 90, 1}}) {
     gaussian_noise(k, b.data(), 1000);
     int same = 0;
     for (int i = 0; i < 1000; ++i) same += a[static_cast<std::size_t>(i)] == b[static_cast<std::size_t>(i)];
@@ -103,7 +111,8 @@ TEST(FeatureExtractor, FeaturesDoNotDependOnBatchThreadsOrOffset) {
       for (std::size_t i = 0; i < va.size(); ++i) worst = std::max(worst, std::abs(double(va[i]) - vb[i]));
       EXPECT_EQ(worst, 0.0) << "t" << t << " b" << blk << ": batch 1/1 thread vs batch 7/2 threads";
       const std::size_t per = va.size() / 9;
-      for (std::size_t i = 0; i < vc.size(); ++i) ASSERT_EQ(vc[i], va[4 * per + i]) << "offset features differ";
+      for (std::size_t i = 0; i < vc.size(); ++i)
+        ASSERT_EQ(vc[i], va[4 * per + i]) << "offset features differ";
     }
 }
 
@@ -126,7 +135,8 @@ TEST(FeatureExtractor, PoolingNoiseModesAndDraws) {
   // Given noise = the same noise the seeded mode draws -> identical features.
   Tensor eps = Tensor::empty(x.shape());
   const std::int64_t per = x.numel() / 3;
-  for (int i = 0; i < 3; ++i) gaussian_noise({0, static_cast<std::uint64_t>(i), 50, 0}, eps.data<float>() + i * per, per);
+  for (int i = 0; i < 3; ++i)
+    gaussian_noise({0, static_cast<std::uint64_t>(i), 50, 0}, eps.data<float>() + i * per, per);
   ExtractOptions given = raw;
   given.noise = NoiseMode::Given;
   EXPECT_EQ(FeatureExtractor(net, given).extract(x, 0, eps).at(50, 12).to_vector(), full.to_vector());

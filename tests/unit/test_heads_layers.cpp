@@ -37,8 +37,7 @@ double dot(const Buf<double>& a, const Buf<double>& b) {
   return s;
 }
 
-template <class L>
-std::vector<ParamRef<double>> params_of(L& layer) {
+template <class L> std::vector<ParamRef<double>> params_of(L& layer) {
   std::vector<ParamRef<double>> p;
   layer.parameters("", p);
   return p;
@@ -46,8 +45,7 @@ std::vector<ParamRef<double>> params_of(L& layer) {
 
 // Checks d/dx and d/dparams of loss = sum(w * layer(x)) against central differences.
 // Returns the worst error relative to max(1, largest gradient).
-template <class L>
-double grad_check(L& layer, Buf<double> x, std::uint64_t seed = 7) {
+template <class L> double grad_check(L& layer, Buf<double> x, std::uint64_t seed = 7) {
   auto params = params_of(layer);
   for (auto& p : params) std::fill(p.param->grad.begin(), p.param->grad.end(), 0.0);
   const Buf<double> y = layer.forward(x, true);
@@ -76,8 +74,7 @@ double grad_check(L& layer, Buf<double> x, std::uint64_t seed = 7) {
 
 // Runs the same layer in float and double (same initialisation) and returns the worst relative
 // difference of outputs, input gradients and parameter gradients.
-template <class Make>
-double float_vs_double(Make make, const Buf<double>& xd) {
+template <class Make> double float_vs_double(Make make, const Buf<double>& xd) {
   auto ld = make(double{});
   auto lf = make(float{});
   Rng r1(11), r2(11);
@@ -173,8 +170,7 @@ void expect_near_all(const std::vector<double>& got, const std::vector<double>& 
   for (std::size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], tol) << "element " << i;
 }
 
-template <class L>
-void randomise(L& layer, std::uint64_t seed) {
+template <class L> void randomise(L& layer, std::uint64_t seed) {
   Rng rng(seed);
   for (auto& p : params_of(layer))
     for (auto& v : p.param->value) v = rng.uniform(-0.8, 0.8);

@@ -36,7 +36,7 @@ TEST(DType, HalfRoundsToNearestEven) {
   // 1 + 2^-11 is exactly halfway between 1 and the next half (1 + 2^-10): ties to even -> 1.
   EXPECT_EQ(float_to_half(1.0f + std::ldexp(1.0f, -11)), 0x3c00);
   EXPECT_EQ(float_to_half(1.0f + 3 * std::ldexp(1.0f, -11)), 0x3c02);
-  EXPECT_EQ(float_to_half(65520.0f), 0x7c00);  // overflow to inf
+  EXPECT_EQ(float_to_half(65520.0f), 0x7c00);               // overflow to inf
   EXPECT_EQ(float_to_half(std::ldexp(1.0f, -24)), 0x0001);  // smallest subnormal
   EXPECT_EQ(float_to_half(std::ldexp(1.0f, -26)), 0x0000);  // rounds to zero
 }
@@ -106,8 +106,10 @@ TEST(Tensor, DTypeConversion) {
   Tensor h = a.to_dtype(DType::F16);
   Tensor b = a.to_dtype(DType::BF16);
   for (int i = 0; i < 4; ++i) {
-    EXPECT_NEAR(h.item_at(i), v[static_cast<std::size_t>(i)], std::abs(v[static_cast<std::size_t>(i)]) * 1e-3);
-    EXPECT_NEAR(b.item_at(i), v[static_cast<std::size_t>(i)], std::abs(v[static_cast<std::size_t>(i)]) * 8e-3);
+    EXPECT_NEAR(h.item_at(i), v[static_cast<std::size_t>(i)],
+                std::abs(v[static_cast<std::size_t>(i)]) * 1e-3);
+    EXPECT_NEAR(b.item_at(i), v[static_cast<std::size_t>(i)],
+                std::abs(v[static_cast<std::size_t>(i)]) * 8e-3);
   }
   Tensor i64 = a.to_dtype(DType::I64);
   EXPECT_EQ(i64.data<std::int64_t>()[1], -2);

@@ -31,8 +31,8 @@ TsvFile read_tsv(const fs::path& p) {
   const auto b = line.find('}', a);
   t.flags_json = line.substr(a + 7, b - a - 6);
   std::getline(f, line);
-  std::sscanf(line.c_str(), "# tensors: %*d; parameters: %lld; input_blocks: %d", reinterpret_cast<long long*>(&t.parameters),
-              &t.input_blocks);
+  std::sscanf(line.c_str(), "# tensors: %*d; parameters: %lld; input_blocks: %d",
+              reinterpret_cast<long long*>(&t.parameters), &t.input_blocks);
   while (std::getline(f, line)) {
     if (line.empty()) continue;
     const auto tab = line.find('\t');
@@ -83,7 +83,7 @@ TEST(UNetConfig, PaperModelBlockInfo) {
   EXPECT_EQ(infos[23].block, 24);
   EXPECT_EQ(infos[23].name, "output_blocks.4");
   EXPECT_EQ(infos[23].output_shape, (Shape{1, 1024, 16, 16}));
-  EXPECT_EQ(infos[18].output_shape, (Shape{1, 1024, 8, 8}));  // block 19: the middle
+  EXPECT_EQ(infos[18].output_shape, (Shape{1, 1024, 8, 8}));   // block 19: the middle
   EXPECT_EQ(infos[29].output_shape, (Shape{1, 512, 64, 64}));  // block 30
   EXPECT_EQ(infos.back().output_shape, (Shape{1, 6, 256, 256}));
   double total = 0, to24 = 0;
@@ -114,7 +114,8 @@ TEST(UNetConfig, JsonRoundTripAndErrors) {
   EXPECT_THROW(UNetConfig::from_json("{\"image_size\": 32, \"channel_mult\": \"1,x\"}"), ConfigError);
   // A list form of channel_mult is accepted.
   EXPECT_EQ(UNetConfig::from_json("{\"image_size\": 32, \"channel_mult\": [1, 2, 2]}").channel_mult, "1,2,2");
-  EXPECT_EQ(UNetConfig::preset_for_filename("/x/256x256_diffusion_uncond.pt").value(), "256x256_diffusion_uncond");
+  EXPECT_EQ(UNetConfig::preset_for_filename("/x/256x256_diffusion_uncond.pt").value(),
+            "256x256_diffusion_uncond");
 }
 
 TEST(UNetConfig, InferenceFromShapesRecoversEveryPreset) {

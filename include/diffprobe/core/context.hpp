@@ -16,7 +16,7 @@ Precision parse_precision(const char* text);
 
 struct ExecContext {
   Device device = Device::cpu();
-  int threads = 0;                 // <= 0: default_threads()
+  int threads = 0;  // <= 0: default_threads()
   Precision precision = Precision::FP32;
   Allocator* allocator = nullptr;  // nullptr: the device's plain allocator
 };

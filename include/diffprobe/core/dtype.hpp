@@ -80,8 +80,8 @@ inline std::uint16_t float_to_half(float f) noexcept {
     return static_cast<std::uint16_t>(sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u : 0u));
   }
   if (absx >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // overflow
-  if (absx < 0x38800000u) {  // result is subnormal or zero
-    if (absx < 0x33000000u) return sign;  // rounds to zero
+  if (absx < 0x38800000u) {                                                    // result is subnormal or zero
+    if (absx < 0x33000000u) return sign;                                       // rounds to zero
     const std::uint32_t e = absx >> 23;
     const std::uint32_t m = (absx & 0x7fffffu) | 0x800000u;
     const std::uint32_t shift = 126 - e;  // 14 + (113 - e)

@@ -26,8 +26,9 @@ struct UNetConfig {
   bool learn_sigma = false;
   bool class_cond = false;
   int num_classes = 1000;  // used when class_cond
-  bool use_fp16 = false;   // how the model was trained; diffprobe computes in fp32 (see docs/model_numerics.md)
-  double dropout = 0.0;    // ignored at inference
+  bool use_fp16 =
+      false;             // how the model was trained; diffprobe computes in fp32 (see docs/model_numerics.md)
+  double dropout = 0.0;  // ignored at inference
   // Diffusion flags that travel with the model.
   int diffusion_steps = 1000;
   std::string noise_schedule = "linear";  // "linear" | "cosine"
@@ -41,7 +42,7 @@ struct UNetConfig {
   std::vector<int> attention_downsample_factors() const;
   /// Heads of an attention block with `channels` channels (encoder/middle, or decoder).
   int heads_for(int channels, bool decoder) const;
-  int num_input_blocks() const;            // I
+  int num_input_blocks() const;                                  // I
   int num_blocks() const { return 2 * num_input_blocks() + 1; }  // paper's blocks 1..2I+1
 
   /// Throws ConfigError naming the offending flag.

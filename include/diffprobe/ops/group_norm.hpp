@@ -1,9 +1,9 @@
 #pragma once
 // GroupNorm fused with ADM's per-(sample, channel) modulation and SiLU, in one pass over memory:
 //   h = x + pre_bias                          (ResBlock without scale-shift: GN(h + e))
-//   y = GN(h) * gamma + beta                  (statistics in fp32 over each group of C/groups channels x H x W)
-//   y = y * (1 + scale) + shift               (scale = scale_shift[:, :C], shift = scale_shift[:, C:])
-//   y = silu(y)                               (when silu)
+//   y = GN(h) * gamma + beta                  (statistics in fp32 over each group of C/groups channels x H x
+//   W) y = y * (1 + scale) + shift               (scale = scale_shift[:, :C], shift = scale_shift[:, C:]) y =
+//   silu(y)                               (when silu)
 #include "diffprobe/core/context.hpp"
 #include "diffprobe/core/tensor.hpp"
 
