@@ -132,8 +132,9 @@ Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tens
                                 in.str(), layout_name(x.layout())));
   }
 
-  // In place: the sum post-op adds onto what dst holds, which is then the residual already.
-  const bool in_place = into_residual && residual.layout() == x.layout() && plan->residual == plan->dst;
+  // In place: the sum post-op adds onto what dst holds, which is then the residual already
+  // (only where the residual's memory description is dst's: same layout).
+  const bool in_place = into_residual && plan->residual == plan->dst;
   Tensor y = in_place ? residual : Tensor::empty(out, DType::F32, x.layout(), Device::cpu(), ctx.allocator);
   try {
     const dnnl::engine& eng = onednn::engine();

@@ -76,7 +76,7 @@ double Conv2d::flops(const Shape& in) const {
          static_cast<double>(in_channels() * kernel_size() * kernel_size());
 }
 
-Tensor Conv2d::forward(const Tensor& x, const ExecContext& ctx, const Tensor& residual) const {
+Device Conv2d::check_operands(const Tensor& x, const Tensor& residual, const ExecContext& ctx) const {
   check_image(x, "Conv2d");
   const Shape out = output_shape(x.shape());
   const Device dev = resolve_device(x, ctx, "Conv2d");
@@ -86,22 +86,20 @@ Tensor Conv2d::forward(const Tensor& x, const ExecContext& ctx, const Tensor& re
     require_shape(residual, out, "Conv2d", "residual");
     require_same_device(x, residual, "Conv2d", "residual");
   }
+  return dev;
+}
+
+Tensor Conv2d::forward(const Tensor& x, const ExecContext& ctx, const Tensor& residual) const {
+  const Device dev = check_operands(x, residual, ctx);
   return backend_for(dev, "Conv2d").conv2d(*this, *cache_, x, residual, ctx);
 }
 
 Tensor Conv2d::forward_add(const Tensor& x, Tensor residual, const ExecContext& ctx) const {
-  if (!residual.defined()) return forward(x, ctx);
-  check_image(x, "Conv2d");
-  const Shape out = output_shape(x.shape());
-  const Device dev = resolve_device(x, ctx, "Conv2d");
-  require_same_device(x, weight_, "Conv2d", "weight");
-  require_f32(residual, "Conv2d", "residual");
-  require_shape(residual, out, "Conv2d", "residual");
-  require_same_device(x, residual, "Conv2d", "residual");
+  const Device dev = check_operands(x, residual, ctx);
   // Only this call holds the storage, which is the library's own memory (not a view of the
   // caller's), and the output has the residual's layout: then its buffer becomes the output.
-  const bool sole = residual.storage().use_count() == 1 && residual.storage()->owns_memory() &&
-                    residual.layout() == x.layout();
+  const bool sole = residual.defined() && residual.storage().use_count() == 1 &&
+                    residual.storage()->owns_memory() && residual.layout() == x.layout();
   if (!sole) return backend_for(dev, "Conv2d").conv2d(*this, *cache_, x, residual, ctx);
   return backend_for(dev, "Conv2d").conv2d_into_residual(*this, *cache_, x, std::move(residual), ctx);
 }

@@ -12,21 +12,22 @@ run_dir=${1:-tools/train/runs/fmnist}
 bin=${2:-build/release/bin/diffprobe}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-data=/usr/share/datasets/fashion-mnist
+# The study's own dataset paths, noise seeds and linear-probe arguments (tools/study/study.py).
+study() { /usr/bin/python3 -c "import sys; sys.path.insert(0, 'tools/study'); import study; $1"; }
+read -r -a linear <<<"$(study "print(' '.join(study.LINEAR))")"
 if [[ $run_dir == *.safetensors ]]; then
-  cp "$run_dir" "$work/w.safetensors"
+  weights=$run_dir
 else
-  /usr/bin/python3 tools/train/train_fmnist.py --run-dir "$run_dir" --export "$work/w.safetensors"
+  weights=$work/w.safetensors
+  /usr/bin/python3 tools/train/train_fmnist.py --run-dir "$run_dir" --export "$weights"
 fi
 for split in train test; do
-  if [ $split = train ]; then img=train-images-idx3-ubyte.gz lab=train-labels-idx1-ubyte.gz seed=0
-  else img=t10k-images-idx3-ubyte.gz lab=t10k-labels-idx1-ubyte.gz seed=1; fi
-  "$bin" extract --weights "$work/w.safetensors" --input "$data/$img" --labels "$data/$lab" --t 10 \
-    --blocks 8,9 --pool avg:8 --noise-seed $seed --batch 64 --threads 2 --out "$work/$split.safetensors"
+  read -r img lab seed <<<"$(study "i, l, _, s = study.SPLITS['$split']; print(i, l, s)")"
+  "$bin" extract --weights "$weights" --input "$img" --labels "$lab" --t 10 \
+    --blocks 8,9 --pool avg:8 --noise-seed "$seed" --batch 64 --threads 2 --out "$work/$split.safetensors"
 done
 for b in 8 9; do
   "$bin" probe --train "$work/train.safetensors" --test "$work/test.safetensors" --feature t10.b$b \
-    --threads 2 --head linear --optimizer adamw --lr 1e-3 --schedule cosine --epochs 30 --standardize \
-    --json "$work/b$b.json" >/dev/null 2>&1
+    --threads 2 "${linear[@]}" --json "$work/b$b.json" >/dev/null 2>&1
   /usr/bin/python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(f'block $b: top-1 {100*r[\"top1\"]:.2f}%')" "$work/b$b.json"
 done

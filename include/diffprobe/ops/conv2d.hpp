@@ -49,6 +49,9 @@ class Conv2d {
   std::int64_t kernel_size() const noexcept { return weight_.defined() ? weight_.shape()[2] : 0; }
 
  private:
+  // Validates x and the residual (if defined) against the weights; the device to run on.
+  Device check_operands(const Tensor& x, const Tensor& residual, const ExecContext& ctx) const;
+
   Tensor weight_, bias_;
   Conv2dSpec spec_;
   std::shared_ptr<detail::OpCache> cache_;
