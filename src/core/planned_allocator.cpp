@@ -10,6 +10,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/page_mapping.hpp"
+
 namespace diffprobe {
 namespace {
 
@@ -23,26 +25,18 @@ constexpr std::size_t kMaxRequests = 4096;
 
 std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
 
-void* map_pages(std::size_t bytes) {
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) throw std::bad_alloc();
-  return p;
-}
-
 // The arena: aligned to 2 MiB and marked for transparent huge pages (fewer TLB misses over
 // hundreds of MiB of activations), and faulted in now, while planning, instead of inside the
 // first replayed pass's ops. Measured on the 256x256 model: without both, the first blocks of a
 // replayed pass ran 5-15 % slower than from the caching allocator's reused blocks.
 constexpr std::size_t kHuge = std::size_t{2} << 20;
 char* map_arena(std::size_t bytes) {
-  auto* raw = static_cast<char*>(map_pages(bytes + kHuge));
+  auto* raw = static_cast<char*>(detail::map_anonymous(bytes + kHuge));
   char* p = reinterpret_cast<char*>(round_up(reinterpret_cast<std::uintptr_t>(raw), kHuge));
   if (p > raw) munmap(raw, static_cast<std::size_t>(p - raw));
   const std::size_t tail = static_cast<std::size_t>(raw + bytes + kHuge - (p + bytes));
   if (tail > 0) munmap(p + bytes, tail);
-#ifdef MADV_HUGEPAGE
-  madvise(p, bytes, MADV_HUGEPAGE);  // advice only: ignored where THP is off
-#endif
+  detail::advise_huge_pages(p, bytes);
   bool populated = false;
 #ifdef MADV_POPULATE_WRITE
   populated = madvise(p, bytes, MADV_POPULATE_WRITE) == 0;  // Linux >= 5.14
@@ -175,7 +169,7 @@ struct PlannedAllocator::Impl {
     if (bytes >= kMapThreshold) {
       kind = Kind::Mapped;
       reserved = round_up(bytes, kPage);
-      return map_pages(reserved);
+      return detail::map_anonymous(reserved);
     }
     kind = Kind::Heap;
     reserved = round_up(std::max<std::size_t>(bytes, 1), kAlign);  // what the heap allocator rounds to

@@ -7,6 +7,8 @@
 #include <memory>
 #include <new>
 
+#include "core/page_mapping.hpp"
+
 #ifndef MADV_PAGEOUT
 #define MADV_PAGEOUT 21  // Linux >= 5.4; older kernels answer EINVAL, which is ignored
 #endif
@@ -89,11 +91,8 @@ void release_pages(const void* data, std::size_t bytes) {
 constexpr std::size_t kHugeWeightBytes = std::size_t{4} << 20;
 
 std::shared_ptr<void> map_weight_storage(std::size_t bytes) {
-  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) throw std::bad_alloc();
-#ifdef MADV_HUGEPAGE
-  (void)::madvise(p, bytes, MADV_HUGEPAGE);  // a hint: ignored where THP is off
-#endif
+  void* p = diffprobe::detail::map_anonymous(bytes);
+  diffprobe::detail::advise_huge_pages(p, bytes);
   return std::shared_ptr<void>(p, [bytes](void* q) { ::munmap(q, bytes); });
 }
 }  // namespace
