@@ -9,6 +9,9 @@
 // --weights/--input use exactly the weights and input a baseline uses (benchmarks/compare_torch.py).
 // --allocator=caching uses the size-bucketed CachingAllocator instead of the memory plan
 // (FeatureExtractor's), to compare the two.
+// Counters peak_before / peak_after / peak_GFLOP/s and of_peak: the fp32 FMA limit (GFLOP/s)
+// measured just before and just after the timed passes, their mean, and the achieved GFLOP/s as
+// a fraction of that mean.
 // --per-block adds counters b<k>_ms: each block's own time within the forward (block callback).
 // --dump writes the requested block's output of the first configuration as .npy [N, C, H, W]
 // (for checking that the baseline computed the same thing).
@@ -29,6 +32,7 @@
 
 #include "cli/parse_list.hpp"  // the CLI's comma-separated lists
 #include "diffprobe/diffprobe.hpp"
+#include "fma_peak.hpp"
 
 using namespace diffprobe;
 
@@ -46,6 +50,7 @@ struct Options {
 std::unique_ptr<UNet> g_net;
 Tensor g_input;  // the --input images, if any (batch taken from its first rows, repeated as needed)
 Options g_opt;
+constexpr int kPeakCalls = 15;  // FMA-limit samples before and after the timed passes (~0.1 s each)
 
 Tensor make_input(const UNet& net, std::int64_t batch) {
   const Shape s = net.input_shape(batch);
@@ -106,7 +111,12 @@ void run_forward(benchmark::State& state, int block, std::int64_t batch, int thr
     getrusage(RUSAGE_SELF, &u);
     return static_cast<double>(u.ru_minflt);
   };
+  // The FMA limit measured right before and right after the timed passes (fma_peak.hpp): on a
+  // shared VM the limit itself drifts (380-440 GFLOP/s within an hour on 2 threads), so a
+  // fraction of peak is best taken against the limit of the same minutes.
+  const double peak_before = bench::fma_peak_gflops(threads, kPeakCalls);
   const double faults_before = minor_faults();
+  const auto loop_start = clock::now();
   for (auto _ : state) {
     if (g_opt.per_block) {
       auto last = clock::now();
@@ -121,8 +131,15 @@ void run_forward(benchmark::State& state, int block, std::int64_t batch, int thr
       benchmark::DoNotOptimize(out.begin()->second.raw());
     }
   }
+  const double loop_seconds = std::chrono::duration<double>(clock::now() - loop_start).count();
   const double faults = minor_faults() - faults_before;
+  const double peak_after = bench::fma_peak_gflops(threads, kPeakCalls);
+  const double peak = 0.5 * (peak_before + peak_after);
   const double flop = gflop_to(net, block) * 1e9 * static_cast<double>(batch);
+  state.counters["peak_GFLOP/s"] = peak;
+  state.counters["peak_before"] = peak_before;
+  state.counters["peak_after"] = peak_after;
+  state.counters["of_peak"] = flop * static_cast<double>(state.iterations()) / loop_seconds / 1e9 / peak;
   state.counters["GFLOP/s"] =
       benchmark::Counter(flop, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
   state.counters["GFLOP"] = flop / 1e9;  // per batch

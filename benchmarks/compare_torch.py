@@ -12,7 +12,8 @@ runs in a fresh process so that its peak resident memory (ru_maxrss) is its own.
   /usr/bin/python3 benchmarks/compare_torch.py --preset fmnist_default --blocks 12,out --batch 256
 
 Prints a table of seconds per batch, ratios, GFLOP/s, fraction of the measured FMA peak
-(benchmarks/bench_peak) and peak RSS, checks that both computed the same block output, and
+(benchmarks/bench_peak, once at the start: "of peak"; and the same limit measured by bench_unet
+just before and after each of its timed passes, median over passes: "of adj.") and peak RSS, checks that both computed the same block output, and
 writes --out (JSON). With --per-block it also times each block inside the forward and plots
 them (--plot PNG).
 """
@@ -148,7 +149,10 @@ def run_ours(args, st, x, block, batch, precision, dump):
                 per_block.setdefault(str(int(k[1:-3])), []).append(v)
     return {"times": times, "per_block_ms": {k: statistics.median(v) for k, v in per_block.items()},
             "arena_mib": runs[0].get("arena_MiB"), "live_mib": runs[0].get("peak_live_MiB"),
-            "gflop": runs[0]["GFLOP"]}, rss
+            "gflop": runs[0]["GFLOP"],
+            # the FMA limit measured just before and after each timed pass, and the pass's fraction of it
+            "adjacent_peaks": [b.get("peak_GFLOP/s") for b in runs],
+            "of_adjacent_peak": [b.get("of_peak") for b in runs]}, rss
 
 
 def rel_err(a, b):
@@ -231,7 +235,7 @@ def main():
     print(f"model {model_mib:.0f} MiB; diffprobe load peak RSS: safetensors {load_rss_st:.0f} MiB "
           f"({load_rss_st / model_mib:.2f}x), torch zip {load_rss_pt:.0f} MiB ({load_rss_pt / model_mib:.2f}x)")
     hdr = f"{'block':>5} {'batch':>5} {'prec':>5} {'ours s':>8} {'torch s':>8} {'speedup':>7} {'GFLOP/s':>8} " \
-          f"{'of peak':>7} {'RSS ours':>9} {'RSS torch':>9} {'RSS ratio':>9}  check"
+          f"{'of peak':>7} {'of adj.':>7} {'RSS ours':>9} {'RSS torch':>9} {'RSS ratio':>9}  check"
     print(hdr, flush=True)
     for block, batch in pairs:
         td = os.path.join(args.work, f"torch_b{block}_n{batch}.npy")
@@ -257,6 +261,8 @@ def main():
             row = {"block": block, "batch": batch, "precision": prec, "ours_s": omed, "torch_s": tmed,
                    "speedup": tmed / omed, "gflop": work, "ours_gflops": work / omed,
                    "torch_gflops": work / tmed, "fraction_of_peak": work / omed / peak,
+                   "fraction_of_adjacent_peak": statistics.median(orr["of_adjacent_peak"]),
+                   "adjacent_peaks": orr["adjacent_peaks"],
                    "ours_rss_mib": orss, "torch_rss_mib": trss, "rss_ratio": orss / trss,
                    "rel_err_vs_torch": err, "pooled_cosine_vs_fp32": cos, "ours_times": orr["times"],
                    "torch_times": tr["times"], "ours_arena_mib": orr["arena_mib"],
@@ -264,7 +270,8 @@ def main():
                    "ours_per_block_ms": orr["per_block_ms"], "torch_per_block_ms": tr["per_block_ms"]}
             results["rows"].append(row)
             print(f"{block if block else 'out':>5} {batch:>5} {prec:>5} {omed:8.3f} {tmed:8.3f} "
-                  f"{tmed / omed:6.2f}x {work / omed:8.1f} {work / omed / peak:6.1%} {orss:8.0f}M "
+                  f"{tmed / omed:6.2f}x {work / omed:8.1f} {work / omed / peak:6.1%} "
+                  f"{row['fraction_of_adjacent_peak']:6.1%} {orss:8.0f}M "
                   f"{trss:8.0f}M {orss / trss:8.2f}x  {check}", flush=True)
     results["torch_blas"] = "OpenBLAS" if "openblas" in tr.get("blas", "").lower() else tr.get("blas", "")[:200]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
