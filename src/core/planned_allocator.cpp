@@ -20,6 +20,11 @@ constexpr std::size_t kAlign = kTensorAlignment;
 // system whatever malloc's settings (the first, recording pass must not leave a heap behind it).
 constexpr std::size_t kMapThreshold = std::size_t{256} << 10;
 constexpr std::size_t kPage = 4096;
+// Mappings of requests that outlived their pass (a forward's returned features, plain by design)
+// are kept once freed, at most this much in all, and serve the next plain request of the same
+// length: otherwise every pass mapped its outputs afresh and the kernel zero-filled them page by
+// page (1,024 faults per pass for the bundled model's block 9 at batch 256).
+constexpr std::size_t kSpareBytes = std::size_t{256} << 20;
 // Planning is quadratic in the number of requests of a pass; a U-Net forward makes a few hundred.
 constexpr std::size_t kMaxRequests = 4096;
 
@@ -146,6 +151,8 @@ struct PlannedAllocator::Impl {
   bool following = false;       // the pass has matched the plan so far
   std::int64_t tick = 0;
   Stats stats;
+  std::vector<std::pair<void*, std::size_t>> spare;  // freed plain mappings (address, length)
+  std::size_t spare_bytes = 0;
 
   void release_if_unused(Arena* a) {
     if (!a || a == cur || a->live > 0) return;
@@ -169,6 +176,13 @@ struct PlannedAllocator::Impl {
     if (bytes >= kMapThreshold) {
       kind = Kind::Mapped;
       reserved = round_up(bytes, kPage);
+      for (auto it = spare.begin(); it != spare.end(); ++it)
+        if (it->second == reserved) {
+          void* p = it->first;
+          spare_bytes -= reserved;
+          spare.erase(it);
+          return p;
+        }
       return detail::map_anonymous(reserved);
     }
     kind = Kind::Heap;
@@ -191,6 +205,7 @@ PlannedAllocator::~PlannedAllocator() {
     if (l.kind == Impl::Kind::Mapped) munmap(p, l.bytes);
   }
   for (auto& a : impl_->arenas) munmap(a.base, a.bytes);
+  for (auto& [p, bytes] : impl_->spare) munmap(p, bytes);
 }
 
 void* PlannedAllocator::allocate(std::size_t bytes) {
@@ -244,7 +259,19 @@ void PlannedAllocator::deallocate(void* p, std::size_t /*bytes*/) noexcept {
       m.stats.bytes_in_use -= l.bytes;
       break;
     case Impl::Kind::Mapped:
-      munmap(p, l.bytes);
+      // Kept only if it outlived its pass (returned features); a recording pass's activations
+      // are unmapped as before, so that planning leaves nothing behind but the arena.
+      if (!this_pass && l.bytes <= kSpareBytes) {
+        while (m.spare_bytes + l.bytes > kSpareBytes) {  // the oldest spares make room
+          munmap(m.spare.front().first, m.spare.front().second);
+          m.spare_bytes -= m.spare.front().second;
+          m.spare.erase(m.spare.begin());
+        }
+        m.spare.emplace_back(p, l.bytes);
+        m.spare_bytes += l.bytes;
+      } else {
+        munmap(p, l.bytes);
+      }
       m.stats.bytes_in_use -= l.bytes;
       break;
     case Impl::Kind::InArena: {

@@ -6,6 +6,8 @@
 // tile of queries: S = Q K^T for the tile against all keys, a stable softmax of each row in
 // place (exp((s - max) / sqrt(d))), O = P V, and O / rowsum written to the output. Only one tile
 // of scores per thread is ever alive.
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -204,6 +206,13 @@ Tensor attention(const Tensor& qkv, int heads, ops::QkvOrder order, const ExecCo
                                out_allocator(ctx));
   float* pk = packs.data<float>();
   const i64 tq = std::min(kQueryTile, T), ntiles = (T + tq - 1) / tq;
+  // Each thread's tiles (queries, scores, outputs, row sums) come from the context's allocator
+  // too: at 1,024 tokens the score tile alone is 256 KB, which malloc maps afresh (and the
+  // kernel zero-fills page by page) on every call.
+  const i64 q_size = round16(tq * d), sc_size = round16(tq * Tl), o_size = round16(tq * dp);
+  const i64 per_thread = q_size + sc_size + o_size + round16(tq);
+  Tensor tiles = Tensor::empty(Shape{scope.threads(), per_thread}, DType::F32, Layout::Contiguous,
+                               Device::cpu(), out_allocator(ctx));
   // One parallel region for both phases: a fork/join costs more than the packing of a small image.
 #pragma omp parallel
   {
@@ -220,8 +229,10 @@ Tensor attention(const Tensor& qkv, int heads, ops::QkvOrder order, const ExecCo
         for (i64 t = 0; t < T; ++t) std::fill(vv + t * dp + d, vv + (t + 1) * dp, 0.0f);
     }  // implicit barrier: every pack is complete before any tile reads it
 
-    std::vector<float> q(static_cast<std::size_t>(tq * d)), sc(static_cast<std::size_t>(tq * Tl)),
-        o(static_cast<std::size_t>(tq * dp)), rsum(static_cast<std::size_t>(tq));
+    float* const q = tiles.data<float>() + omp_get_thread_num() * per_thread;  // (1 thread if nested)
+    float* const sc = q + q_size;
+    float* const o = sc + sc_size;
+    float* const rsum = o + o_size;
 #pragma omp for schedule(static)
     for (i64 item = 0; item < N * nh * ntiles; ++item) {
       const i64 n = item / (nh * ntiles), h = (item / ntiles) % nh, t0 = (item % ntiles) * tq;
@@ -229,18 +240,18 @@ Tensor attention(const Tensor& qkv, int heads, ops::QkvOrder order, const ExecCo
       const QkvView v = view_of(n);
       const float* kt = pk + (n * nh + h) * pack_size;
       const float* vv = kt + d * Tl;
-      gather_rows(v, v.at(h, 0), t0, m, q.data(), d);
+      gather_rows(v, v.at(h, 0), t0, m, q, d);
 #if DIFFPROBE_HAVE_AVX512
       if (avx) {
-        gemm_avx512(m, Tp, d, q.data(), d, kt, Tl, sc.data(), Tl);
-        for (i64 i = 0; i < m; ++i) rsum[i] = softmax_row_avx512(sc.data() + i * Tl, T, scale);
-        gemm_avx512(m, dp, T, sc.data(), Tl, vv, dp, o.data(), dp);
+        gemm_avx512(m, Tp, d, q, d, kt, Tl, sc, Tl);
+        for (i64 i = 0; i < m; ++i) rsum[i] = softmax_row_avx512(sc + i * Tl, T, scale);
+        gemm_avx512(m, dp, T, sc, Tl, vv, dp, o, dp);
       } else
 #endif
       {
-        gemm_generic(m, Tp, d, q.data(), d, kt, Tl, sc.data(), Tl);
-        for (i64 i = 0; i < m; ++i) rsum[i] = softmax_row_generic(sc.data() + i * Tl, T, scale);
-        gemm_generic(m, dp, T, sc.data(), Tl, vv, dp, o.data(), dp);
+        gemm_generic(m, Tp, d, q, d, kt, Tl, sc, Tl);
+        for (i64 i = 0; i < m; ++i) rsum[i] = softmax_row_generic(sc + i * Tl, T, scale);
+        gemm_generic(m, dp, T, sc, Tl, vv, dp, o, dp);
       }
       // Output channel h*d + i of token t0 + t.
       for (i64 t = 0; t < m; ++t) rsum[t] = 1.0f / rsum[t];

@@ -201,7 +201,11 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
   constexpr i64 kMaxChunks = 64;
   const i64 chunk = std::max({kBlockPixels, 16384 / C, (HW + kMaxChunks - 1) / kMaxChunks});
   const i64 nchunks = (HW + chunk - 1) / chunk;
-  std::vector<double> part(nhwc ? static_cast<std::size_t>(N * nchunks * C * 2) : 0);
+  // From the context's allocator (2 MB at batch 8 of 256x256x256: malloc would map it afresh, and
+  // the kernel zero-fill it page by page, on every call); every chunk writes all of its part.
+  const Tensor part_store = Tensor::empty(Shape{nhwc ? N * nchunks * C * 4 : 0}, DType::F32,
+                                          Layout::Contiguous, Device::cpu(), out_allocator(ctx));
+  double* const part = nhwc ? reinterpret_cast<double*>(part_store.raw()) : nullptr;
   std::vector<float> am(static_cast<std::size_t>(N * C)), al(am.size()), aa(am.size()), ab(am.size());
   const bool silu = args.silu;
 
@@ -213,7 +217,7 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
 #pragma omp for schedule(static)
       for (i64 item = 0; item < N * nchunks; ++item) {
         const i64 n = item / nchunks, p0 = (item % nchunks) * chunk, p1 = std::min(HW, p0 + chunk);
-        double* d1 = part.data() + item * C * 2;
+        double* d1 = part + item * C * 2;
         double* d2 = d1 + C;
         const float* xs = xp + n * HW * C;
         if (avx)
@@ -236,7 +240,7 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
       if (nhwc)
         for (i64 n = 0; n < N; ++n)
           for (i64 ch = 0; ch < nchunks; ++ch) {
-            const double* d1 = part.data() + (n * nchunks + ch) * C * 2;
+            const double* d1 = part + (n * nchunks + ch) * C * 2;
             for (i64 c = 0; c < C; ++c) {
               s1[n * C + c] += d1[c];
               s2[n * C + c] += d1[C + c];
