@@ -56,6 +56,33 @@ BENCHMARK(BM_GroupNormSiluScaleShift)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
+// ResBlock-down's input path, pool(silu(GN(x))) at 256x256x256: fused (arg 1) or GroupNorm then
+// avg_pool2x2 (arg 0). Bytes: x read twice (statistics, apply) and the pooled output written.
+void BM_GroupNormSiluPool(benchmark::State& state) {
+  const Shape s{1, 256, 256, 256};
+  const Tensor x = random_tensor(s, Layout::NHWC);
+  const Tensor gamma = random_tensor(Shape{256}, Layout::Contiguous),
+               beta = random_tensor(Shape{256}, Layout::Contiguous);
+  ops::GroupNormArgs args;
+  args.silu = true;
+  const bool fused = state.range(0) != 0;
+  args.avg_pool2x2 = fused;
+  const ExecContext ctx = bench_context();
+  for (auto _ : state) {
+    if (fused)
+      benchmark::DoNotOptimize(ops::group_norm(x, gamma, beta, args, ctx));
+    else
+      benchmark::DoNotOptimize(ops::avg_pool2x2(ops::group_norm(x, gamma, beta, args, ctx), ctx));
+  }
+  set_gbps(state, 2.25 * static_cast<double>(x.nbytes()));
+}
+BENCHMARK(BM_GroupNormSiluPool)
+    ->ArgName("fused")
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
 void BM_Attention(benchmark::State& state) {
   const std::int64_t side = state.range(0), C = state.range(1);
   const int heads = static_cast<int>(C / 64);

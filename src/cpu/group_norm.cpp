@@ -119,6 +119,21 @@ void apply_pixel_generic(const float* x, float* y, const Affine& f, i64 C, bool 
   }
 }
 
+// The portable pooled apply: apply_pixel_generic's expression per value, avg_pool2x2's order.
+void apply_pool_row_generic(const float* r0, const float* r1, float* y, i64 OW, const Affine& f, i64 C,
+                            bool silu) {
+  for (i64 ow = 0; ow < OW; ++ow)
+    for (i64 c = 0; c < C; ++c) {
+      const auto one = [&](float x) {
+        const float v = ((x - f.m_hi[c]) - f.m_lo[c]) * f.a[c] + f.b[c];
+        return silu ? simd::silu(v) : v;
+      };
+      const float* p0 = r0 + 2 * ow * C + c;
+      const float* p1 = r1 + 2 * ow * C + c;
+      y[ow * C + c] = ((one(p0[0]) + one(p0[C])) + (one(p1[0]) + one(p1[C]))) * 0.25f;
+    }
+}
+
 void apply_plane_generic(const float* x, float* y, float m_hi, float m_lo, float a, float b, i64 n,
                          bool silu) {
   if (silu) {
@@ -150,6 +165,54 @@ DIFFPROBE_AVX512 void apply_pixel_avx512(const float* x, float* y, const Affine&
   }
 }
 
+// One output row of the pooled apply (avg_pool2x2 after the affine and SiLU): r0, r1 are input
+// rows 2*oh and 2*oh + 1. Each input value goes through exactly apply_pixel_avx512's operations
+// and the four are averaged in avg_pool2x2's order, so the result is bitwise that of the two ops.
+// apply_pixel_avx512's operations on one vector (unmasked: full vectors of the row).
+template <bool kSilu>
+DIFFPROBE_AVX512 inline __m512 apply_vector_avx512(const float* x, const Affine& f, i64 c) {
+  __m512 v = _mm512_sub_ps(_mm512_loadu_ps(x), _mm512_loadu_ps(f.m_hi + c));
+  v = _mm512_sub_ps(v, _mm512_loadu_ps(f.m_lo + c));
+  v = _mm512_fmadd_ps(v, _mm512_loadu_ps(f.a + c), _mm512_loadu_ps(f.b + c));
+  if constexpr (kSilu) v = simd::silu512(v);
+  return v;
+}
+
+// The same on the lanes of k (the row's last, partial vector).
+template <bool kSilu>
+DIFFPROBE_AVX512 inline __m512 apply_vector_avx512(const float* x, __mmask16 k, const Affine& f, i64 c) {
+  __m512 v = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x), _mm512_maskz_loadu_ps(k, f.m_hi + c));
+  v = _mm512_sub_ps(v, _mm512_maskz_loadu_ps(k, f.m_lo + c));
+  v = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(k, f.a + c), _mm512_maskz_loadu_ps(k, f.b + c));
+  if constexpr (kSilu) v = simd::silu512(v);
+  return v;
+}
+
+template <bool kSilu> DIFFPROBE_AVX512 void apply_pool_row_avx512(const float* r0, const float* r1, float* y,
+                                                                  i64 OW, const Affine& f, i64 C) {
+  const __m512 quarter = _mm512_set1_ps(0.25f);
+  for (i64 ow = 0; ow < OW; ++ow) {
+    const float *p0 = r0 + 2 * ow * C, *p1 = r1 + 2 * ow * C;
+    float* yo = y + ow * C;
+    i64 c = 0;
+    for (; c + 16 <= C; c += 16) {
+      const __m512 top = _mm512_add_ps(apply_vector_avx512<kSilu>(p0 + c, f, c),
+                                       apply_vector_avx512<kSilu>(p0 + C + c, f, c));
+      const __m512 bottom = _mm512_add_ps(apply_vector_avx512<kSilu>(p1 + c, f, c),
+                                          apply_vector_avx512<kSilu>(p1 + C + c, f, c));
+      _mm512_storeu_ps(yo + c, _mm512_mul_ps(_mm512_add_ps(top, bottom), quarter));
+    }
+    if (c < C) {
+      const __mmask16 k = simd::tail_mask(C - c);
+      const __m512 top = _mm512_add_ps(apply_vector_avx512<kSilu>(p0 + c, k, f, c),
+                                       apply_vector_avx512<kSilu>(p0 + C + c, k, f, c));
+      const __m512 bottom = _mm512_add_ps(apply_vector_avx512<kSilu>(p1 + c, k, f, c),
+                                          apply_vector_avx512<kSilu>(p1 + C + c, k, f, c));
+      _mm512_mask_storeu_ps(yo + c, k, _mm512_mul_ps(_mm512_add_ps(top, bottom), quarter));
+    }
+  }
+}
+
 template <bool kSilu> DIFFPROBE_AVX512 void apply_plane_avx512(const float* x, float* y, float m_hi,
                                                                float m_lo, float a, float b, i64 n) {
   const __m512 vm = _mm512_set1_ps(m_hi), vl = _mm512_set1_ps(m_lo), va = _mm512_set1_ps(a),
@@ -177,8 +240,15 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
   const Shape& s = x.shape();
   const i64 N = s[0], C = s[1], HW = s[2] * s[3], G = args.groups, cg = C / G;
   const bool nhwc = x.layout() == Layout::NHWC;
-  Tensor out = Tensor::empty(s, DType::F32, x.layout(), Device::cpu(), out_allocator(ctx));
-  if (out.numel() == 0) return out;
+  if (args.avg_pool2x2 && !nhwc) {  // fused for NHWC (the U-Net's layout); NCHW: the two ops
+    ops::GroupNormArgs plain = args;
+    plain.avg_pool2x2 = false;
+    return cpu::avg_pool2x2(cpu::group_norm(x, gamma, beta, plain, ctx), ctx);
+  }
+  const bool pool = args.avg_pool2x2;
+  const i64 H = s[2], W = s[3], OH = pool ? H / 2 : H, OW = pool ? W / 2 : W;
+  Tensor out = Tensor::empty(Shape{N, C, OH, OW}, DType::F32, x.layout(), Device::cpu(), out_allocator(ctx));
+  if (x.numel() == 0) return out;
 
   const float* xp = x.data<float>();
   float* yp = out.data<float>();
@@ -278,7 +348,26 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
       }
     }  // implicit barrier: the coefficients are ready
 
-    if (nhwc) {
+    if (pool) {
+#pragma omp for schedule(static)
+      for (i64 row = 0; row < N * OH; ++row) {
+        const i64 n = row / OH, oh = row % OH;
+        const float* r0 = xp + (n * H + 2 * oh) * W * C;
+        const float* r1 = r0 + W * C;
+        float* yr = yp + row * OW * C;
+        const Affine f{am.data() + n * C, al.data() + n * C, aa.data() + n * C, ab.data() + n * C};
+#if DIFFPROBE_HAVE_AVX512
+        if (avx) {
+          if (silu)
+            apply_pool_row_avx512<true>(r0, r1, yr, OW, f, C);
+          else
+            apply_pool_row_avx512<false>(r0, r1, yr, OW, f, C);
+          continue;
+        }
+#endif
+        apply_pool_row_generic(r0, r1, yr, OW, f, C, silu);
+      }
+    } else if (nhwc) {
 #pragma omp for schedule(static)
       for (i64 row = 0; row < N * HW; ++row) {
         const i64 n = row / HW;

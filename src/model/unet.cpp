@@ -272,10 +272,10 @@ Tensor UNet::Impl::run_layer(const Layer& l, Tensor x, const Tensor& emb, const 
       ops::GroupNormArgs a;
       a.eps = kGnEps;
       a.silu = true;
+      a.avg_pool2x2 = l.desc.resample < 0;  // ResBlock-down: pool(silu(GN(x))) in one pass
       Tensor h = ops::group_norm(x, l.norm_in.gamma, l.norm_in.beta, a, ctx);
       Tensor xs;
       if (l.desc.resample < 0) {
-        h = ops::avg_pool2x2(h, ctx);
         xs = ops::avg_pool2x2(x, ctx);
       } else if (l.desc.resample > 0) {
         h = ops::upsample_nearest2x(h, ctx);

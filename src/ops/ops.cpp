@@ -167,7 +167,14 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
     require_shape(args.scale_shift, Shape{N, 2 * C}, where, "scale_shift");
     require_same_device(x, args.scale_shift, where, "scale_shift");
   }
+  if (args.avg_pool2x2 && (x.shape()[2] % 2 != 0 || x.shape()[3] % 2 != 0))
+    throw ShapeError(where, "avg_pool2x2 needs even H and W, got " + x.shape().str());
   const Device dev = resolve_device(x, ctx, where);
+  if (args.avg_pool2x2 && !dev.is_cpu()) {  // fused on the CPU only; elsewhere the two ops
+    GroupNormArgs plain = args;
+    plain.avg_pool2x2 = false;
+    return avg_pool2x2(backend_for(dev, where).group_norm(x, gamma, beta, plain, ctx), ctx);
+  }
   return backend_for(dev, where).group_norm(x, gamma, beta, args, ctx);
 }
 

@@ -220,3 +220,46 @@ TEST(GroupNorm, RejectsBadArguments) {
   bad_eps.eps = 0.0f;
   EXPECT_THROW(ops::group_norm(x, g, b, bad_eps), ArgumentError);
 }
+
+TEST(GroupNorm, PooledIsBitwiseGroupNormThenAvgPool) {
+  // avg_pool2x2 = true (the ResBlock-down fusion) must give exactly the two separate ops, in both
+  // kernel paths and layouts, with and without SiLU and modulation, on channel counts that leave
+  // a partial vector (40 = 2 x 16 + 8) and several samples.
+  std::mt19937 rng(11);
+  for (bool avx512 : {true, false}) {
+    const KernelPath path(avx512);
+    for (const Shape& s : {Shape{3, 40, 6, 10}, Shape{2, 64, 8, 8}, Shape{1, 32, 2, 2}})
+      for (Layout layout : {Layout::NHWC, Layout::Contiguous})
+        for (int variant = 0; variant < 3; ++variant) {
+          const std::int64_t N = s[0], C = s[1];
+          const Tensor x = random_tensor(s, layout, rng, 3.0f);
+          const Tensor g = random_tensor(Shape{C}, Layout::Contiguous, rng),
+                       b = random_tensor(Shape{C}, Layout::Contiguous, rng);
+          ops::GroupNormArgs a;
+          a.groups = 8;
+          a.silu = variant != 0;
+          if (variant == 1) a.scale_shift = random_tensor(Shape{N, 2 * C}, Layout::Contiguous, rng);
+          if (variant == 2) a.pre_bias = random_tensor(Shape{N, C}, Layout::Contiguous, rng);
+          const Tensor separate = ops::avg_pool2x2(ops::group_norm(x, g, b, a));
+          a.avg_pool2x2 = true;
+          const Tensor fused = ops::group_norm(x, g, b, a);
+          ASSERT_EQ(fused.shape(), (Shape{N, C, s[2] / 2, s[3] / 2}));
+          EXPECT_EQ(fused.layout(), layout);
+          const auto f = fused.to_vector(), e = separate.to_vector();
+          ASSERT_EQ(f.size(), e.size());
+          for (std::size_t i = 0; i < f.size(); ++i)
+            ASSERT_EQ(f[i], e[i]) << "at " << i << " " << s.str() << " " << layout_name(layout) << " variant "
+                                  << variant << (avx512 ? " AVX-512" : " portable");
+        }
+  }
+}
+
+TEST(GroupNorm, PooledRejectsOddSizes) {
+  std::mt19937 rng(12);
+  const Tensor g = random_tensor(Shape{32}, Layout::Contiguous, rng),
+               b = random_tensor(Shape{32}, Layout::Contiguous, rng);
+  ops::GroupNormArgs a;
+  a.avg_pool2x2 = true;
+  EXPECT_THROW(ops::group_norm(random_tensor(Shape{1, 32, 5, 4}, Layout::NHWC, rng), g, b, a), ShapeError);
+  EXPECT_THROW(ops::group_norm(random_tensor(Shape{1, 32, 4, 3}, Layout::NHWC, rng), g, b, a), ShapeError);
+}

@@ -15,10 +15,14 @@ struct GroupNormArgs {
   Tensor pre_bias;     // optional f32 [N, C]
   Tensor scale_shift;  // optional f32 [N, 2C], scale first
   bool silu = false;
+  /// Then a 2x2 average pool (ADM's ResBlock-down: pool(silu(GN(x)))), H and W even: the output
+  /// is [N, C, H/2, W/2], the same numbers as group_norm followed by avg_pool2x2, without the
+  /// full-size intermediate. Statistics are those of the full-size x.
+  bool avg_pool2x2 = false;
 };
 
 /// x: f32 [N, C, H, W] (NHWC or NCHW), C divisible by groups; gamma, beta: f32 [C].
-/// Returns a tensor of x's shape and layout.
+/// Returns a tensor of x's shape (halved in H and W with avg_pool2x2) and layout.
 Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, const GroupNormArgs& args = {},
                   const ExecContext& ctx = {});
 
