@@ -11,6 +11,11 @@
 // size, other blocks) gets plain memory from that point and becomes the next plan; and an arena
 // slot is handed out only if no slot overlapping it is still in use, so an unexpected order of
 // requests costs speed, never correctness.
+//
+// Memory of 256 KiB and more that is freed outside the pass that asked for it (the features a
+// caller held and then dropped) keeps its mapping, up to 256 MiB in all (oldest dropped first),
+// for the next request of the same length: a stream of passes then maps nothing. That memory is
+// held until reused or until the allocator is destroyed; stats().bytes_in_use does not count it.
 #include <cstddef>
 #include <memory>
 
