@@ -188,24 +188,26 @@ struct Affine {
 };
 
 // One NHWC pixel: y[c] = ((x[c] - m_hi[c]) - m_lo[c]) * a[c] + b[c], then SiLU.
+// The affine of channel c, the one expression every portable NHWC apply uses.
+DIFFPROBE_INLINE float affine(float x, const Affine& f, i64 c) {
+  return ((x - f.m_hi[c]) - f.m_lo[c]) * f.a[c] + f.b[c];
+}
+
 void apply_pixel_generic(const float* x, float* y, const Affine& f, i64 C, bool silu) {
   if (silu) {
-    for (i64 c = 0; c < C; ++c) y[c] = simd::silu(((x[c] - f.m_hi[c]) - f.m_lo[c]) * f.a[c] + f.b[c]);
+    for (i64 c = 0; c < C; ++c) y[c] = simd::silu(affine(x[c], f, c));
   } else {
 #pragma omp simd
-    for (i64 c = 0; c < C; ++c) y[c] = ((x[c] - f.m_hi[c]) - f.m_lo[c]) * f.a[c] + f.b[c];
+    for (i64 c = 0; c < C; ++c) y[c] = affine(x[c], f, c);
   }
 }
 
-// The portable pooled apply: apply_pixel_generic's expression per value, avg_pool2x2's order.
+// The portable pooled apply: the same affine per value, avg_pool2x2's order.
 void apply_pool_row_generic(const float* r0, const float* r1, float* y, i64 OW, const Affine& f, i64 C,
                             bool silu) {
   for (i64 ow = 0; ow < OW; ++ow)
     for (i64 c = 0; c < C; ++c) {
-      const auto one = [&](float x) {
-        const float v = ((x - f.m_hi[c]) - f.m_lo[c]) * f.a[c] + f.b[c];
-        return silu ? simd::silu(v) : v;
-      };
+      const auto one = [&](float x) { return silu ? simd::silu(affine(x, f, c)) : affine(x, f, c); };
       const float* p0 = r0 + 2 * ow * C + c;
       const float* p1 = r1 + 2 * ow * C + c;
       y[ow * C + c] = ((one(p0[0]) + one(p0[C])) + (one(p1[0]) + one(p1[C]))) * 0.25f;
@@ -223,30 +225,7 @@ void apply_plane_generic(const float* x, float* y, float m_hi, float m_lo, float
 }
 
 #if DIFFPROBE_HAVE_AVX512
-template <bool kSilu>
-DIFFPROBE_AVX512 void apply_pixel_avx512(const float* x, float* y, const Affine& f, i64 C) {
-  i64 c = 0;
-  for (; c + 16 <= C; c += 16) {
-    __m512 v = _mm512_sub_ps(_mm512_loadu_ps(x + c), _mm512_loadu_ps(f.m_hi + c));
-    v = _mm512_sub_ps(v, _mm512_loadu_ps(f.m_lo + c));
-    v = _mm512_fmadd_ps(v, _mm512_loadu_ps(f.a + c), _mm512_loadu_ps(f.b + c));
-    if constexpr (kSilu) v = simd::silu512(v);
-    _mm512_storeu_ps(y + c, v);
-  }
-  if (c < C) {
-    const __mmask16 k = simd::tail_mask(C - c);
-    __m512 v = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + c), _mm512_maskz_loadu_ps(k, f.m_hi + c));
-    v = _mm512_sub_ps(v, _mm512_maskz_loadu_ps(k, f.m_lo + c));
-    v = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(k, f.a + c), _mm512_maskz_loadu_ps(k, f.b + c));
-    if constexpr (kSilu) v = simd::silu512(v);
-    _mm512_mask_storeu_ps(y + c, k, v);
-  }
-}
-
-// One output row of the pooled apply (avg_pool2x2 after the affine and SiLU): r0, r1 are input
-// rows 2*oh and 2*oh + 1. Each input value goes through exactly apply_pixel_avx512's operations
-// and the four are averaged in avg_pool2x2's order, so the result is bitwise that of the two ops.
-// apply_pixel_avx512's operations on one vector (unmasked: full vectors of the row).
+// The affine (and SiLU) of one vector of channels starting at c (full: the row's main loop).
 template <bool kSilu>
 DIFFPROBE_AVX512 inline __m512 apply_vector_avx512(const float* x, const Affine& f, i64 c) {
   __m512 v = _mm512_sub_ps(_mm512_loadu_ps(x), _mm512_loadu_ps(f.m_hi + c));
@@ -256,7 +235,7 @@ DIFFPROBE_AVX512 inline __m512 apply_vector_avx512(const float* x, const Affine&
   return v;
 }
 
-// The same on the lanes of k (the row's last, partial vector).
+// The same on the lanes of k (a row's last, partial vector).
 template <bool kSilu>
 DIFFPROBE_AVX512 inline __m512 apply_vector_avx512(const float* x, __mmask16 k, const Affine& f, i64 c) {
   __m512 v = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x), _mm512_maskz_loadu_ps(k, f.m_hi + c));
@@ -266,6 +245,20 @@ DIFFPROBE_AVX512 inline __m512 apply_vector_avx512(const float* x, __mmask16 k, 
   return v;
 }
 
+// One NHWC pixel through the affine (and SiLU).
+template <bool kSilu>
+DIFFPROBE_AVX512 void apply_pixel_avx512(const float* x, float* y, const Affine& f, i64 C) {
+  i64 c = 0;
+  for (; c + 16 <= C; c += 16) _mm512_storeu_ps(y + c, apply_vector_avx512<kSilu>(x + c, f, c));
+  if (c < C) {
+    const __mmask16 k = simd::tail_mask(C - c);
+    _mm512_mask_storeu_ps(y + c, k, apply_vector_avx512<kSilu>(x + c, k, f, c));
+  }
+}
+
+// One output row of the pooled apply (avg_pool2x2 after the affine and SiLU): r0, r1 are input
+// rows 2*oh and 2*oh + 1. Each input value goes through apply_pixel_avx512's vector helper and
+// the four are averaged in avg_pool2x2's order, so the result is bitwise that of the two ops.
 template <bool kSilu> DIFFPROBE_AVX512 void apply_pool_row_avx512(const float* r0, const float* r1, float* y,
                                                                   i64 OW, const Affine& f, i64 C) {
   const __m512 quarter = _mm512_set1_ps(0.25f);
