@@ -104,7 +104,12 @@ void register_all(bool large) {
       {2048, 1024, 16, 1, 1, Layout::NHWC, false},      // decoder's skip projection
       {1024, 3072, 16, 1, 1, Layout::NHWC, false},      // qkv projection at 16x16
   };
-  if (large) convs.push_back({256, 256, 256, 3, 1, Layout::NHWC, false});
+  if (large) {
+    convs.push_back({256, 256, 256, 3, 1, Layout::NHWC, false});
+    convs.push_back({256, 256, 256, 3, 1, Layout::NHWC, true});  // ResBlock's second convolution
+    convs.push_back({512, 512, 64, 3, 1, Layout::NHWC, false});  // blocks 8-9, 28-30
+    convs.push_back({512, 512, 64, 3, 1, Layout::NHWC, true});
+  }
   for (const Precision p : {Precision::FP32, Precision::BF16}) {
     for (const ConvBench& b : convs) {
       const std::string name = "conv" + std::to_string(b.k) + "x" + std::to_string(b.k) + "/" +

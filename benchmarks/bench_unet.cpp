@@ -3,15 +3,18 @@
 // the memory plan made by a first pass).
 //   bench_unet [--preset=NAME] [--weights=FILE] [--input=X.npy] [--t=90] [--blocks=24,0]
 //              [--batch=1,8] [--threads=2] [--precision=fp32,bf16] [--per-block] [--dump=OUT.npy]
-//              [--allocator=planned|caching]
+//              [--allocator=planned|caching|heap]
 // Defaults: the bundled model's preset (fmnist_default), random weights generated in memory
 // (UNet::random; no file needed), random input, blocks "deepest to all": 0 (= the full forward).
 // --weights/--input use exactly the weights and input a baseline uses (benchmarks/compare_torch.py).
 // --allocator=caching uses the size-bucketed CachingAllocator instead of the memory plan
-// (FeatureExtractor's), to compare the two.
+// (FeatureExtractor's), --allocator=heap passes no allocator (ExecContext's default: plain heap
+// memory), to compare them.
 // Counters peak_before / peak_after / peak_GFLOP/s and of_peak: the fp32 FMA limit (GFLOP/s)
 // measured just before and just after the timed passes, their mean, and the achieved GFLOP/s as
 // a fraction of that mean.
+// Counters prepare_ms and first_pass_ms: UNet::prepare (packing the weights of the blocks that
+// run) and the first forward (primitives created, memory plan recorded), once per repetition.
 // --per-block adds counters b<k>_ms: each block's own time within the forward (block callback).
 // --dump writes the requested block's output of the first configuration as .npy [N, C, H, W]
 // (for checking that the baseline computed the same thing).
@@ -44,7 +47,7 @@ struct Options {
   std::vector<Precision> precisions{Precision::FP32};
   float t = 90;
   bool per_block = false;
-  bool caching = false;  // --allocator=caching
+  std::string allocator = "planned";  // --allocator=
 };
 
 std::unique_ptr<UNet> g_net;
@@ -91,11 +94,22 @@ void run_forward(benchmark::State& state, int block, std::int64_t batch, int thr
   ExecContext ctx;
   ctx.threads = threads;
   ctx.precision = precision;
-  ctx.allocator = g_opt.caching ? static_cast<Allocator*>(&caching) : &planned;
+  ctx.allocator = g_opt.allocator == "caching" ? static_cast<Allocator*>(&caching)
+                  : g_opt.allocator == "heap"  ? nullptr
+                                               : &planned;
   const int blocks[1] = {block};
+  using clock = std::chrono::steady_clock;
+  double prepare_ms = 0, first_pass_ms = 0;
   try {
-    net.prepare(ctx, blocks);                                  // only the blocks this forward runs
-    const auto warm = net.forward(x, t, labels, blocks, ctx);  // creates primitives, fills the cache
+    const auto t0 = clock::now();
+    net.prepare(ctx, blocks);  // only the blocks this forward runs
+    const auto t1 = clock::now();
+    // The first call: creates the primitives and records the memory plan, its activations in
+    // fresh memory (what a one-off call costs; also the setup every repetition pays).
+    const auto warm = net.forward(x, t, labels, blocks, ctx);
+    const auto t2 = clock::now();
+    prepare_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
+    first_pass_ms = std::chrono::duration<double, std::milli>(t2 - t1).count();
     if (!g_opt.dump.empty()) {
       io::save_npy(g_opt.dump, warm.at(block).to_layout(Layout::Contiguous));
       g_opt.dump.clear();
@@ -105,7 +119,6 @@ void run_forward(benchmark::State& state, int block, std::int64_t batch, int thr
     return;
   }
   std::map<int, double> block_seconds;
-  using clock = std::chrono::steady_clock;
   const auto minor_faults = [] {
     rusage u{};
     getrusage(RUSAGE_SELF, &u);
@@ -136,6 +149,8 @@ void run_forward(benchmark::State& state, int block, std::int64_t batch, int thr
   const double peak_after = bench::fma_peak_gflops(threads, kPeakCalls);
   const double peak = 0.5 * (peak_before + peak_after);
   const double flop = gflop_to(net, block) * 1e9 * static_cast<double>(batch);
+  state.counters["prepare_ms"] = prepare_ms;
+  state.counters["first_pass_ms"] = first_pass_ms;
   state.counters["peak_GFLOP/s"] = peak;
   state.counters["peak_before"] = peak_before;
   state.counters["peak_after"] = peak_after;
@@ -146,10 +161,10 @@ void run_forward(benchmark::State& state, int block, std::int64_t batch, int thr
   state.counters["img/s"] =
       benchmark::Counter(static_cast<double>(batch), benchmark::Counter::kIsIterationInvariantRate);
   constexpr double MiB = 1 << 20;
-  if (g_opt.caching) {
+  if (g_opt.allocator == "caching") {
     state.counters["peak_live_MiB"] = static_cast<double>(caching.peak_bytes_in_use()) / MiB;
     state.counters["arena_MiB"] = static_cast<double>(caching.bytes_reserved()) / MiB;
-  } else {
+  } else if (g_opt.allocator == "planned") {
     const auto mem = planned.stats();
     state.counters["peak_live_MiB"] = static_cast<double>(mem.peak_bytes_in_use) / MiB;
     state.counters["arena_MiB"] = static_cast<double>(mem.arena_bytes) / MiB;
@@ -193,8 +208,8 @@ int main(int argc, char** argv) {
         g_opt.threads = cli::parse_int_list(value("--threads="), "--threads");
       else if (a == "--per-block")
         g_opt.per_block = true;
-      else if (a == "--allocator=caching" || a == "--allocator=planned")
-        g_opt.caching = a == "--allocator=caching";
+      else if (a == "--allocator=caching" || a == "--allocator=planned" || a == "--allocator=heap")
+        g_opt.allocator = value("--allocator=");
       else if (a.starts_with("--precision=")) {
         g_opt.precisions.clear();
         for (const auto& p : cli::split(value("--precision=")))

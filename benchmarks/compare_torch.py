@@ -13,9 +13,11 @@ runs in a fresh process so that its peak resident memory (ru_maxrss) is its own.
 
 Prints a table of seconds per batch, ratios, GFLOP/s, fraction of the measured FMA peak
 (benchmarks/bench_peak, once at the start: "of peak"; and the same limit measured by bench_unet
-just before and after each of its timed passes, median over passes: "of adj.") and peak RSS, checks that both computed the same block output, and
-writes --out (JSON). With --per-block it also times each block inside the forward and plots
-them (--plot PNG).
+just before and after each of its timed passes, median over passes: "of adj.") and peak RSS,
+checks that both computed the same block output, and writes --out (JSON). "1st": the first
+forward of each process (ours: primitives created and the memory plan recorded; PyTorch: its
+warm-up run), what a one-off call costs. With --per-block it also times each block inside the
+forward and plots them (--plot PNG).
 """
 import argparse
 import json
@@ -99,7 +101,7 @@ def torch_worker(a):
         for i, m in enumerate(mods):
             hooks.append(m.register_forward_hook(lambda *_, i=i: stamps.append((i + 1, time.perf_counter()))))
         hooks.append(model.out.register_forward_hook(lambda *_: stamps.append((0, time.perf_counter()))))
-    times, per_block = [], {}
+    times, per_block, first_s = [], {}, None
     with torch.no_grad():
         for r in range(a.repeats + 1):  # the first run is the warm-up
             stamps.clear()
@@ -107,6 +109,7 @@ def torch_worker(a):
             out = model.forward_blocks(x, t, y, blocks=[block])
             e = time.perf_counter()
             if r == 0:
+                first_s = e - s
                 if a.dump:
                     np.save(a.dump, out[block].numpy())
                 continue
@@ -115,7 +118,7 @@ def torch_worker(a):
             for b, ts in stamps:
                 per_block.setdefault(b, []).append(ts - last)
                 last = ts
-    print(json.dumps({"times": times, "load_s": load_s,
+    print(json.dumps({"times": times, "load_s": load_s, "first_s": first_s,
                       "per_block_ms": {str(b): 1e3 * statistics.median(v) for b, v in per_block.items()},
                       "torch": torch.__version__, "blas": torch.__config__.show()}))
 
@@ -150,6 +153,8 @@ def run_ours(args, st, x, block, batch, precision, dump):
     return {"times": times, "per_block_ms": {k: statistics.median(v) for k, v in per_block.items()},
             "arena_mib": runs[0].get("arena_MiB"), "live_mib": runs[0].get("peak_live_MiB"),
             "gflop": runs[0]["GFLOP"],
+            # the very first forward of the process (primitives created, memory plan recorded)
+            "first_s": runs[0].get("first_pass_ms", float("nan")) / 1e3,
             # the FMA limit measured just before and after each timed pass, and the pass's fraction of it
             "adjacent_peaks": [b.get("peak_GFLOP/s") for b in runs],
             "of_adjacent_peak": [b.get("of_peak") for b in runs]}, rss
@@ -235,7 +240,8 @@ def main():
     print(f"model {model_mib:.0f} MiB; diffprobe load peak RSS: safetensors {load_rss_st:.0f} MiB "
           f"({load_rss_st / model_mib:.2f}x), torch zip {load_rss_pt:.0f} MiB ({load_rss_pt / model_mib:.2f}x)")
     hdr = f"{'block':>5} {'batch':>5} {'prec':>5} {'ours s':>8} {'torch s':>8} {'speedup':>7} {'GFLOP/s':>8} " \
-          f"{'of peak':>7} {'of adj.':>7} {'RSS ours':>9} {'RSS torch':>9} {'RSS ratio':>9}  check"
+          f"{'of peak':>7} {'of adj.':>7} {'RSS ours':>9} {'RSS torch':>9} {'RSS ratio':>9} {'1st ours':>8} " \
+          f"{'1st torch':>9}  check"
     print(hdr, flush=True)
     for block, batch in pairs:
         td = os.path.join(args.work, f"torch_b{block}_n{batch}.npy")
@@ -267,12 +273,14 @@ def main():
                    "rel_err_vs_torch": err, "pooled_cosine_vs_fp32": cos, "ours_times": orr["times"],
                    "torch_times": tr["times"], "ours_arena_mib": orr["arena_mib"],
                    "ours_live_mib": orr["live_mib"],
-                   "ours_per_block_ms": orr["per_block_ms"], "torch_per_block_ms": tr["per_block_ms"]}
+                   "ours_per_block_ms": orr["per_block_ms"], "torch_per_block_ms": tr["per_block_ms"],
+                   "ours_first_s": orr["first_s"], "torch_first_s": tr.get("first_s")}
             results["rows"].append(row)
             print(f"{block if block else 'out':>5} {batch:>5} {prec:>5} {omed:8.3f} {tmed:8.3f} "
                   f"{tmed / omed:6.2f}x {work / omed:8.1f} {work / omed / peak:6.1%} "
                   f"{row['fraction_of_adjacent_peak']:6.1%} {orss:8.0f}M "
-                  f"{trss:8.0f}M {orss / trss:8.2f}x  {check}", flush=True)
+                  f"{trss:8.0f}M {orss / trss:8.2f}x {orr['first_s']:8.3f} {tr.get('first_s') or float('nan'):9.3f}  "
+                  f"{check}", flush=True)
     results["torch_blas"] = "OpenBLAS" if "openblas" in tr.get("blas", "").lower() else tr.get("blas", "")[:200]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     json.dump(results, open(args.out, "w"), indent=1)

@@ -4,6 +4,7 @@
 #include <new>
 #include <string>
 
+#include "core/page_mapping.hpp"
 #include "device_hooks.hpp"
 #include "diffprobe/core/error.hpp"
 
@@ -18,10 +19,26 @@ void* aligned_heap_alloc(std::size_t bytes) {
   return p;
 }
 
+// Blocks of 2 MiB and more are page mappings of our own, on a 2 MiB boundary and advised for
+// transparent huge pages, so that writing one is a fault per 2 MiB rather than per 4 KiB. A
+// forward given no allocator asks for dozens of such activations every pass (64 MiB each at
+// 256x256x256), which glibc maps afresh (above 32 MiB) or trims and re-faults (below); on this
+// project's VM a small-page fault costs ~9 us. bench_unet --allocator=heap, 256x256 model to
+// block 24: 145 K faults and 3.27 s per pass with glibc's blocks, 1.9 K and 1.8-2.3 s with these.
+constexpr std::size_t kMappedHeapBytes = std::size_t{2} << 20;
+
 class HeapAllocator final : public Allocator {
  public:
-  void* allocate(std::size_t bytes) override { return aligned_heap_alloc(bytes); }
-  void deallocate(void* p, std::size_t) noexcept override { std::free(p); }
+  void* allocate(std::size_t bytes) override {
+    return bytes >= kMappedHeapBytes ? detail::map_anonymous_huge(bytes) : aligned_heap_alloc(bytes);
+  }
+  void deallocate(void* p, std::size_t bytes) noexcept override {
+    if (!p) return;
+    if (bytes >= kMappedHeapBytes)
+      ::munmap(p, round_up(bytes, 4096));  // map_anonymous_huge's exact length
+    else
+      std::free(p);
+  }
   Device device() const noexcept override { return Device::cpu(); }
 };
 

@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <new>
 
 namespace diffprobe::detail {
@@ -26,6 +27,23 @@ inline void advise_huge_pages(void* p, std::size_t bytes) noexcept {
   (void)p;
   (void)bytes;
 #endif
+}
+
+/// `bytes` of fresh zero pages starting on a 2 MiB boundary and advised for transparent huge
+/// pages, so that every whole 2 MiB stretch is one page fault instead of 512 (on this project's
+/// VM a small-page fault costs ~9 us: 64 MiB written for the first time took 150 ms instead of
+/// 3.5 ms). The mapping is exactly round_up(bytes, 4 KiB) long; munmap it with that length.
+inline void* map_anonymous_huge(std::size_t bytes) {
+  constexpr std::size_t kHuge = std::size_t{2} << 20, kPage = 4096;
+  bytes = (bytes + kPage - 1) / kPage * kPage;
+  auto* raw = static_cast<char*>(map_anonymous(bytes + kHuge));
+  const auto addr = reinterpret_cast<std::uintptr_t>(raw);
+  char* p = raw + ((kHuge - addr % kHuge) % kHuge);
+  if (p > raw) ::munmap(raw, static_cast<std::size_t>(p - raw));
+  const std::size_t tail = static_cast<std::size_t>(raw + bytes + kHuge - (p + bytes));
+  if (tail > 0) ::munmap(p + bytes, tail);
+  advise_huge_pages(p, bytes);
+  return p;
 }
 
 }  // namespace diffprobe::detail

@@ -1,9 +1,12 @@
 // Tensor core: shapes, layouts, dtypes, views, allocators, errors.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <random>
+#include <vector>
 
 #include "diffprobe/diffprobe.hpp"
 
@@ -132,6 +135,29 @@ TEST(CachingAllocator, ReusesFreedBlocks) {
   EXPECT_GE(alloc.peak_bytes_in_use(), std::size_t{64 * 32 * 32 * 4});
   alloc.release_cached();
   EXPECT_EQ(alloc.bytes_reserved(), 0u);
+}
+
+TEST(HeapAllocator, LargeBlocksAreHugePageAlignedMappings) {
+  // cpu_allocator() maps blocks of 2 MiB and more itself, on 2 MiB boundaries (for transparent
+  // huge pages); smaller ones come from the heap. Both are fully writable, and tensors of either
+  // size keep their values.
+  Allocator& heap = cpu_allocator();
+  for (const std::size_t bytes :
+       {std::size_t{2} << 20, (std::size_t{7} << 20) + 100, std::size_t{65} << 20}) {
+    auto* p = static_cast<unsigned char*>(heap.allocate(bytes));
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(p) % (std::uintptr_t{2} << 20), 0u) << bytes;
+    std::fill(p, p + bytes, static_cast<unsigned char>(0xa5));
+    EXPECT_EQ(std::count(p, p + bytes, static_cast<unsigned char>(0xa5)), static_cast<std::ptrdiff_t>(bytes));
+    heap.deallocate(p, bytes);
+  }
+  auto* q = static_cast<unsigned char*>(heap.allocate(1000));
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(q) % kTensorAlignment, 0u);
+  heap.deallocate(q, 1000);
+  std::vector<float> v(std::size_t{3} << 20);  // 12 MiB
+  for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(i % 1000);
+  const Tensor t = Tensor::from_vector(Shape{static_cast<std::int64_t>(v.size())}, v);
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(t.raw()) % (std::uintptr_t{2} << 20), 0u);
+  EXPECT_EQ(t.data<float>()[v.size() - 1], static_cast<float>((v.size() - 1) % 1000));
 }
 
 TEST(Threads, ScopeSetsAndRestores) {

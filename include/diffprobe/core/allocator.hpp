@@ -20,6 +20,7 @@ class Allocator {
   virtual ~Allocator() = default;
   /// Returns `bytes` bytes aligned to kTensorAlignment (never nullptr; throws on failure).
   virtual void* allocate(std::size_t bytes) = 0;
+  /// Gives back p, with the `bytes` it was allocated with (allocators may rely on them).
   virtual void deallocate(void* p, std::size_t bytes) noexcept = 0;
   virtual Device device() const noexcept = 0;
   /// Brackets one repeatable unit of work (a forward pass), for allocators that plan memory
@@ -45,7 +46,9 @@ class AllocatorPass {
   int exceptions_;
 };
 
-/// Plain aligned heap memory (the default for tensors created outside a forward pass).
+/// Plain aligned heap memory (the default for tensors created outside a forward pass, and for a
+/// forward given no allocator). Blocks of 2 MiB and more are page mappings on 2 MiB boundaries,
+/// advised for transparent huge pages.
 Allocator& cpu_allocator() noexcept;
 
 /// Size-bucketed cache of CPU blocks. Thread-safe. Statistics let tests and benchmarks see the
