@@ -6,8 +6,8 @@
 
 Samples every thread at 999 Hz (perf record -e cpu-clock), then keeps only the samples of the
 timed passes: bench_unet measures the FMA limit (benchmarks/fma_peak.hpp) right before and right
-after them, so a timed pass is a stretch of 1-3 s free of fma_loop samples (--min/--max) between
-two such bursts. The setup, the first (recording) pass and the peak loops are left out: the
+after them, so the stretches free of fma_loop samples alternate between timed passes and the next
+repetition's setup (sanity bounds on a pass: --min/--max seconds). The setup, the first (recording) pass and the peak loops are left out: the
 recording pass writes every activation into fresh memory, and on a VM its page faults would
 dominate a whole-run profile.
 
@@ -49,7 +49,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="perf.data path (default: a temporary file)")
     ap.add_argument("--min", type=float, default=0.3, help="shortest timed pass, s")
-    ap.add_argument("--max", type=float, default=30.0, help="longest timed pass, s")
+    ap.add_argument("--max", type=float, default=60.0, help="longest timed pass, s")
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("cmd", nargs=argparse.REMAINDER, help="-- bench_unet and its flags")
     a = ap.parse_args()
@@ -80,7 +80,13 @@ def main():
             cur = None
         else:
             cur = [i, i] if cur is None else [cur[0], i]
-    passes = [s for s in stretches if a.min < rows[s[1]][0] - rows[s[0]][0] < a.max]
+    # Each repetition of bench_unet: prepare + first pass, peak, timed passes, peak. The stretch
+    # from the program's start holds the setup; after it, timed and setup stretches alternate.
+    # (A stray sample inside a peak burst would split it: such slivers are dropped.)
+    stretches = [s for s in stretches if s[1] - s[0] >= 50]
+    if stretches and stretches[0][0] == 0:
+        stretches = stretches[1:]
+    passes = [s for s in stretches[0::2] if a.min < rows[s[1]][0] - rows[s[0]][0] < a.max]
     if not passes:
         raise SystemExit("no timed pass found (is this bench_unet, with its peak measurements?)")
     prof, waiting_partner = collections.Counter(), collections.Counter()
