@@ -3,13 +3,21 @@
 //   bench_conv                      the quick set
 //   bench_conv --large              adds the 256x256 convolutions of the 256x256 model (slow)
 //   bench_conv --threads=N          another thread count (default 2)
+//   bench_conv --benchmark_filter=small3x3   a measured-not-built alternative: the 3x3
+//                                   convolutions of 8x8 and 4x4 maps as oneDNN's direct convolution
+//                                   vs one oneDNN matmul over an im2col copy (docs/performance.md)
 // Google Benchmark's own flags (--benchmark_filter=..., --benchmark_format=json) work as usual.
 #include <benchmark/benchmark.h>
+#include <omp.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <cstring>
+#include <oneapi/dnnl/dnnl.hpp>
 #include <random>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "diffprobe/diffprobe.hpp"
@@ -89,7 +97,126 @@ void run_linear(benchmark::State& state, std::int64_t rows, std::int64_t in, std
   state.SetLabel(precision_name(precision));
 }
 
+// A 3x3 stride-1 pad-1 NHWC convolution with bias and residual (sum post-op), on oneDNN
+// directly: as its convolution primitive (`im2col` false), or as an im2col copy [N*H*W, 9*C]
+// (kh, kw, c order) times the weights packed once as a [9*C, O] matmul operand. Both write the
+// same numbers up to summation order; the copy is part of the timed work.
+void run_small3x3(benchmark::State& state, std::int64_t N, std::int64_t C, std::int64_t O, std::int64_t S,
+                  bool im2col) {
+  using dnnl::memory;
+  using tag = memory::format_tag;
+  using dt = memory::data_type;
+  omp_set_num_threads(g_threads);
+  dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  dnnl::stream strm(eng);
+  const Tensor x = random_tensor(Shape{N * S * S * C}, 3, 1.0f),
+               w = random_tensor(Shape{O * C * 9}, 1, 0.05f), b = random_tensor(Shape{O}, 2, 0.1f),
+               res = random_tensor(Shape{N * S * S * O}, 4, 1.0f);
+  std::vector<float> y(static_cast<std::size_t>(N * S * S * O));
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  dnnl::post_ops po;
+  po.append_sum(1.0f);
+  attr.set_post_ops(po);
+  memory user_w({{O, C, 3, 3}, dt::f32, tag::oihw}, eng, w.raw());
+  const std::int64_t M = N * S * S, K = 9 * C;
+  std::vector<float> col(im2col ? static_cast<std::size_t>(M * K) : 0);
+  memory packed;
+  std::vector<char> scratch;
+  dnnl::primitive prim;
+  std::unordered_map<int, memory> args;
+  if (!im2col) {
+    const memory::desc src({N, C, S, S}, dt::f32, tag::nhwc), dst({N, O, S, S}, dt::f32, tag::nhwc),
+        bias({O}, dt::f32, tag::a);
+    const dnnl::convolution_forward::primitive_desc pd({dnnl::prop_kind::forward_inference,
+                                                        dnnl::algorithm::convolution_direct,
+                                                        src,
+                                                        memory::desc({O, C, 3, 3}, dt::f32, tag::any),
+                                                        bias,
+                                                        dst,
+                                                        {1, 1},
+                                                        {1, 1},
+                                                        {1, 1}},
+                                                       attr, eng);
+    packed = memory(pd.weights_desc(), eng);
+    dnnl::reorder(user_w, packed).execute(strm, user_w, packed);
+    strm.wait();
+    scratch.resize(pd.scratchpad_desc().get_size() + 64);
+    prim = dnnl::convolution_forward(pd);
+    args = {{DNNL_ARG_SRC, memory(src, eng, x.raw())},
+            {DNNL_ARG_WEIGHTS, packed},
+            {DNNL_ARG_BIAS, memory(bias, eng, b.raw())},
+            {DNNL_ARG_DST, memory(dst, eng, y.data())},
+            {DNNL_ARG_SCRATCHPAD, memory(pd.scratchpad_desc(), eng, scratch.data())}};
+  } else {
+    const memory::desc a({M, K}, dt::f32, tag::ab), d({M, O}, dt::f32, tag::ab),
+        bias({1, O}, dt::f32, tag::ab);
+    const dnnl::matmul::primitive_desc pd({a, memory::desc({K, O}, dt::f32, tag::any), bias, d}, attr, eng);
+    // OIHW viewed as [kh][kw][c][o] (strides 3, 1, 9, 9C), made dense = the [K, O] matrix, then packed.
+    std::vector<float> plain(static_cast<std::size_t>(K * O));
+    memory view({{3, 3, C, O}, dt::f32, memory::dims{3, 1, 9, 9 * C}}, eng, w.raw());
+    memory dense({{3, 3, C, O}, dt::f32, tag::abcd}, eng, plain.data());
+    dnnl::reorder(view, dense).execute(strm, view, dense);
+    memory kxo({{K, O}, dt::f32, tag::ab}, eng, plain.data());
+    packed = memory(pd.weights_desc(), eng);
+    dnnl::reorder(kxo, packed).execute(strm, kxo, packed);
+    strm.wait();
+    scratch.resize(pd.scratchpad_desc().get_size() + 64);
+    prim = dnnl::matmul(pd);
+    args = {{DNNL_ARG_SRC, memory(a, eng, col.data())},
+            {DNNL_ARG_WEIGHTS, packed},
+            {DNNL_ARG_BIAS, memory(bias, eng, b.raw())},
+            {DNNL_ARG_DST, memory(d, eng, y.data())},
+            {DNNL_ARG_SCRATCHPAD, memory(pd.scratchpad_desc(), eng, scratch.data())}};
+  }
+  const float* xp = x.data<float>();
+  const auto once = [&] {
+    std::copy(res.data<float>(), res.data<float>() + y.size(), y.data());
+    if (im2col) {
+#pragma omp parallel for schedule(static)
+      for (std::int64_t p = 0; p < M; ++p) {
+        const std::int64_t n = p / (S * S), h = p % (S * S) / S, wv = p % S;
+        float* row = col.data() + p * K;
+        for (int kh = 0; kh < 3; ++kh)
+          for (int kw = 0; kw < 3; ++kw) {
+            const std::int64_t ih = h + kh - 1, iw = wv + kw - 1;
+            float* d = row + (kh * 3 + kw) * C;
+            if (ih < 0 || ih >= S || iw < 0 || iw >= S)
+              std::fill(d, d + C, 0.0f);
+            else
+              std::memcpy(d, xp + ((n * S + ih) * S + iw) * C, static_cast<std::size_t>(C) * sizeof(float));
+          }
+      }
+    }
+    prim.execute(strm, args);
+    strm.wait();
+  };
+  once();
+  for (auto _ : state) once();
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2e-9 * static_cast<double>(M * K * O) * static_cast<double>(state.iterations()),
+                         benchmark::Counter::kIsRate);
+}
+
+void register_small3x3() {
+  struct Shape3 {
+    std::int64_t n, c, o, s;
+  };
+  for (const Shape3 sh : {Shape3{1, 1024, 1024, 8}, Shape3{1, 2048, 1024, 8}, Shape3{8, 1024, 1024, 8},
+                          Shape3{1, 512, 512, 8}, Shape3{1, 1024, 1024, 4}, Shape3{8, 1024, 1024, 4}})
+    for (const bool im2col : {false, true}) {
+      const std::string name = "small3x3/" + std::string(im2col ? "im2col_matmul" : "direct") + "/N" +
+                               std::to_string(sh.n) + "/" + std::to_string(sh.c) + "to" +
+                               std::to_string(sh.o) + "/" + std::to_string(sh.s) + "x" +
+                               std::to_string(sh.s) + "/fp32";
+      benchmark::RegisterBenchmark(name.c_str(), run_small3x3, sh.n, sh.c, sh.o, sh.s, im2col)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+    }
+}
+
 void register_all(bool large) {
+  register_small3x3();
   std::vector<ConvBench> convs = {
       {256, 256, 64, 3, 1, Layout::NHWC, false},
       {256, 256, 128, 3, 1, Layout::NHWC, false},
