@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <new>
@@ -71,7 +72,6 @@ void Scratch::bind(std::unordered_map<int, dnnl::memory>& args, const dnnl::memo
   args.insert_or_assign(DNNL_ARG_SCRATCHPAD, dnnl::memory(md, engine(), data()));
 }
 
-namespace {
 // Once packed, the user's weights are read again only if another layout is asked for. Let the
 // kernel reclaim their pages: for a memory-mapped checkpoint these are clean file pages, dropped
 // and re-read on demand, so a loaded model does not hold its weights twice. MADV_PAGEOUT never
@@ -84,6 +84,7 @@ void release_pages(const void* data, std::size_t bytes) {
   if (last > first) (void)::madvise(reinterpret_cast<void*>(first), last - first, MADV_PAGEOUT);
 }
 
+namespace {
 // Packed weights of 4 MiB and more get their own mapping, advised for transparent huge pages.
 // A batch-1 forward streams every weight once (1.7 GB to block 24 of the 256x256 model), which
 // with 4 KiB pages is one TLB miss per 4 KiB read. The kernel backs every 2 MiB-aligned
@@ -133,6 +134,12 @@ dnnl::memory PackedWeights::get(const dnnl::memory::desc& want, const dnnl::memo
 void PackedWeights::prepack(const dnnl::memory::desc& want, const dnnl::memory& user) {
   std::lock_guard lock(mu_);
   find_or_pack(want, user);
+}
+
+bool PackedWeights::has(const dnnl::memory::desc& want) const {
+  std::lock_guard lock(mu_);
+  return std::any_of(variants_.begin(), variants_.end(),
+                     [&](const Variant& v) { return v.packed.get_desc() == want; });
 }
 
 std::vector<dnnl::memory::desc> PackedWeights::layouts() const {

@@ -68,6 +68,8 @@ class PackedWeights {
   /// For a primitive: the weights in layout `want`, packed from `user` (the plain f32 weights)
   /// the first time. Packing a new layout drops the layouts packed ahead that no primitive took.
   dnnl::memory get(const dnnl::memory::desc& want, const dnnl::memory& user);
+  /// Whether layout `want` is packed already.
+  bool has(const dnnl::memory::desc& want) const;
   /// Packs ahead of use (at model load), in the layout a typical input shape wants.
   void prepack(const dnnl::memory::desc& want, const dnnl::memory& user);
   /// The layouts packed so far.
@@ -85,6 +87,10 @@ class PackedWeights {
   mutable std::mutex mu_;
   std::vector<Variant> variants_;
 };
+
+/// Hands the whole pages inside [data, data + bytes) back to the kernel (MADV_PAGEOUT; a hint:
+/// contents never change). Used on a layer's original weights once they are packed.
+void release_pages(const void* data, std::size_t bytes);
 
 /// Creates a primitive descriptor through make(weights_desc). First lets oneDNN choose the
 /// weights layout (format any); when `packed` already holds another layout that the same

@@ -1,12 +1,14 @@
 // CPU convolution through oneDNN, "describe once, create once, execute many": the op's cache
 // keeps its weights packed once per precision (in the blocked layout the primitive chose) and
 // one ready primitive per (input shape, layout, residual, precision, thread count), so a call
-// on a known shape creates no descriptor and packs nothing.
+// on a known shape creates no descriptor and packs nothing. 3x3 convolutions of small maps with
+// many channels run as one matmul over an im2col copy instead (conv2d_uses_im2col).
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <optional>
 #include <unordered_map>
+#include <vector>
 
 #include "cpu/cpu_ops.hpp"
 #include "cpu/onednn_common.hpp"
@@ -19,6 +21,7 @@ using dnnl::memory;
 using tag = memory::format_tag;
 using dt = memory::data_type;
 using ConvPd = dnnl::convolution_forward::primitive_desc;
+using MatmulPd = dnnl::matmul::primitive_desc;
 
 constexpr const char* kWhere = "Conv2d";
 
@@ -65,7 +68,66 @@ ConvPd make_pd(const ops::Conv2d& op, const Shape& in, Layout layout, bool sum, 
   return ConvPd({kind, alg, src, weights, dst, {s, s}, {pad, pad}, {pad, pad}}, attr, onednn::engine());
 }
 
+// The im2col path: x [N, H, W, C] (NHWC) -> col [N*H*W, 9*C], each row the 3x3 neighbourhood of
+// one output pixel in (kh, kw, c) order, zeros outside the image; y = col x W [9*C, O] + bias.
+MatmulPd make_im2col_pd(const ops::Conv2d& op, const Shape& in, bool sum) {
+  const memory::dim M = in[0] * in[2] * in[3], K = 9 * in[1], O = op.out_channels();
+  dnnl::primitive_attr attr = onednn::user_scratchpad_attr();
+  if (sum) {
+    dnnl::post_ops po;
+    po.append_sum(1.0f);
+    attr.set_post_ops(po);
+  }
+  const memory::desc src({M, K}, dt::f32, tag::ab), dst({M, O}, dt::f32, tag::ab),
+      weights({K, O}, dt::f32, tag::any);
+  if (op.bias().defined())
+    return MatmulPd({src, weights, memory::desc({1, O}, dt::f32, tag::ab), dst}, attr, onednn::engine());
+  return MatmulPd({src, weights, dst}, attr, onednn::engine());
+}
+
+// The weights as the matmul's [9*C, O] operand in layout `want`, packed once: OIHW read as
+// [kh][kw][c][o] (strides 3, 1, 9, 9*C), made dense, then reordered into `want`.
+memory im2col_weights(const ops::Conv2d& op, onednn::PackedWeights& packed, const memory::desc& want) {
+  if (packed.has(want)) return packed.get(want, user_weights(op));  // (user not read again)
+  const memory::dim C = op.in_channels(), O = op.out_channels();
+  const dnnl::engine& eng = onednn::engine();
+  std::vector<float> dense(static_cast<std::size_t>(9 * C * O));
+  memory view({{3, 3, C, O}, dt::f32, memory::dims{3, 1, 9, 9 * C}}, eng, op.weight().raw());
+  memory flat({{3, 3, C, O}, dt::f32, tag::abcd}, eng, dense.data());
+  const auto r = onednn::make_reorder(view.get_desc(), flat.get_desc());
+  const onednn::Scratch scratch(r.scratchpad.get_size(), nullptr);
+  std::unordered_map<int, memory> args{{DNNL_ARG_FROM, view}, {DNNL_ARG_TO, flat}};
+  scratch.bind(args, r.scratchpad);
+  dnnl::stream& s = onednn::stream();
+  r.prim.execute(s, args);
+  s.wait();
+  const memory out = packed.get(want, memory({{9 * C, O}, dt::f32, tag::ab}, eng, dense.data()));
+  onednn::release_pages(op.weight().raw(), op.weight().nbytes());
+  return out;
+}
+
+void im2col_3x3(const float* x, float* col, std::int64_t N, std::int64_t H, std::int64_t W, std::int64_t C,
+                int threads) {
+  const std::int64_t M = N * H * W, K = 9 * C;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (std::int64_t p = 0; p < M; ++p) {
+    const std::int64_t n = p / (H * W), h = p % (H * W) / W, w = p % W;
+    float* row = col + p * K;
+    for (std::int64_t kh = 0; kh < 3; ++kh)
+      for (std::int64_t kw = 0; kw < 3; ++kw) {
+        const std::int64_t ih = h + kh - 1, iw = w + kw - 1;
+        float* d = row + (kh * 3 + kw) * C;
+        if (ih < 0 || ih >= H || iw < 0 || iw >= W)
+          std::fill(d, d + C, 0.0f);
+        else
+          std::copy_n(x + ((n * H + ih) * W + iw) * C, C, d);
+      }
+  }
+}
+
 struct ConvPlan {
+  std::optional<dnnl::matmul> im2col;  // set: the im2col path (conv unused; src = the copy)
+  memory::desc out2d;                  // im2col path: dst viewed as [N*H*W, O]
   dnnl::convolution_forward conv;
   memory weights;  // packed; shared with the other plans of this precision
   memory::desc user_src, src, dst, bias, conv_scratchpad;
@@ -77,6 +139,25 @@ struct ConvPlan {
 
 std::shared_ptr<ConvPlan> make_plan(const ops::Conv2d& op, onednn::PackedWeights& packed, const Shape& in,
                                     Layout layout, const Tensor& residual, Precision p) {
+  if (conv2d_uses_im2col(op, in, layout, p)) {
+    const MatmulPd pd = make_im2col_pd(op, in, residual.defined());
+    auto plan = std::make_shared<ConvPlan>();
+    plan->im2col = dnnl::matmul(pd);
+    plan->weights = im2col_weights(op, packed, pd.weights_desc());
+    plan->src = pd.src_desc();
+    plan->out2d = pd.dst_desc();
+    plan->dst = memory::desc(dims4(op.output_shape(in)), dt::f32, tag::nhwc);
+    plan->user_src = memory::desc(dims4(in), dt::f32, tag::nhwc);
+    plan->bias = op.bias().defined() ? pd.bias_desc() : memory::desc();
+    plan->conv_scratchpad = pd.scratchpad_desc();
+    plan->scratch_bytes = plan->conv_scratchpad.get_size();
+    if (residual.defined()) {
+      plan->residual = memory::desc(dims4(residual.shape()), dt::f32, layout_tag(residual.layout()));
+      plan->copy_residual = onednn::make_reorder(plan->residual, plan->dst);
+      plan->scratch_bytes = std::max(plan->scratch_bytes, plan->copy_residual->scratchpad.get_size());
+    }
+    return plan;
+  }
   const ConvPd pd = onednn::create_preferring_packed<ConvPd>(
       packed, any_weights(op, p),
       [&](const memory::desc& w) { return make_pd(op, in, layout, residual.defined(), p, w); });
@@ -109,6 +190,18 @@ void require_cpu_weights(const ops::Conv2d& op, const char* where) {
 }
 
 }  // namespace
+
+// oneDNN 2.6's brgemm convolution has too few output pixels per weight block on small maps;
+// one matmul over an im2col copy does better there (bench_conv --benchmark_filter=small3x3,
+// 2 threads: 4x4 maps 1.5x at batch 1 and 2x at batch 8; 8x8 with 1,024 channels +7 % and
+// +15 %; 8x8 with 512 channels, and larger maps, slower). fp32 and NHWC only (bf16 already runs
+// the 8x8 convolutions at 92 % of its peak).
+bool conv2d_uses_im2col(const ops::Conv2d& op, const Shape& in, Layout layout, Precision p) {
+  if (p != Precision::FP32 || layout != Layout::NHWC) return false;
+  if (op.kernel_size() != 3 || op.spec().stride != 1 || op.spec().padding != 1) return false;
+  const std::int64_t hw = in[2] * in[3], c = in[1];
+  return (hw <= 16 && c >= 512) || (hw <= 64 && c >= 1024);
+}
 
 Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tensor& residual,
               const ExecContext& ctx, bool into_residual) {
@@ -146,6 +239,20 @@ Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tens
                                            {DNNL_ARG_TO, dst}};
       scratch.bind(args, plan->copy_residual->scratchpad);
       plan->copy_residual->prim.execute(s, args);
+    }
+    if (plan->im2col) {
+      // The copy [N*H*W, 9*C] (2.4 MB per image at 8x8x1024) from the context's allocator.
+      const Tensor col = Tensor::empty(Shape{in[0] * in[2] * in[3] * 9 * in[1]}, DType::F32,
+                                       Layout::Contiguous, Device::cpu(), ctx.allocator);
+      im2col_3x3(x.data<float>(), col.data<float>(), in[0], in[2], in[3], in[1], scope.threads());
+      std::unordered_map<int, memory> args{{DNNL_ARG_SRC, memory(plan->src, eng, col.raw())},
+                                           {DNNL_ARG_WEIGHTS, plan->weights},
+                                           {DNNL_ARG_DST, memory(plan->out2d, eng, y.raw())}};
+      if (op.bias().defined()) args.emplace(DNNL_ARG_BIAS, memory(plan->bias, eng, op.bias().raw()));
+      scratch.bind(args, plan->conv_scratchpad);
+      plan->im2col->execute(s, args);
+      s.wait();
+      return y;
     }
     memory src(plan->user_src, eng, x.raw());
     Tensor x16;  // the bf16 copy of x lives until the convolution has run

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "cpu/cpu_ops.hpp"
 #include "cpu/onednn_common.hpp"
 #include "diffprobe/diffprobe.hpp"
 #include "support/relative_error.hpp"
@@ -284,6 +285,53 @@ TEST(Conv2d, ForwardAddWritesIntoAResidualNothingElseHolds) {
   ConvProblem q(ConvCase{1, 32, 32, 8, 8, 3, 1, 1, true, false, NHWC, NHWC});
   EXPECT_LE(worst_relative_error(q.conv.forward_add(q.x, Tensor(), ctx), q.ref), 1e-4);
   EXPECT_THROW(p.conv.forward_add(p.x, Tensor::zeros(Shape{1, 96, 7, 9}), ctx), ShapeError);
+}
+
+TEST(Conv2d, SmallMapsWithManyChannelsRunAsOneMatmulOverAnIm2colCopy) {
+  // Which inputs take the im2col path: 3x3 stride-1 pad-1 fp32 NHWC, at most 16 pixels with 512
+  // channels or more, at most 64 with 1,024 or more.
+  const auto uses = [](std::int64_t I, std::int64_t H, std::int64_t W, std::int64_t k = 3, int stride = 1,
+                       Layout l = Layout::NHWC, Precision p = Precision::FP32) {
+    const Conv2d c(Tensor::zeros(Shape{8, I, k, k}), Tensor(), Conv2dSpec{stride, static_cast<int>(k / 2)});
+    return cpu::conv2d_uses_im2col(c, Shape{1, I, H, W}, l, p);
+  };
+  EXPECT_TRUE(uses(512, 4, 4));
+  EXPECT_TRUE(uses(1024, 8, 8));
+  EXPECT_TRUE(uses(2048, 8, 8));
+  EXPECT_TRUE(uses(512, 3, 5));
+  EXPECT_FALSE(uses(512, 8, 8));
+  EXPECT_FALSE(uses(256, 4, 4));
+  EXPECT_FALSE(uses(1024, 16, 16));
+  EXPECT_FALSE(uses(1024, 8, 8, 1));
+  EXPECT_FALSE(uses(1024, 8, 8, 3, 2));
+  EXPECT_FALSE(uses(1024, 8, 8, 3, 1, Layout::Contiguous));
+  EXPECT_FALSE(uses(1024, 8, 8, 3, 1, Layout::NHWC, Precision::BF16));
+
+  // And that path against the double loop: bias or not, residual in either layout or none,
+  // batch > 1, non-square, in place, after prepare (which packed the convolution's layout).
+  ExecContext ctx;
+  ctx.threads = 2;
+  for (const ConvCase& c : {ConvCase{2, 512, 48, 4, 4, 3, 1, 1, true, true, NHWC, NHWC},
+                            ConvCase{1, 1024, 24, 8, 8, 3, 1, 1, false, true, NHWC, NCHW},
+                            ConvCase{3, 512, 16, 3, 5, 3, 1, 1, true, false, NHWC, NHWC}}) {
+    ConvProblem p(c);
+    ASSERT_TRUE(cpu::conv2d_uses_im2col(p.conv, p.x.shape(), p.x.layout(), Precision::FP32)) << case_name(c);
+    p.conv.prepare(ctx);
+    const Tensor y = p.conv.forward(p.x, ctx, p.res);
+    EXPECT_EQ(y.shape(), p.conv.output_shape(p.x.shape()));
+    EXPECT_EQ(y.layout(), Layout::NHWC);
+    const double err = worst_relative_error(y, p.ref);
+    std::printf("[ conv im2col %s ] worst relative error %.3g\n", case_name(c).c_str(), err);
+    EXPECT_LE(err, 1e-4) << case_name(c);
+    EXPECT_EQ(p.conv.forward(p.x, ctx, p.res).to_vector(), y.to_vector());  // the cached plan
+    if (c.residual && c.residual_layout == NHWC) {
+      Tensor sole = p.res.clone();
+      const void* buffer = sole.raw();
+      const Tensor z = p.conv.forward_add(p.x, std::move(sole), ctx);
+      EXPECT_EQ(z.raw(), buffer);
+      EXPECT_EQ(z.to_vector(), y.to_vector());
+    }
+  }
 }
 
 TEST(Conv2d, PrepareThenForward) {
