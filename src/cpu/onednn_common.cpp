@@ -142,6 +142,11 @@ bool PackedWeights::has(const dnnl::memory::desc& want) const {
                      [&](const Variant& v) { return v.packed.get_desc() == want; });
 }
 
+dnnl::memory PackedWeights::any() const {
+  std::lock_guard lock(mu_);
+  return variants_.empty() ? dnnl::memory() : variants_.front().packed;
+}
+
 std::vector<dnnl::memory::desc> PackedWeights::layouts() const {
   std::lock_guard lock(mu_);
   std::vector<dnnl::memory::desc> out;

@@ -70,6 +70,8 @@ class PackedWeights {
   dnnl::memory get(const dnnl::memory::desc& want, const dnnl::memory& user);
   /// Whether layout `want` is packed already.
   bool has(const dnnl::memory::desc& want) const;
+  /// One of the packed layouts (the first), or an empty memory when none is.
+  dnnl::memory any() const;
   /// Packs ahead of use (at model load), in the layout a typical input shape wants.
   void prepack(const dnnl::memory::desc& want, const dnnl::memory& user);
   /// The layouts packed so far.

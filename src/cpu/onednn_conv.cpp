@@ -85,24 +85,34 @@ MatmulPd make_im2col_pd(const ops::Conv2d& op, const Shape& in, bool sum) {
   return MatmulPd({src, weights, dst}, attr, onednn::engine());
 }
 
-// The weights as the matmul's [9*C, O] operand in layout `want`, packed once: OIHW read as
-// [kh][kw][c][o] (strides 3, 1, 9, 9*C), made dense, then reordered into `want`.
+// The weights as the matmul's [9*C, O] operand in layout `want`, packed once. The dense
+// [9*C, O] matrix with rows in (kh, kw, c) order is the 4-D weights in format cdba; it is made
+// from a layout packed ahead by prepare() when there is one (in memory, whereas the original
+// weights' pages were handed back after that packing: a mapped checkpoint would be read from
+// disk again), else from the original weights.
 memory im2col_weights(const ops::Conv2d& op, onednn::PackedWeights& packed, const memory::desc& want) {
   if (packed.has(want)) return packed.get(want, user_weights(op));  // (user not read again)
   const memory::dim C = op.in_channels(), O = op.out_channels();
   const dnnl::engine& eng = onednn::engine();
-  std::vector<float> dense(static_cast<std::size_t>(9 * C * O));
-  memory view({{3, 3, C, O}, dt::f32, memory::dims{3, 1, 9, 9 * C}}, eng, op.weight().raw());
-  memory flat({{3, 3, C, O}, dt::f32, tag::abcd}, eng, dense.data());
-  const auto r = onednn::make_reorder(view.get_desc(), flat.get_desc());
+  const memory ahead = packed.any();
+  const memory from = ahead ? ahead : user_weights(op);
+  // From cpu_allocator(): uninitialised, in huge pages (38-75 MB per layer of the 256x256 model).
+  const Tensor dense =
+      Tensor::empty(Shape{9 * C * O}, DType::F32, Layout::Contiguous, Device::cpu(), nullptr);
+  // (A matmul layout of another input shape is [9*C, O] already.)
+  const bool matrix = from.get_desc().dims().size() == 2;
+  memory flat(
+      matrix ? memory::desc({9 * C, O}, dt::f32, tag::ab) : memory::desc({O, C, 3, 3}, dt::f32, tag::cdba),
+      eng, dense.raw());
+  const auto r = onednn::make_reorder(from.get_desc(), flat.get_desc());
   const onednn::Scratch scratch(r.scratchpad.get_size(), nullptr);
-  std::unordered_map<int, memory> args{{DNNL_ARG_FROM, view}, {DNNL_ARG_TO, flat}};
+  std::unordered_map<int, memory> args{{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, flat}};
   scratch.bind(args, r.scratchpad);
   dnnl::stream& s = onednn::stream();
   r.prim.execute(s, args);
   s.wait();
-  const memory out = packed.get(want, memory({{9 * C, O}, dt::f32, tag::ab}, eng, dense.data()));
-  onednn::release_pages(op.weight().raw(), op.weight().nbytes());
+  const memory out = packed.get(want, memory({{9 * C, O}, dt::f32, tag::ab}, eng, dense.raw()));
+  if (!ahead) onednn::release_pages(op.weight().raw(), op.weight().nbytes());
   return out;
 }
 

@@ -10,6 +10,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "cpu/cpu_ops.hpp"
@@ -308,15 +309,18 @@ TEST(Conv2d, SmallMapsWithManyChannelsRunAsOneMatmulOverAnIm2colCopy) {
   EXPECT_FALSE(uses(1024, 8, 8, 3, 1, Layout::NHWC, Precision::BF16));
 
   // And that path against the double loop: bias or not, residual in either layout or none,
-  // batch > 1, non-square, in place, after prepare (which packed the convolution's layout).
+  // batch > 1, non-square, in place, with and without prepare (which packs the convolution's
+  // layout, then the source of the matmul's).
   ExecContext ctx;
   ctx.threads = 2;
+  bool prepare = true;
   for (const ConvCase& c : {ConvCase{2, 512, 48, 4, 4, 3, 1, 1, true, true, NHWC, NHWC},
                             ConvCase{1, 1024, 24, 8, 8, 3, 1, 1, false, true, NHWC, NCHW},
                             ConvCase{3, 512, 16, 3, 5, 3, 1, 1, true, false, NHWC, NHWC}}) {
     ConvProblem p(c);
     ASSERT_TRUE(cpu::conv2d_uses_im2col(p.conv, p.x.shape(), p.x.layout(), Precision::FP32)) << case_name(c);
-    p.conv.prepare(ctx);
+    if (prepare) p.conv.prepare(ctx);
+    prepare = !prepare;
     const Tensor y = p.conv.forward(p.x, ctx, p.res);
     EXPECT_EQ(y.shape(), p.conv.output_shape(p.x.shape()));
     EXPECT_EQ(y.layout(), Layout::NHWC);
@@ -331,6 +335,18 @@ TEST(Conv2d, SmallMapsWithManyChannelsRunAsOneMatmulOverAnIm2colCopy) {
       EXPECT_EQ(z.raw(), buffer);
       EXPECT_EQ(z.to_vector(), y.to_vector());
     }
+  }
+
+  // One op at several im2col shapes and at a direct-convolution shape: each packing made from
+  // whatever is packed already, every result right.
+  ConvProblem p(ConvCase{1, 512, 32, 4, 4, 3, 1, 1, true, false, NHWC, NHWC});
+  p.conv.prepare(ctx);
+  EXPECT_LE(worst_relative_error(p.conv.forward(p.x, ctx), p.ref), 1e-4);
+  for (const auto& [n, h, w] : {std::tuple{5, 4, 4}, std::tuple{2, 2, 3}, std::tuple{1, 9, 7}}) {
+    const std::vector<float> xv = random_values(n * 512 * h * w, 40 + n);
+    const Tensor x = Tensor::from_vector(Shape{n, 512, h, w}, xv, NHWC);
+    const std::vector<double> ref = reference_conv(xv, p.wv, p.bv, {}, n, 512, h, w, 32, 3, 1, 1);
+    EXPECT_LE(worst_relative_error(p.conv.forward(x, ctx), ref), 1e-4) << n << "x" << h << "x" << w;
   }
 }
 
