@@ -17,6 +17,10 @@ class CpuBackend final : public Backend {
   void conv2d_prepare(const Conv2d& op, OpCache& cache, const ExecContext& ctx) override {
     cpu::conv2d_prepare(op, cache, ctx);
   }
+  void conv2d_prepare_for(const Conv2d& op, OpCache& cache, const ExecContext& ctx,
+                          const Shape& input) override {
+    cpu::conv2d_prepare(op, cache, ctx, &input);
+  }
   Tensor linear(const Linear& op, OpCache& cache, const Tensor& x, bool silu_input,
                 const ExecContext& ctx) override {
     return cpu::linear(op, cache, x, silu_input, ctx);

@@ -10,7 +10,9 @@ using ops::detail::OpCache;
 /// into_residual: write y into the residual's buffer (the caller holds the only reference).
 Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tensor& residual,
               const ExecContext& ctx, bool into_residual = false);
-void conv2d_prepare(const ops::Conv2d& op, OpCache& cache, const ExecContext& ctx);
+/// input: the shape the layer will run at, when known (selects the layout to pack).
+void conv2d_prepare(const ops::Conv2d& op, OpCache& cache, const ExecContext& ctx,
+                    const Shape* input = nullptr);
 /// Whether conv2d runs this input as one matmul over an im2col copy (3x3 stride-1 convolutions
 /// of small maps with many channels, fp32, NHWC) rather than as oneDNN's convolution.
 bool conv2d_uses_im2col(const ops::Conv2d& op, const Shape& in, Layout layout, Precision p);

@@ -286,7 +286,7 @@ Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tens
   return y;
 }
 
-void conv2d_prepare(const ops::Conv2d& op, OpCache& cache, const ExecContext& ctx) {
+void conv2d_prepare(const ops::Conv2d& op, OpCache& cache, const ExecContext& ctx, const Shape* input) {
   constexpr const char* where = "Conv2d::prepare";
   onednn::check_precision(ctx.precision, where);
   require_cpu_weights(op, where);
@@ -294,10 +294,14 @@ void conv2d_prepare(const ops::Conv2d& op, OpCache& cache, const ExecContext& ct
   try {
     const auto packed = packed_weights(cache, ctx.precision);
     if (packed->count() > 0) return;
-    // The layout oneDNN picks for a typical NHWC input; other shapes reuse it when the same
-    // implementation accepts it (see create_preferring_packed).
+    if (input && conv2d_uses_im2col(op, *input, Layout::NHWC, ctx.precision)) {
+      (void)im2col_weights(op, *packed, make_im2col_pd(op, *input, false).weights_desc());
+      return;
+    }
+    // The layout oneDNN picks for the given input or a typical NHWC one; other shapes reuse it
+    // when the same implementation accepts it (see create_preferring_packed).
     const std::int64_t side = std::max<std::int64_t>(32, op.kernel_size());
-    const Shape in{1, op.in_channels(), side, side};
+    const Shape in = input ? *input : Shape{1, op.in_channels(), side, side};
     const ConvPd pd = make_pd(op, in, Layout::NHWC, false, ctx.precision, any_weights(op, ctx.precision));
     packed->prepack(pd.weights_desc(), user_weights(op));
   } catch (const dnnl::error& e) {

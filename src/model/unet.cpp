@@ -730,18 +730,45 @@ void UNet::prepare(const ExecContext& ctx, std::span<const int> blocks) const {
   const auto [deepest, want_out] = reach_of(blocks, num_blocks(), "UNet::prepare");
   impl_->time0.prepare(ctx);
   impl_->time2.prepare(ctx);
+  // Each convolution is prepared for the shape it runs at for an image of the configured size
+  // (batch 1), walking the forward's resolutions: the weight layout can depend on it (small maps
+  // run as a matmul on the CPU). Another image size still works; a layer whose layout then
+  // differs packs again on first use.
+  std::int64_t side = config().image_size;
+  const auto conv = [&](const ops::Conv2d& c, std::int64_t channels) {
+    if (c.defined()) c.prepare(ctx, Shape{1, channels, side, side});
+  };
   auto prep = [&](const Block& b) {
     for (const auto& l : b.layers) {
-      if (l.conv_in.defined()) l.conv_in.prepare(ctx);
-      if (l.conv_out.defined()) l.conv_out.prepare(ctx);
-      if (l.skip.defined()) l.skip.prepare(ctx);
-      if (l.emb.defined()) l.emb.prepare(ctx);
+      const LayerDesc& d = l.desc;
+      switch (d.kind) {
+        case LayerKind::InConv: conv(l.conv_in, d.cin); break;
+        case LayerKind::Down:
+          conv(l.conv_in, d.cin);
+          side = (side + 1) / 2;  // stride 2, padding 1
+          break;
+        case LayerKind::Up:
+          side *= 2;
+          conv(l.conv_in, d.cin);
+          break;
+        case LayerKind::Attn:  // qkv and proj_out, both on C channels
+          conv(l.conv_in, d.cin);
+          conv(l.conv_out, d.cin);
+          break;
+        case LayerKind::Res:
+          side = d.resample < 0 ? side / 2 : d.resample > 0 ? side * 2 : side;
+          conv(l.conv_in, d.cin);
+          conv(l.conv_out, d.cout);
+          conv(l.skip, d.cin);
+          if (l.emb.defined()) l.emb.prepare(ctx);
+          break;
+      }
     }
   };
   // Only what a forward to the deepest block runs: packed weights of later blocks would only
   // hold memory.
   for (int b = 1; b <= deepest; ++b) prep(impl_->block(b));
-  if (want_out) impl_->out_conv.prepare(ctx);
+  if (want_out) conv(impl_->out_conv, impl_->out_conv.in_channels());
 }
 
 }  // namespace diffprobe

@@ -41,6 +41,13 @@ class Backend {
     return conv2d(op, cache, x, residual, ctx);
   }
   virtual void conv2d_prepare(const Conv2d& op, OpCache& cache, const ExecContext& ctx) = 0;
+  /// Prepares for inputs of a known shape; a backend whose weight layout does not depend on the
+  /// shape prepares as without one.
+  virtual void conv2d_prepare_for(const Conv2d& op, OpCache& cache, const ExecContext& ctx,
+                                  const Shape& input) {
+    (void)input;
+    conv2d_prepare(op, cache, ctx);
+  }
   virtual Tensor linear(const Linear& op, OpCache& cache, const Tensor& x, bool silu_input,
                         const ExecContext& ctx) = 0;
   virtual void linear_prepare(const Linear& op, OpCache& cache, const ExecContext& ctx) = 0;

@@ -109,6 +109,12 @@ void Conv2d::prepare(const ExecContext& ctx) const {
   backend_for(ctx.device, "Conv2d::prepare").conv2d_prepare(*this, *cache_, ctx);
 }
 
+void Conv2d::prepare(const ExecContext& ctx, const Shape& input) const {
+  if (!defined()) throw ArgumentError("Conv2d::prepare", "the convolution is undefined");
+  (void)output_shape(input);  // ShapeError when input is not [N, in_channels, H, W] or too small
+  backend_for(ctx.device, "Conv2d::prepare").conv2d_prepare_for(*this, *cache_, ctx, input);
+}
+
 // ---- Linear ---------------------------------------------------------------------------------
 
 Linear::Linear(Tensor weight, Tensor bias)

@@ -350,6 +350,28 @@ TEST(Conv2d, SmallMapsWithManyChannelsRunAsOneMatmulOverAnIm2colCopy) {
   }
 }
 
+TEST(Conv2d, PrepareForAShapeThenForward) {
+  // Prepared for the shape it runs at: the im2col path's layout (4x4, 512 channels) or the
+  // convolution's; then the same results as unprepared, at that shape and at others.
+  ExecContext ctx;
+  ctx.threads = 2;
+  for (const ConvCase& c : {ConvCase{2, 512, 24, 4, 4, 3, 1, 1, true, true, NHWC, NHWC},
+                            ConvCase{1, 64, 40, 9, 11, 3, 1, 1, true, false, NHWC, NHWC}}) {
+    ConvProblem p(c);
+    p.conv.prepare(ctx, p.x.shape());
+    p.conv.prepare(ctx, p.x.shape());  // idempotent
+    EXPECT_LE(worst_relative_error(p.conv.forward(p.x, ctx, p.res), p.ref), 1e-4) << case_name(c);
+    const std::vector<float> xv = random_values(c.I * 6 * 6, 77);
+    const Tensor x = Tensor::from_vector(Shape{1, c.I, 6, 6}, xv, NHWC);
+    EXPECT_LE(worst_relative_error(p.conv.forward(x, ctx),
+                                   reference_conv(xv, p.wv, p.bv, {}, 1, c.I, 6, 6, c.O, 3, 1, 1)),
+              1e-4);
+    EXPECT_THROW(p.conv.prepare(ctx, Shape{1, c.I + 1, 4, 4}), ShapeError);
+    EXPECT_THROW(p.conv.prepare(ctx, Shape{c.I, 4, 4}), ShapeError);
+  }
+  EXPECT_THROW(Conv2d().prepare(ctx, Shape{1, 8, 4, 4}), ArgumentError);
+}
+
 TEST(Conv2d, PrepareThenForward) {
   ConvProblem p(ConvCase{1, 96, 32, 13, 5, 3, 1, 1, true, true, NHWC, NHWC});
   ExecContext ctx;

@@ -39,6 +39,11 @@ class Conv2d {
   double flops(const Shape& in) const;
   /// Prepares weights for a device and precision now (e.g. at model load) rather than at first use.
   void prepare(const ExecContext& ctx) const;
+  /// The same for inputs of this shape (NHWC): packs the weights in the layout that shape's
+  /// computation takes (on the CPU, small maps with many channels run as a matmul, which wants
+  /// another layout than the convolution). Other shapes still work, packing on first use if
+  /// they need another layout. ShapeError when the channels disagree with the weights.
+  void prepare(const ExecContext& ctx, const Shape& input) const;
 
   bool defined() const noexcept { return weight_.defined(); }
   const Tensor& weight() const noexcept { return weight_; }
