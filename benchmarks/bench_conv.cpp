@@ -121,13 +121,15 @@ void run_small3x3(benchmark::State& state, std::int64_t N, std::int64_t C, std::
   memory user_w({{O, C, 3, 3}, dt::f32, tag::oihw}, eng, w.raw());
   const std::int64_t M = N * S * S, K = 9 * C;
   std::vector<float> col(im2col ? static_cast<std::size_t>(M * K) : 0);
-  memory packed;
-  std::vector<char> scratch;
+  // The primitive, the layout it wants its weights in, and how it sees src and dst.
   dnnl::primitive prim;
-  std::unordered_map<int, memory> args;
+  memory::desc src, dst, bias, want, scratchpad_md;
+  memory user = user_w;  // the weights as `prim` reads them before packing
+  std::vector<float> plain;
   if (!im2col) {
-    const memory::desc src({N, C, S, S}, dt::f32, tag::nhwc), dst({N, O, S, S}, dt::f32, tag::nhwc),
-        bias({O}, dt::f32, tag::a);
+    src = memory::desc({N, C, S, S}, dt::f32, tag::nhwc);
+    dst = memory::desc({N, O, S, S}, dt::f32, tag::nhwc);
+    bias = memory::desc({O}, dt::f32, tag::a);
     const dnnl::convolution_forward::primitive_desc pd({dnnl::prop_kind::forward_inference,
                                                         dnnl::algorithm::convolution_direct,
                                                         src,
@@ -138,37 +140,33 @@ void run_small3x3(benchmark::State& state, std::int64_t N, std::int64_t C, std::
                                                         {1, 1},
                                                         {1, 1}},
                                                        attr, eng);
-    packed = memory(pd.weights_desc(), eng);
-    dnnl::reorder(user_w, packed).execute(strm, user_w, packed);
-    strm.wait();
-    scratch.resize(pd.scratchpad_desc().get_size() + 64);
     prim = dnnl::convolution_forward(pd);
-    args = {{DNNL_ARG_SRC, memory(src, eng, x.raw())},
-            {DNNL_ARG_WEIGHTS, packed},
-            {DNNL_ARG_BIAS, memory(bias, eng, b.raw())},
-            {DNNL_ARG_DST, memory(dst, eng, y.data())},
-            {DNNL_ARG_SCRATCHPAD, memory(pd.scratchpad_desc(), eng, scratch.data())}};
+    want = pd.weights_desc();
+    scratchpad_md = pd.scratchpad_desc();
   } else {
-    const memory::desc a({M, K}, dt::f32, tag::ab), d({M, O}, dt::f32, tag::ab),
-        bias({1, O}, dt::f32, tag::ab);
-    const dnnl::matmul::primitive_desc pd({a, memory::desc({K, O}, dt::f32, tag::any), bias, d}, attr, eng);
-    // OIHW viewed as [kh][kw][c][o] (strides 3, 1, 9, 9C), made dense = the [K, O] matrix, then packed.
-    std::vector<float> plain(static_cast<std::size_t>(K * O));
-    memory view({{3, 3, C, O}, dt::f32, memory::dims{3, 1, 9, 9 * C}}, eng, w.raw());
-    memory dense({{3, 3, C, O}, dt::f32, tag::abcd}, eng, plain.data());
-    dnnl::reorder(view, dense).execute(strm, view, dense);
-    memory kxo({{K, O}, dt::f32, tag::ab}, eng, plain.data());
-    packed = memory(pd.weights_desc(), eng);
-    dnnl::reorder(kxo, packed).execute(strm, kxo, packed);
-    strm.wait();
-    scratch.resize(pd.scratchpad_desc().get_size() + 64);
+    src = memory::desc({M, K}, dt::f32, tag::ab);
+    dst = memory::desc({M, O}, dt::f32, tag::ab);
+    bias = memory::desc({1, O}, dt::f32, tag::ab);
+    const dnnl::matmul::primitive_desc pd({src, memory::desc({K, O}, dt::f32, tag::any), bias, dst}, attr,
+                                          eng);
     prim = dnnl::matmul(pd);
-    args = {{DNNL_ARG_SRC, memory(a, eng, col.data())},
-            {DNNL_ARG_WEIGHTS, packed},
-            {DNNL_ARG_BIAS, memory(bias, eng, b.raw())},
-            {DNNL_ARG_DST, memory(d, eng, y.data())},
-            {DNNL_ARG_SCRATCHPAD, memory(pd.scratchpad_desc(), eng, scratch.data())}};
+    want = pd.weights_desc();
+    scratchpad_md = pd.scratchpad_desc();
+    // The [K, O] matrix with rows in (kh, kw, c) order is the 4-D weights in format cdba.
+    plain.resize(static_cast<std::size_t>(K * O));
+    memory dense({{O, C, 3, 3}, dt::f32, tag::cdba}, eng, plain.data());
+    dnnl::reorder(user_w, dense).execute(strm, user_w, dense);
+    user = memory({{K, O}, dt::f32, tag::ab}, eng, plain.data());
   }
+  memory packed(want, eng);
+  dnnl::reorder(user, packed).execute(strm, user, packed);
+  strm.wait();
+  std::vector<char> scratch(scratchpad_md.get_size() + 64);
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, memory(src, eng, im2col ? col.data() : x.raw())},
+                                       {DNNL_ARG_WEIGHTS, packed},
+                                       {DNNL_ARG_BIAS, memory(bias, eng, b.raw())},
+                                       {DNNL_ARG_DST, memory(dst, eng, y.data())},
+                                       {DNNL_ARG_SCRATCHPAD, memory(scratchpad_md, eng, scratch.data())}};
   const float* xp = x.data<float>();
   const auto once = [&] {
     std::copy(res.data<float>(), res.data<float>() + y.size(), y.data());

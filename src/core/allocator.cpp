@@ -25,7 +25,7 @@ void* aligned_heap_alloc(std::size_t bytes) {
 // 256x256x256), which glibc maps afresh (above 32 MiB) or trims and re-faults (below); on this
 // project's VM a small-page fault costs ~9 us. bench_unet --allocator=heap, 256x256 model to
 // block 24: 145 K faults and 3.27 s per pass with glibc's blocks, 1.9 K and 1.8-2.3 s with these.
-constexpr std::size_t kMappedHeapBytes = std::size_t{2} << 20;
+constexpr std::size_t kMappedHeapBytes = detail::kHugePageBytes;
 
 class HeapAllocator final : public Allocator {
  public:
@@ -35,7 +35,7 @@ class HeapAllocator final : public Allocator {
   void deallocate(void* p, std::size_t bytes) noexcept override {
     if (!p) return;
     if (bytes >= kMappedHeapBytes)
-      ::munmap(p, round_up(bytes, 4096));  // map_anonymous_huge's exact length
+      detail::unmap_anonymous(p, bytes);
     else
       std::free(p);
   }

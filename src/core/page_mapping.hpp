@@ -29,13 +29,20 @@ inline void advise_huge_pages(void* p, std::size_t bytes) noexcept {
 #endif
 }
 
+/// The transparent huge page size: requests of at least this much get map_anonymous_huge.
+inline constexpr std::size_t kHugePageBytes = std::size_t{2} << 20;
+
 /// `bytes` of fresh zero pages starting on a 2 MiB boundary and advised for transparent huge
 /// pages, so that every whole 2 MiB stretch is one page fault instead of 512 (on this project's
 /// VM a small-page fault costs ~9 us: 64 MiB written for the first time took 150 ms instead of
-/// 3.5 ms). The mapping is exactly round_up(bytes, 4 KiB) long; munmap it with that length.
+/// 3.5 ms). The mapping is exactly mapped_length(bytes) long (unmap_anonymous).
+inline std::size_t mapped_length(std::size_t bytes) {
+  constexpr std::size_t kPage = 4096;
+  return (bytes + kPage - 1) / kPage * kPage;
+}
 inline void* map_anonymous_huge(std::size_t bytes) {
-  constexpr std::size_t kHuge = std::size_t{2} << 20, kPage = 4096;
-  bytes = (bytes + kPage - 1) / kPage * kPage;
+  constexpr std::size_t kHuge = kHugePageBytes;
+  bytes = mapped_length(bytes);
   auto* raw = static_cast<char*>(map_anonymous(bytes + kHuge));
   const auto addr = reinterpret_cast<std::uintptr_t>(raw);
   char* p = raw + ((kHuge - addr % kHuge) % kHuge);
@@ -45,5 +52,8 @@ inline void* map_anonymous_huge(std::size_t bytes) {
   advise_huge_pages(p, bytes);
   return p;
 }
+
+/// Unmaps what map_anonymous_huge(bytes) returned.
+inline void unmap_anonymous(void* p, std::size_t bytes) noexcept { (void)::munmap(p, mapped_length(bytes)); }
 
 }  // namespace diffprobe::detail

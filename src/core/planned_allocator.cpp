@@ -30,11 +30,10 @@ constexpr std::size_t kMaxRequests = 4096;
 
 std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
 
-constexpr std::size_t kHuge = std::size_t{2} << 20;
-// Plain requests from this size on are mapped on a 2 MiB boundary and advised for huge pages.
-// The recording pass writes every activation into fresh memory; with small pages that is one
-// fault per 4 KiB (256x256 model: the recording pass took 4.6 s against 1.9 s replayed).
-constexpr std::size_t kHugeThreshold = kHuge;
+// Plain requests of a huge page and more are mapped on a 2 MiB boundary and advised for huge
+// pages. The recording pass writes every activation into fresh memory; with small pages that is
+// one fault per 4 KiB (256x256 model: the recording pass took 4.6 s against 1.9 s replayed).
+constexpr std::size_t kHuge = detail::kHugePageBytes;
 
 // The arena: aligned to 2 MiB and marked for transparent huge pages (fewer TLB misses over
 // hundreds of MiB of activations), and faulted in now, while planning, instead of inside the
@@ -183,7 +182,7 @@ struct PlannedAllocator::Impl {
           spare.erase(it);
           return p;
         }
-      return bytes >= kHugeThreshold ? detail::map_anonymous_huge(reserved) : detail::map_anonymous(reserved);
+      return bytes >= kHuge ? detail::map_anonymous_huge(reserved) : detail::map_anonymous(reserved);
     }
     kind = Kind::Heap;
     reserved = round_up(std::max<std::size_t>(bytes, 1), kAlign);  // what the heap allocator rounds to

@@ -44,6 +44,18 @@ memory::desc any_weights(const ops::Conv2d& op, Precision p) {
   return memory::desc({op.out_channels(), op.in_channels(), k, k}, onednn::compute_type(p), tag::any);
 }
 
+// User scratchpad, and with `sum` the residual add: the residual is copied into dst first and
+// the primitive adds onto it.
+dnnl::primitive_attr attr_with_sum(bool sum) {
+  dnnl::primitive_attr attr = onednn::user_scratchpad_attr();
+  if (sum) {
+    dnnl::post_ops po;
+    po.append_sum(1.0f);
+    attr.set_post_ops(po);
+  }
+  return attr;
+}
+
 // Activations stay in the caller's layout (NHWC: oneDNN's fast brgemm path; NCHW: its gemm
 // path), so no activation reorders are needed besides the bf16 conversion of the input.
 ConvPd make_pd(const ops::Conv2d& op, const Shape& in, Layout layout, bool sum, Precision p,
@@ -52,12 +64,7 @@ ConvPd make_pd(const ops::Conv2d& op, const Shape& in, Layout layout, bool sum, 
   const memory::dim s = op.spec().stride, pad = op.spec().padding;
   const memory::desc src(dims4(in), onednn::compute_type(p), layout_tag(layout));
   const memory::desc dst(dims4(out), dt::f32, layout_tag(layout));
-  dnnl::primitive_attr attr = onednn::user_scratchpad_attr();
-  if (sum) {  // the residual is copied into dst first; the primitive adds onto it
-    dnnl::post_ops po;
-    po.append_sum(1.0f);
-    attr.set_post_ops(po);
-  }
+  const dnnl::primitive_attr attr = attr_with_sum(sum);
   constexpr auto kind = dnnl::prop_kind::forward_inference;
   constexpr auto alg = dnnl::algorithm::convolution_direct;
   if (op.bias().defined()) {
@@ -72,12 +79,7 @@ ConvPd make_pd(const ops::Conv2d& op, const Shape& in, Layout layout, bool sum, 
 // one output pixel in (kh, kw, c) order, zeros outside the image; y = col x W [9*C, O] + bias.
 MatmulPd make_im2col_pd(const ops::Conv2d& op, const Shape& in, bool sum) {
   const memory::dim M = in[0] * in[2] * in[3], K = 9 * in[1], O = op.out_channels();
-  dnnl::primitive_attr attr = onednn::user_scratchpad_attr();
-  if (sum) {
-    dnnl::post_ops po;
-    po.append_sum(1.0f);
-    attr.set_post_ops(po);
-  }
+  const dnnl::primitive_attr attr = attr_with_sum(sum);
   const memory::desc src({M, K}, dt::f32, tag::ab), dst({M, O}, dt::f32, tag::ab),
       weights({K, O}, dt::f32, tag::any);
   if (op.bias().defined())
@@ -136,11 +138,10 @@ void im2col_3x3(const float* x, float* col, std::int64_t N, std::int64_t H, std:
 }
 
 struct ConvPlan {
-  std::optional<dnnl::matmul> im2col;  // set: the im2col path (conv unused; src = the copy)
-  memory::desc out2d;                  // im2col path: dst viewed as [N*H*W, O]
-  dnnl::convolution_forward conv;
-  memory weights;  // packed; shared with the other plans of this precision
-  memory::desc user_src, src, dst, bias, conv_scratchpad;
+  dnnl::primitive compute;  // the convolution, or the im2col path's matmul
+  bool im2col = false;      // src is then the im2col copy of x, compute_dst dst as [N*H*W, O]
+  memory weights;           // packed; shared with the other plans of this precision
+  memory::desc user_src, src, dst, compute_dst, bias, scratchpad;
   std::optional<onednn::WithScratch<dnnl::reorder>> to_bf16;        // f32 input -> bf16 src
   std::optional<onednn::WithScratch<dnnl::reorder>> copy_residual;  // residual -> dst
   memory::desc residual;
@@ -149,41 +150,33 @@ struct ConvPlan {
 
 std::shared_ptr<ConvPlan> make_plan(const ops::Conv2d& op, onednn::PackedWeights& packed, const Shape& in,
                                     Layout layout, const Tensor& residual, Precision p) {
+  auto plan = std::make_shared<ConvPlan>();
   if (conv2d_uses_im2col(op, in, layout, p)) {
     const MatmulPd pd = make_im2col_pd(op, in, residual.defined());
-    auto plan = std::make_shared<ConvPlan>();
-    plan->im2col = dnnl::matmul(pd);
+    plan->compute = dnnl::matmul(pd);
+    plan->im2col = true;
     plan->weights = im2col_weights(op, packed, pd.weights_desc());
     plan->src = pd.src_desc();
-    plan->out2d = pd.dst_desc();
     plan->dst = memory::desc(dims4(op.output_shape(in)), dt::f32, tag::nhwc);
-    plan->user_src = memory::desc(dims4(in), dt::f32, tag::nhwc);
+    plan->compute_dst = pd.dst_desc();
     plan->bias = op.bias().defined() ? pd.bias_desc() : memory::desc();
-    plan->conv_scratchpad = pd.scratchpad_desc();
-    plan->scratch_bytes = plan->conv_scratchpad.get_size();
-    if (residual.defined()) {
-      plan->residual = memory::desc(dims4(residual.shape()), dt::f32, layout_tag(residual.layout()));
-      plan->copy_residual = onednn::make_reorder(plan->residual, plan->dst);
-      plan->scratch_bytes = std::max(plan->scratch_bytes, plan->copy_residual->scratchpad.get_size());
-    }
-    return plan;
+    plan->scratchpad = pd.scratchpad_desc();
+  } else {
+    const ConvPd pd = onednn::create_preferring_packed<ConvPd>(
+        packed, any_weights(op, p),
+        [&](const memory::desc& w) { return make_pd(op, in, layout, residual.defined(), p, w); });
+    plan->compute = dnnl::convolution_forward(pd);
+    plan->weights = packed.get(pd.weights_desc(), user_weights(op));
+    plan->src = pd.src_desc();
+    plan->dst = plan->compute_dst = pd.dst_desc();
+    plan->bias = op.bias().defined() ? pd.bias_desc() : memory::desc();
+    plan->scratchpad = pd.scratchpad_desc();
+    plan->user_src = memory::desc(dims4(in), dt::f32, layout_tag(layout));
+    if (plan->user_src != plan->src) plan->to_bf16 = onednn::make_reorder(plan->user_src, plan->src);
   }
-  const ConvPd pd = onednn::create_preferring_packed<ConvPd>(
-      packed, any_weights(op, p),
-      [&](const memory::desc& w) { return make_pd(op, in, layout, residual.defined(), p, w); });
-  auto plan = std::make_shared<ConvPlan>();
-  plan->conv = dnnl::convolution_forward(pd);
-  plan->weights = packed.get(pd.weights_desc(), user_weights(op));
-  plan->src = pd.src_desc();
-  plan->dst = pd.dst_desc();
-  plan->bias = op.bias().defined() ? pd.bias_desc() : memory::desc();
-  plan->conv_scratchpad = pd.scratchpad_desc();
-  plan->scratch_bytes = plan->conv_scratchpad.get_size();
-  plan->user_src = memory::desc(dims4(in), dt::f32, layout_tag(layout));
-  if (plan->user_src != plan->src) {
-    plan->to_bf16 = onednn::make_reorder(plan->user_src, plan->src);
+  plan->scratch_bytes = plan->scratchpad.get_size();
+  if (plan->to_bf16)
     plan->scratch_bytes = std::max(plan->scratch_bytes, plan->to_bf16->scratchpad.get_size());
-  }
   if (residual.defined()) {
     // A reorder copies in parallel and also handles a residual in the other layout.
     plan->residual = memory::desc(dims4(residual.shape()), dt::f32, layout_tag(residual.layout()));
@@ -250,35 +243,31 @@ Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tens
       scratch.bind(args, plan->copy_residual->scratchpad);
       plan->copy_residual->prim.execute(s, args);
     }
+    memory src;
+    Tensor staged;  // the im2col copy or the bf16 copy of x, alive until the primitive has run
     if (plan->im2col) {
       // The copy [N*H*W, 9*C] (2.4 MB per image at 8x8x1024) from the context's allocator.
-      const Tensor col = Tensor::empty(Shape{in[0] * in[2] * in[3] * 9 * in[1]}, DType::F32,
-                                       Layout::Contiguous, Device::cpu(), ctx.allocator);
-      im2col_3x3(x.data<float>(), col.data<float>(), in[0], in[2], in[3], in[1], scope.threads());
-      std::unordered_map<int, memory> args{{DNNL_ARG_SRC, memory(plan->src, eng, col.raw())},
-                                           {DNNL_ARG_WEIGHTS, plan->weights},
-                                           {DNNL_ARG_DST, memory(plan->out2d, eng, y.raw())}};
-      if (op.bias().defined()) args.emplace(DNNL_ARG_BIAS, memory(plan->bias, eng, op.bias().raw()));
-      scratch.bind(args, plan->conv_scratchpad);
-      plan->im2col->execute(s, args);
-      s.wait();
-      return y;
+      staged = Tensor::empty(Shape{in[0] * in[2] * in[3] * 9 * in[1]}, DType::F32, Layout::Contiguous,
+                             Device::cpu(), ctx.allocator);
+      im2col_3x3(x.data<float>(), staged.data<float>(), in[0], in[2], in[3], in[1], scope.threads());
+      src = memory(plan->src, eng, staged.raw());
+    } else {
+      src = memory(plan->user_src, eng, x.raw());
+      if (plan->to_bf16) {
+        staged = Tensor::empty(in, DType::BF16, x.layout(), Device::cpu(), ctx.allocator);
+        memory src16(plan->src, eng, staged.raw());
+        std::unordered_map<int, memory> args{{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, src16}};
+        scratch.bind(args, plan->to_bf16->scratchpad);
+        plan->to_bf16->prim.execute(s, args);
+        src = src16;
+      }
     }
-    memory src(plan->user_src, eng, x.raw());
-    Tensor x16;  // the bf16 copy of x lives until the convolution has run
-    if (plan->to_bf16) {
-      x16 = Tensor::empty(in, DType::BF16, x.layout(), Device::cpu(), ctx.allocator);
-      memory src16(plan->src, eng, x16.raw());
-      std::unordered_map<int, memory> args{{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, src16}};
-      scratch.bind(args, plan->to_bf16->scratchpad);
-      plan->to_bf16->prim.execute(s, args);
-      src = src16;
-    }
-    std::unordered_map<int, memory> args{
-        {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, plan->weights}, {DNNL_ARG_DST, dst}};
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src},
+                                         {DNNL_ARG_WEIGHTS, plan->weights},
+                                         {DNNL_ARG_DST, memory(plan->compute_dst, eng, y.raw())}};
     if (op.bias().defined()) args.emplace(DNNL_ARG_BIAS, memory(plan->bias, eng, op.bias().raw()));
-    scratch.bind(args, plan->conv_scratchpad);
-    plan->conv.execute(s, args);
+    scratch.bind(args, plan->scratchpad);
+    plan->compute.execute(s, args);
     s.wait();
   } catch (const dnnl::error& e) {
     onednn::rethrow(e, kWhere, "running the convolution on input " + in.str());
