@@ -201,7 +201,9 @@ void register_small3x3() {
     std::int64_t n, c, o, s;
   };
   for (const Shape3 sh : {Shape3{1, 1024, 1024, 8}, Shape3{1, 2048, 1024, 8}, Shape3{8, 1024, 1024, 8},
-                          Shape3{1, 512, 512, 8}, Shape3{1, 1024, 1024, 4}, Shape3{8, 1024, 1024, 4}})
+                          Shape3{1, 512, 512, 8}, Shape3{1, 1024, 1024, 4}, Shape3{8, 1024, 1024, 4},
+                          Shape3{1, 1024, 1024, 16}, Shape3{1, 2048, 1024, 16}, Shape3{8, 1024, 1024, 16},
+                          Shape3{1, 512, 512, 16}, Shape3{1, 512, 512, 32}})
     for (const bool im2col : {false, true}) {
       const std::string name = "small3x3/" + std::string(im2col ? "im2col_matmul" : "direct") + "/N" +
                                std::to_string(sh.n) + "/" + std::to_string(sh.c) + "to" +
