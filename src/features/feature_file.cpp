@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <charconv>
-#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -16,6 +15,7 @@
 #include "diffprobe/version.hpp"
 #include "features/sha256.hpp"
 #include "io/atomic_file.hpp"
+#include "io/safetensors_header.hpp"
 
 namespace diffprobe {
 namespace fs = std::filesystem;
@@ -64,17 +64,6 @@ std::vector<int> parse_ints(const std::string& s, const std::string& key, const 
   return out;
 }
 
-const char* st_dtype(DType t) {
-  switch (t) {
-    case DType::F32: return "F32";
-    case DType::F16: return "F16";
-    case DType::BF16: return "BF16";
-    case DType::I32: return "I32";
-    case DType::I64: return "I64";
-  }
-  return "?";
-}
-
 // A CPU, contiguous copy-or-view in `dtype`.
 Tensor plain(const Tensor& t, DType dtype) {
   Tensor c = t.device().is_cpu() ? t : t.to_device(Device::cpu());
@@ -83,41 +72,14 @@ Tensor plain(const Tensor& t, DType dtype) {
   return c;
 }
 
-// One tensor of a feature file about to be written: its stored dtype and full shape; the data
-// is produced in pieces by write_data.
-struct OutEntry {
-  std::string name;
-  DType stored;
-  std::vector<std::int64_t> shape;
-};
-
-// Writes a safetensors file in the layout io::save_safetensors uses (ordered JSON header with
-// __metadata__ first, padded with spaces to 8 bytes), streaming each tensor's data through
-// `write_data(i, file)`, so a file larger than memory can be assembled.
+// Writes a safetensors file (the header as io::save_safetensors writes it), streaming each
+// tensor's data through `write_data(i, file)`, so a file larger than memory can be assembled.
 template <class WriteData>
 void write_feature_safetensors(const fs::path& path, const std::map<std::string, std::string>& meta,
-                               const std::vector<OutEntry>& entries, WriteData write_data) {
-  Json header = Json::object();
-  Json m = Json::object();
-  for (const auto& [k, v] : meta) m[k] = v;
-  header["__metadata__"] = std::move(m);
-  std::uint64_t offset = 0;
-  for (const auto& e : entries) {
-    std::uint64_t numel = 1;
-    for (const auto d : e.shape) numel *= static_cast<std::uint64_t>(d);
-    const std::uint64_t bytes = numel * dtype_size(e.stored);
-    header[e.name] = {
-        {"dtype", st_dtype(e.stored)}, {"shape", e.shape}, {"data_offsets", {offset, offset + bytes}}};
-    offset += bytes;
-  }
-  std::string text = header.dump();
-  text.append((8 - text.size() % 8) % 8, ' ');
+                               const std::vector<io::detail::SafetensorsEntry>& entries,
+                               WriteData write_data) {
   io::detail::AtomicFile f(path);
-  std::uint8_t len[8];
-  const std::uint64_t n = text.size();
-  std::memcpy(len, &n, 8);  // little-endian hosts only, as everywhere in io/
-  f.write(len, 8);
-  f.write(text.data(), text.size());
+  io::detail::write_safetensors_header(f, meta, entries);
   for (std::size_t i = 0; i < entries.size(); ++i) write_data(i, f);
   f.commit();
 }
@@ -173,11 +135,11 @@ void save_checked(const fs::path& path, const Checked& c, const FeatureMetadata&
   FeatureMetadata meta = metadata;
   if (meta.library.empty()) meta.library = library_string();
   const auto strings = meta.to_strings();
-  std::vector<OutEntry> entries;
+  std::vector<io::detail::SafetensorsEntry> entries;
   for (const auto& [name, t] : c.items)
     entries.push_back({name, name == "labels" ? DType::I64 : store, t.shape().vec()});
   write_feature_safetensors(path, strings, entries, [&](std::size_t i, io::detail::AtomicFile& f) {
-    const Tensor t = plain(c.items[i].second, entries[i].stored);
+    const Tensor t = plain(c.items[i].second, entries[i].dtype);
     f.write(t.raw(), t.nbytes());
   });
 }
@@ -569,7 +531,7 @@ void FeatureWriter::finish() {
                         fmt::format("{} of {} chunks are not written yet: {}{}", missing.size(), num_chunks_,
                                     fmt::join(first, ", "), missing.size() > first.size() ? ", ..." : ""));
   }
-  std::vector<OutEntry> entries;
+  std::vector<io::detail::SafetensorsEntry> entries;
   for (const auto& t : tensors_) {
     std::vector<std::int64_t> shape{options_.total};
     shape.insert(shape.end(), t.sample_shape.begin(), t.sample_shape.end());
@@ -590,7 +552,7 @@ void FeatureWriter::finish() {
                 fmt::format("chunk file holds {} {}, expected {} [{}] (delete {} to start over)",
                             dtype_name(t.dtype()), t.shape().str(), dtype_name(info.dtype),
                             fmt::join(want, ", "), partial_.string()));
-          const Tensor s = plain(t, entries[i].stored);
+          const Tensor s = plain(t, entries[i].dtype);
           f.write(s.raw(), s.nbytes());
         }
       });

@@ -6,6 +6,7 @@
 #include "io/atomic_file.hpp"
 #include "io/bytes.hpp"
 #include "io/mapped_file.hpp"
+#include "io/safetensors_header.hpp"
 
 namespace diffprobe::io {
 namespace {
@@ -29,17 +30,6 @@ constexpr DTypeName kDTypes[] = {
     {"I64", SrcType::I64}, {"I32", SrcType::I32}, {"I16", SrcType::I16},   {"I8", SrcType::I8},
     {"U8", SrcType::U8},   {"U16", SrcType::U16}, {"BOOL", SrcType::Bool},
 };
-
-const char* safetensors_name(DType t) {
-  switch (t) {
-    case DType::F32: return "F32";
-    case DType::F16: return "F16";
-    case DType::BF16: return "BF16";
-    case DType::I32: return "I32";
-    case DType::I64: return "I64";
-  }
-  return "?";
-}
 
 // Refuses headers that would parse into something huge or deeply nested before the JSON parser
 // sees them (strings are skipped, so names may contain any bracket).
@@ -208,42 +198,66 @@ void save_safetensors(const std::filesystem::path& path, const NamedTensors& ten
   if (!is_floating(store_float_as))
     throw ArgumentError(where, "floating tensors can be stored as f32, f16 or bf16, not " +
                                    std::string(dtype_name(store_float_as)));
-  Json header = Json::object();
-  if (!tensors.metadata.empty()) {
-    Json meta = Json::object();
-    for (const auto& [k, v] : tensors.metadata) meta[k] = v;
-    header["__metadata__"] = std::move(meta);
-  }
-  std::uint64_t offset = 0;
-  std::vector<DType> stored;
+  std::vector<detail::SafetensorsEntry> entries;
   for (const auto& [name, t] : tensors) {
-    if (name == "__metadata__") throw ArgumentError(where, "'__metadata__' cannot name a tensor");
     if (!t.defined()) throw ArgumentError(where, "tensor '" + name + "' is undefined");
-    const DType dt = is_floating(t.dtype()) ? store_float_as : t.dtype();
-    const std::uint64_t bytes = static_cast<std::uint64_t>(t.numel()) * dtype_size(dt);
-    header[name] = {{"dtype", safetensors_name(dt)},
-                    {"shape", t.shape().vec()},
-                    {"data_offsets", {offset, offset + bytes}}};
-    offset += bytes;
-    stored.push_back(dt);
+    entries.push_back({name, is_floating(t.dtype()) ? store_float_as : t.dtype(), t.shape().vec()});
   }
-  std::string text = header.dump();
-  text.append((8 - text.size() % 8) % 8, ' ');  // data starts 8-byte aligned
-
   detail::AtomicFile f(path);
-  std::uint8_t len[8];
-  detail::store_le<std::uint64_t>(len, text.size());
-  f.write(len, 8);
-  f.write(text.data(), text.size());
+  detail::write_safetensors_header(f, tensors.metadata, entries);
   std::size_t i = 0;
   for (const auto& [name, t] : tensors) {
     Tensor c = t.device().is_cpu() ? t : t.to_device(Device::cpu());
     if (c.layout() != Layout::Contiguous) c = c.to_layout(Layout::Contiguous);
-    if (c.dtype() != stored[i]) c = c.to_dtype(stored[i]);
+    if (c.dtype() != entries[i].dtype) c = c.to_dtype(entries[i].dtype);
     f.write(c.raw(), c.nbytes());
     ++i;
   }
   f.commit();
 }
+
+namespace detail {
+
+const char* safetensors_dtype_name(DType t) {
+  switch (t) {
+    case DType::F32: return "F32";
+    case DType::F16: return "F16";
+    case DType::BF16: return "BF16";
+    case DType::I32: return "I32";
+    case DType::I64: return "I64";
+  }
+  return "?";
+}
+
+void write_safetensors_header(AtomicFile& f, const std::map<std::string, std::string>& metadata,
+                              const std::vector<SafetensorsEntry>& entries) {
+  // Insertion-ordered: the header lists the tensors in the order of their data.
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!metadata.empty()) {
+    nlohmann::ordered_json meta = nlohmann::ordered_json::object();
+    for (const auto& [k, v] : metadata) meta[k] = v;
+    header["__metadata__"] = std::move(meta);
+  }
+  std::uint64_t offset = 0;
+  for (const auto& e : entries) {
+    if (e.name == "__metadata__")
+      throw ArgumentError("save_safetensors", "'__metadata__' cannot name a tensor");
+    std::uint64_t numel = 1;
+    for (const auto d : e.shape) numel *= static_cast<std::uint64_t>(d);
+    const std::uint64_t bytes = numel * dtype_size(e.dtype);
+    header[e.name] = {{"dtype", safetensors_dtype_name(e.dtype)},
+                      {"shape", e.shape},
+                      {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');  // data starts 8-byte aligned
+  std::uint8_t len[8];
+  store_le<std::uint64_t>(len, text.size());
+  f.write(len, 8);
+  f.write(text.data(), text.size());
+}
+
+}  // namespace detail
 
 }  // namespace diffprobe::io

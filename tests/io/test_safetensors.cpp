@@ -2,6 +2,7 @@
 // format description by Python, strict header validation, memory mapping.
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "diffprobe/core/error.hpp"
@@ -31,6 +32,34 @@ Tensor int_tensor(const Shape& shape, DType dt) {
       t.data<std::int64_t>()[i] = (std::int64_t{1} << 40) * (i - 2);
   }
   return t;
+}
+
+// The header lists "__metadata__" first, then the tensors in the order of their data (not
+// sorted by name), so a reader that walks the header meets the data in file order.
+TEST(Safetensors, HeaderListsMetadataThenTensorsInDataOrder) {
+  TempDir tmp;
+  NamedTensors in;
+  in.set("z.first", ramp({2, 3}));
+  in.set("a.second", ramp({4}));
+  in.set("m.third", int_tensor({3}, DType::I64));
+  in.metadata["format"] = "pt";
+  io::save_safetensors(tmp / "order.safetensors", in);
+  std::ifstream f(tmp / "order.safetensors", std::ios::binary);
+  std::uint64_t n = 0;
+  f.read(reinterpret_cast<char*>(&n), 8);
+  ASSERT_TRUE(f.good());
+  ASSERT_EQ(n % 8, 0u);
+  std::string text(static_cast<std::size_t>(n), '\0');
+  f.read(text.data(), static_cast<std::streamsize>(n));
+  ASSERT_TRUE(f.good());
+  const auto header = nlohmann::ordered_json::parse(text);
+  std::vector<std::string> keys;
+  for (const auto& [k, v] : header.items()) keys.push_back(k);
+  EXPECT_EQ(keys, (std::vector<std::string>{"__metadata__", "z.first", "a.second", "m.third"}));
+  EXPECT_EQ(header["z.first"]["data_offsets"], nlohmann::ordered_json::array({0, 24}));
+  EXPECT_EQ(header["a.second"]["data_offsets"], nlohmann::ordered_json::array({24, 40}));
+  EXPECT_EQ(header["m.third"]["dtype"], "I64");
+  EXPECT_EQ(header["m.third"]["data_offsets"], nlohmann::ordered_json::array({40, 64}));
 }
 
 TEST(Safetensors, RoundTripKeepsNamesOrderValuesAndMetadata) {
