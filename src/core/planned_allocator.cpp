@@ -50,6 +50,36 @@ char* map_arena(std::size_t bytes) {
   return p;
 }
 
+// Freed plain mappings kept for reuse by a later request of exactly the same length, oldest
+// first; whatever leaves the pool other than by take() is unmapped.
+struct MappingPool {
+  std::vector<std::pair<void*, std::size_t>> items;  // (address, length)
+  std::size_t bytes = 0;
+
+  void* take(std::size_t length) {
+    for (auto it = items.begin(); it != items.end(); ++it)
+      if (it->second == length) {
+        void* p = it->first;
+        bytes -= length;
+        items.erase(it);
+        return p;
+      }
+    return nullptr;
+  }
+  void put(void* p, std::size_t length) {
+    items.emplace_back(p, length);
+    bytes += length;
+  }
+  void unmap_oldest() {
+    munmap(items.front().first, items.front().second);
+    bytes -= items.front().second;
+    items.erase(items.begin());
+  }
+  void unmap_all() {
+    while (!items.empty()) unmap_oldest();
+  }
+};
+
 struct Arena {
   char* base = nullptr;
   std::size_t bytes = 0;
@@ -150,15 +180,14 @@ struct PlannedAllocator::Impl {
   bool following = false;       // the pass has matched the plan so far
   std::int64_t tick = 0;
   Stats stats;
-  std::vector<std::pair<void*, std::size_t>> spare;  // freed plain mappings (address, length)
-  std::size_t spare_bytes = 0;
+  MappingPool spare;  // mappings of requests that outlived their pass (see kSpareBytes)
   // Mappings freed during the current pass, kept for its later requests of the same length and
   // unmapped when it ends. The recording pass otherwise maps every activation afresh, and the
   // kernel zero-fills each one (on this VM the bulk of the first forward's extra time). Kept
   // only while in use + pooled stays within the pass's own high-water mark of bytes in use, so
   // the process's footprint never exceeds what it was without the pool.
-  std::vector<std::pair<void*, std::size_t>> pass_pool;
-  std::size_t pass_pool_bytes = 0, pass_high = 0;
+  MappingPool pass_pool;
+  std::size_t pass_high = 0;
 
   void release_if_unused(Arena* a) {
     if (!a || a == cur || a->live > 0) return;
@@ -177,38 +206,18 @@ struct PlannedAllocator::Impl {
     cur = &arenas.back();
   }
 
-  // Takes a mapping of exactly `length` bytes out of `pool`, or returns nullptr.
-  static void* take(std::vector<std::pair<void*, std::size_t>>& pool, std::size_t& pooled,
-                    std::size_t length) {
-    for (auto it = pool.begin(); it != pool.end(); ++it)
-      if (it->second == length) {
-        void* p = it->first;
-        pooled -= length;
-        pool.erase(it);
-        return p;
-      }
-    return nullptr;
-  }
-  void unmap_oldest_pooled() {
-    munmap(pass_pool.front().first, pass_pool.front().second);
-    pass_pool_bytes -= pass_pool.front().second;
-    pass_pool.erase(pass_pool.begin());
-  }
-  void unmap_pass_pool() {
-    while (!pass_pool.empty()) unmap_oldest_pooled();
-  }
-
   void* plain(std::size_t bytes, Kind& kind, std::size_t& reserved) {
     ++stats.plain_allocations;
     if (bytes >= kMapThreshold) {
       kind = Kind::Mapped;
       reserved = round_up(bytes, kPage);
-      if (void* p = take(pass_pool, pass_pool_bytes, reserved)) return p;
-      if (void* p = take(spare, spare_bytes, reserved)) return p;
+      if (void* p = pass_pool.take(reserved)) return p;
+      if (void* p = spare.take(reserved)) return p;
       // A new mapping: pooled ones go first where they would lift the footprint above both the
       // pass's high-water mark and what is in use with the new one.
       const std::size_t need = stats.bytes_in_use + reserved;
-      while (!pass_pool.empty() && need + pass_pool_bytes > std::max(pass_high, need)) unmap_oldest_pooled();
+      while (!pass_pool.items.empty() && need + pass_pool.bytes > std::max(pass_high, need))
+        pass_pool.unmap_oldest();
       return bytes >= kHuge ? detail::map_anonymous_huge(reserved) : detail::map_anonymous(reserved);
     }
     kind = Kind::Heap;
@@ -232,8 +241,8 @@ PlannedAllocator::~PlannedAllocator() {
     if (l.kind == Impl::Kind::Mapped) munmap(p, l.bytes);
   }
   for (auto& a : impl_->arenas) munmap(a.base, a.bytes);
-  for (auto& [p, bytes] : impl_->spare) munmap(p, bytes);
-  for (auto& [p, bytes] : impl_->pass_pool) munmap(p, bytes);
+  impl_->spare.unmap_all();
+  impl_->pass_pool.unmap_all();
 }
 
 void* PlannedAllocator::allocate(std::size_t bytes) {
@@ -290,17 +299,11 @@ void PlannedAllocator::deallocate(void* p, std::size_t /*bytes*/) noexcept {
       // Kept for this pass's later requests within its high-water mark (see pass_pool), or, if
       // it outlived its pass (returned features), as a spare; a pass's pooled mappings are
       // unmapped when it ends, so that planning leaves nothing behind but the arena.
-      if (this_pass && m.stats.bytes_in_use + m.pass_pool_bytes <= m.pass_high) {
-        m.pass_pool.emplace_back(p, l.bytes);
-        m.pass_pool_bytes += l.bytes;
+      if (this_pass && m.stats.bytes_in_use + m.pass_pool.bytes <= m.pass_high) {
+        m.pass_pool.put(p, l.bytes);
       } else if (!this_pass && l.bytes <= kSpareBytes) {
-        while (m.spare_bytes + l.bytes > kSpareBytes) {  // the oldest spares make room
-          munmap(m.spare.front().first, m.spare.front().second);
-          m.spare_bytes -= m.spare.front().second;
-          m.spare.erase(m.spare.begin());
-        }
-        m.spare.emplace_back(p, l.bytes);
-        m.spare_bytes += l.bytes;
+        while (m.spare.bytes + l.bytes > kSpareBytes) m.spare.unmap_oldest();  // oldest make room
+        m.spare.put(p, l.bytes);
       } else {
         munmap(p, l.bytes);
       }
@@ -332,7 +335,7 @@ void PlannedAllocator::end_pass(bool completed) noexcept {
   auto& m = *impl_;
   std::lock_guard lock(m.mu);
   if (m.depth == 0 || --m.depth > 0) return;
-  m.unmap_pass_pool();  // before a new arena is mapped: the two never add up
+  m.pass_pool.unmap_all();  // before a new arena is mapped: the two never add up
   // Something placed in the arena outlived the pass: the plan was wrong about it, so the arena
   // cannot be reused until that memory is given back.
   const bool stray = m.cur && m.cur->live > 0;
