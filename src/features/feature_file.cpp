@@ -15,7 +15,7 @@
 #include "diffprobe/version.hpp"
 #include "features/sha256.hpp"
 #include "io/atomic_file.hpp"
-#include "io/safetensors_header.hpp"
+#include "io/safetensors_writer.hpp"
 
 namespace diffprobe {
 namespace fs = std::filesystem;
@@ -62,26 +62,6 @@ std::vector<int> parse_ints(const std::string& s, const std::string& key, const 
     start = comma + 1;
   }
   return out;
-}
-
-// A CPU, contiguous copy-or-view in `dtype`.
-Tensor plain(const Tensor& t, DType dtype) {
-  Tensor c = t.device().is_cpu() ? t : t.to_device(Device::cpu());
-  if (c.layout() != Layout::Contiguous) c = c.to_layout(Layout::Contiguous);
-  if (c.dtype() != dtype) c = c.to_dtype(dtype);
-  return c;
-}
-
-// Writes a safetensors file (the header as io::save_safetensors writes it), streaming each
-// tensor's data through `write_data(i, file)`, so a file larger than memory can be assembled.
-template <class WriteData>
-void write_feature_safetensors(const fs::path& path, const std::map<std::string, std::string>& meta,
-                               const std::vector<io::detail::SafetensorsEntry>& entries,
-                               WriteData write_data) {
-  io::detail::AtomicFile f(path);
-  io::detail::write_safetensors_header(f, meta, entries);
-  for (std::size_t i = 0; i < entries.size(); ++i) write_data(i, f);
-  f.commit();
 }
 
 // Checks a complete set of named tensors and orders them canonically: features by (t, block),
@@ -138,8 +118,8 @@ void save_checked(const fs::path& path, const Checked& c, const FeatureMetadata&
   std::vector<io::detail::SafetensorsEntry> entries;
   for (const auto& [name, t] : c.items)
     entries.push_back({name, name == "labels" ? DType::I64 : store, t.shape().vec()});
-  write_feature_safetensors(path, strings, entries, [&](std::size_t i, io::detail::AtomicFile& f) {
-    const Tensor t = plain(c.items[i].second, entries[i].dtype);
+  io::detail::write_safetensors(path, strings, entries, [&](std::size_t i, io::detail::AtomicFile& f) {
+    const Tensor t = io::detail::stored_copy(c.items[i].second, entries[i].dtype);
     f.write(t.raw(), t.nbytes());
   });
 }
@@ -497,7 +477,7 @@ void FeatureWriter::write(std::int64_t chunk, const FeatureSet& features,
     const DType dt = name == "labels" ? DType::I64 : t.dtype() == DType::BF16 ? DType::F32 : t.dtype();
     const auto dims = t.shape().vec();
     infos.push_back({name, dt, std::vector<std::int64_t>(dims.begin() + 1, dims.end())});
-    data.push_back(plain(t, dt));
+    data.push_back(io::detail::stored_copy(t, dt));
   }
   if (!tensors_.empty()) {
     std::vector<std::string> want, got;
@@ -537,7 +517,7 @@ void FeatureWriter::finish() {
     shape.insert(shape.end(), t.sample_shape.begin(), t.sample_shape.end());
     entries.push_back({t.name, t.name == "labels" ? DType::I64 : options_.store, shape});
   }
-  write_feature_safetensors(
+  io::detail::write_safetensors(
       path_, metadata_.to_strings(), entries, [&](std::size_t i, io::detail::AtomicFile& f) {
         const TensorInfo& info = tensors_[i];
         for (std::int64_t c = 0; c < num_chunks_; ++c) {
@@ -552,7 +532,7 @@ void FeatureWriter::finish() {
                 fmt::format("chunk file holds {} {}, expected {} [{}] (delete {} to start over)",
                             dtype_name(t.dtype()), t.shape().str(), dtype_name(info.dtype),
                             fmt::join(want, ", "), partial_.string()));
-          const Tensor s = plain(t, entries[i].dtype);
+          const Tensor s = io::detail::stored_copy(t, entries[i].dtype);
           f.write(s.raw(), s.nbytes());
         }
       });

@@ -6,7 +6,7 @@
 #include "io/atomic_file.hpp"
 #include "io/bytes.hpp"
 #include "io/mapped_file.hpp"
-#include "io/safetensors_header.hpp"
+#include "io/safetensors_writer.hpp"
 
 namespace diffprobe::io {
 namespace {
@@ -199,24 +199,26 @@ void save_safetensors(const std::filesystem::path& path, const NamedTensors& ten
     throw ArgumentError(where, "floating tensors can be stored as f32, f16 or bf16, not " +
                                    std::string(dtype_name(store_float_as)));
   std::vector<detail::SafetensorsEntry> entries;
+  std::vector<const Tensor*> data;
   for (const auto& [name, t] : tensors) {
     if (!t.defined()) throw ArgumentError(where, "tensor '" + name + "' is undefined");
     entries.push_back({name, is_floating(t.dtype()) ? store_float_as : t.dtype(), t.shape().vec()});
+    data.push_back(&t);
   }
-  detail::AtomicFile f(path);
-  detail::write_safetensors_header(f, tensors.metadata, entries);
-  std::size_t i = 0;
-  for (const auto& [name, t] : tensors) {
-    Tensor c = t.device().is_cpu() ? t : t.to_device(Device::cpu());
-    if (c.layout() != Layout::Contiguous) c = c.to_layout(Layout::Contiguous);
-    if (c.dtype() != entries[i].dtype) c = c.to_dtype(entries[i].dtype);
+  detail::write_safetensors(path, tensors.metadata, entries, [&](std::size_t i, detail::AtomicFile& f) {
+    const Tensor c = detail::stored_copy(*data[i], entries[i].dtype);
     f.write(c.raw(), c.nbytes());
-    ++i;
-  }
-  f.commit();
+  });
 }
 
 namespace detail {
+
+Tensor stored_copy(const Tensor& t, DType dtype) {
+  Tensor c = t.device().is_cpu() ? t : t.to_device(Device::cpu());
+  if (c.layout() != Layout::Contiguous) c = c.to_layout(Layout::Contiguous);
+  if (c.dtype() != dtype) c = c.to_dtype(dtype);
+  return c;
+}
 
 const char* safetensors_dtype_name(DType t) {
   switch (t) {
