@@ -8,11 +8,13 @@ set -euo pipefail
 packages=(
   cmake ninja-build g++                   # toolchain
   libdnnl-dev                             # oneDNN: convolutions and matmuls
+  ocl-icd-opencl-dev                      # oneDNN's CMake config requires OpenCL (a Recommends only)
   libeigen3-dev libfmt-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   zlib1g-dev libpng-dev libjpeg-dev       # checkpoints (zip) and images
   python3 python3-torch python3-numpy python3-matplotlib python3-pil  # reference model, parity data, training, plots
   libopenblas0-pthread                    # a fast BLAS for the PyTorch baseline
+  linux-perf                              # benchmarks/profile_forward.py (perf record / perf script)
   dataset-fashion-mnist                   # the bundled model's data set
   clang-format
 )

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds and tests everything, as CI does:
 #   1. scripts/setup.sh (packages; a no-op when all are installed)
-#   2. preset "default": Release build, every test (unit, io, parity, cli, install, ...)
+#   2. preset "default": configure, then scripts/check_setup.sh (everything CMake found and every
+#      Python module the scripts import comes from a package setup.sh installs), build, every test
 #   3. preset "sanitize": ASan + UBSan build, the fast tests only (labels slow, parity and install
 #      are left out: they take minutes even without sanitizers and add no memory-safety coverage)
 # Ends with ctest's summary of both runs; exits non-zero on any build or test failure.
@@ -32,14 +33,16 @@ run_ctest() {
   ((rc == 0)) || status=1
 }
 
-echo "== default: configure, build (-j$jobs), test"
+echo "== default: configure, check the setup, build (-j$jobs), test"
 cmake --preset default
+bash scripts/check_setup.sh build/default
 cmake --build --preset default -j "$jobs"
 run_ctest default
 
 if [[ ${SKIP_SANITIZE:-0} != 1 ]]; then
   echo "== sanitize (ASan + UBSan): configure, build (-j$jobs), fast tests"
   cmake --preset sanitize
+  bash scripts/check_setup.sh build/sanitize
   cmake --build --preset sanitize -j "$jobs"
   run_ctest sanitize
 fi
