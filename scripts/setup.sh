@@ -13,6 +13,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   zlib1g-dev libpng-dev libjpeg-dev       # checkpoints (zip) and images
   python3 python3-torch python3-numpy python3-matplotlib python3-pil  # reference model, parity data, training, plots
+  python3-skimage                         # real photographs (astronaut, chelsea, ...) for the preprocessing tests
   libopenblas0-pthread                    # a fast BLAS for the PyTorch baseline
   linux-perf                              # benchmarks/profile_forward.py (perf record / perf script)
   dataset-fashion-mnist                   # the bundled model's data set

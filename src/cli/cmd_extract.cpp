@@ -19,14 +19,19 @@ namespace fs = std::filesystem;
 namespace {
 
 std::unique_ptr<data::Dataset> open_dataset(const std::string& input, const std::string& labels,
-                                            const data::InputSpec& spec, std::int64_t limit) {
+                                            const data::InputSpec& spec, std::int64_t limit,
+                                            const data::Transform& transform) {
   if (fs::is_directory(input)) {
     if (!labels.empty())
       throw ArgumentError("--labels", "an image folder takes its labels from its sub-folders");
-    return std::make_unique<data::ImageFolder>(input, spec);
+    return std::make_unique<data::ImageFolder>(input, spec, transform);
   }
   if (!fs::exists(input)) throw IoError("--input", "no such file or folder: " + input);
   if (fs::path(input).extension() == ".npy") {
+    if (transform.random())
+      throw ArgumentError("--augment",
+                          "a .npy input holds model inputs as they are; augmentation needs images "
+                          "(an image folder or an IDX file)");
     std::optional<fs::path> l;
     if (!labels.empty()) l = labels;
     return std::make_unique<data::NpyDataset>(input, l);
@@ -35,7 +40,37 @@ std::unique_ptr<data::Dataset> open_dataset(const std::string& input, const std:
   if (!labels.empty()) l = labels;
   data::IdxOptions o;
   o.limit = limit;
+  o.transform = transform;
   return std::make_unique<data::IdxDataset>(input, l, spec, o);
+}
+
+// Output rows [begin, end) with `copies` augmented copies of n samples, copy-major: row r is
+// copy r / n (the transform's epoch) of sample r % n.
+Tensor rows_of(data::Dataset& ds, std::int64_t n, std::int64_t begin, std::int64_t end) {
+  if (begin / n == (end - 1) / n) {  // one copy: a plain batch
+    ds.set_epoch(begin / n);
+    return ds.images(begin % n, (end - 1) % n + 1);
+  }
+  const auto spec = ds.spec();
+  Tensor out = Tensor::empty(Shape{end - begin, spec.channels, spec.size, spec.size}, DType::F32);
+  const std::int64_t per = std::int64_t{spec.channels} * spec.size * spec.size;
+  for (std::int64_t r = begin; r < end;) {
+    const std::int64_t k = r / n, i0 = r % n, i1 = std::min(n, i0 + (end - r));
+    ds.set_epoch(k);
+    const Tensor part = ds.images(i0, i1);
+    std::copy(part.data<float>(), part.data<float>() + part.numel(), out.data<float>() + (r - begin) * per);
+    r += i1 - i0;
+  }
+  return out;
+}
+
+std::optional<Tensor> labels_of(const std::optional<Tensor>& labels, std::int64_t n, std::int64_t begin,
+                                std::int64_t end) {
+  if (!labels) return std::nullopt;
+  Tensor out = Tensor::empty(Shape{end - begin}, DType::I64);
+  for (std::int64_t r = begin; r < end; ++r)
+    out.data<std::int64_t>()[r - begin] = labels->data<std::int64_t>()[r % n];
+  return out;
 }
 
 }  // namespace
@@ -43,8 +78,10 @@ std::unique_ptr<data::Dataset> open_dataset(const std::string& input, const std:
 Runner add_extract(CLI::App& app) {
   struct Opts {
     std::string weights, preset, config, input, labels,
-        t = "90", blocks = "24", pool = "avg:2", device = "cpu", out, precision = "fp32", dtype = "fp32";
-    std::uint64_t seed = 0;
+        t = "90", blocks = "24", pool = "avg:2", device = "cpu", out, precision = "fp32", dtype = "fp32",
+        preprocess = "adm", augment = "none";
+    std::uint64_t seed = 0, augment_seed = 0;
+    int copies = 1;
     bool no_noise = false;
     int draws = 1, batch = 16, threads = 0, image_size = 0;
     std::optional<int> label;
@@ -61,6 +98,18 @@ Runner add_extract(CLI::App& app) {
                  "image folder (one sub-folder per class), .npy [N,C,H,W] or IDX images file")
       ->required();
   app.add_option("--labels", o->labels, "labels: IDX labels file (with IDX input) or .npy (with .npy input)");
+  app.add_option("--preprocess", o->preprocess,
+                 "image geometry: adm (guided-diffusion's center_crop_arr, as the paper; default) or "
+                 "torchvision (Resize + CenterCrop)")
+      ->check(CLI::IsMember({"adm", "torchvision"}));
+  app.add_option("--augment", o->augment,
+                 "none (default); adm: random_crop_arr + horizontal flip, the paper's training "
+                 "augmentation; torchvision: RandomResizedCrop + flip. Writes --copies views per image")
+      ->check(CLI::IsMember({"none", "adm", "torchvision"}));
+  app.add_option("--copies", o->copies, "augmented copies per image (rows copy-major; needs --augment)")
+      ->check(at_least(1));
+  app.add_option("--augment-seed", o->augment_seed, "seed of the augmentation (per seed, copy and sample)")
+      ->check(at_least(0));
   app.add_option("--t", o->t, "timesteps, comma-separated (e.g. 90,150)")->required();
   app.add_option("--blocks", o->blocks, "blocks, comma-separated, 1-based paper numbering (0/out = output)")
       ->required();
@@ -107,16 +156,27 @@ Runner add_extract(CLI::App& app) {
     eo.precision = parse_precision(o->precision.c_str());
     const FeatureExtractor fx(net, eo);
 
+    if (o->augment == "none" && o->copies > 1)
+      throw ArgumentError("--copies", "copies are augmented views: give --augment adm (or torchvision)");
+    if (o->augment != "none" && o->augment != o->preprocess && o->preprocess != "adm")
+      throw ArgumentError("--augment",
+                          "--augment " + o->augment + " with --preprocess " + o->preprocess +
+                              ": the augmentation names its own preprocessing; leave --preprocess out");
+    data::Transform transform = data::Transform::eval(data::parse_preprocess(o->preprocess));
+    if (o->augment == "adm") transform = data::Transform::adm_train(o->augment_seed);
+    if (o->augment == "torchvision") transform = data::Transform::torchvision_train(o->augment_seed);
     const auto spec = data::InputSpec::from_shape(fx.input_spec());
-    auto ds = open_dataset(o->input, o->labels, spec, o->limit);
+    auto ds = open_dataset(o->input, o->labels, spec, o->limit, transform);
     ds->set_threads(o->threads);
     if (!(ds->spec() == spec))
       throw ShapeError("--input", "the data is " + ds->spec().str() + " but the model takes " + spec.str());
-    const std::int64_t total = o->limit > 0 ? std::min(o->limit, ds->size()) : ds->size();
-    if (total < 1) throw ArgumentError("--input", "the data set is empty");
+    const std::int64_t samples = o->limit > 0 ? std::min(o->limit, ds->size()) : ds->size();
+    if (samples < 1) throw ArgumentError("--input", "the data set is empty");
+    const std::int64_t total = samples * o->copies;
     const auto labels = ds->labels();
 
     FeatureMetadata meta = FeatureMetadata::describe(fx, o->weights, ds.get());
+    meta.copies = o->copies;
     FeatureWriterOptions wo;
     wo.total = total;
     wo.chunk_size = o->chunk > 0 ? o->chunk : 16LL * o->batch;
@@ -124,8 +184,10 @@ Runner add_extract(CLI::App& app) {
     wo.store = parse_dtype(o->dtype);
     FeatureWriter writer(o->out, meta, wo);
     const auto pending = writer.pending();
-    fmt::print(stderr, "extracting t={} blocks={} pool={} from {} samples ({}), {} of {} chunks to do\n",
-               o->t, o->blocks, o->pool, total, ds->describe(), pending.size(), writer.num_chunks());
+    fmt::print(stderr, "extracting t={} blocks={} pool={} from {} samples{} ({}), {} of {} chunks to do\n",
+               o->t, o->blocks, o->pool, samples,
+               o->copies > 1 ? fmt::format(" x {} augmented copies", o->copies) : std::string(),
+               ds->describe(), pending.size(), writer.num_chunks());
     Progress progress("extract", total);
     std::int64_t done = 0;
     for (std::int64_t c = 0; c < writer.num_chunks(); ++c)
@@ -133,13 +195,11 @@ Runner add_extract(CLI::App& app) {
     progress.set_resumed(done);
     for (std::int64_t c : pending) {
       const auto [b, e] = writer.chunk_range(c);
-      const Tensor images = ds->images(b, e);
+      const Tensor images = rows_of(*ds, samples, b, e);
       const std::int64_t base = done;
       const FeatureSet fs_ =
           fx.extract(images, b, {}, [&](std::int64_t d, std::int64_t) { progress.update(base + d); });
-      std::optional<Tensor> l;
-      if (labels) l = labels->slice_batch(b, e).clone();
-      writer.write(c, fs_, l);
+      writer.write(c, fs_, labels_of(labels, samples, b, e));
       done += e - b;
       progress.update(done);
     }

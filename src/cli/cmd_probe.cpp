@@ -127,6 +127,14 @@ Runner add_probe(CLI::App& app) {
     tc.val_fraction = o->val_fraction;
     tc.patience = o->patience;
     tc.standardize = o->standardize;
+    // Augmented training features: one copy per epoch, cycling (the paper recomputes the frozen
+    // U-Net on fresh augmentations every epoch; K cached copies are the practical form).
+    tc.copies = train.metadata().copies;
+    if (test.metadata().copies != 1)
+      throw ArgumentError("--test",
+                          fmt::format("{} holds {} augmented copies per image; evaluate on features "
+                                      "extracted without --augment",
+                                      o->test, test.metadata().copies));
     tc.seed = o->seed;
     tc.threads = o->threads;
     // The paper's step schedule divides lr by 10 at each quarter of training (every 7 of 28 epochs).
@@ -138,12 +146,15 @@ Runner add_probe(CLI::App& app) {
                                             : fmt::format("  val acc {:.2f}%", 100 * e.val_accuracy));
     };
     head.reset_parameters(o->seed);
-    fmt::print(stderr, "training a {} head ({} parameters) on {} samples of {}, {} classes\n", o->head,
-               head.num_parameters(), train.size(), o->feature, classes);
+    fmt::print(
+        stderr, "training a {} head ({} parameters) on {} samples{} of {}, {} classes\n", o->head,
+        head.num_parameters(), train.size() / tc.copies,
+        tc.copies > 1 ? fmt::format(" x {} augmented copies (one per epoch)", tc.copies) : std::string(),
+        o->feature, classes);
     const TrainHistory hist = kind == "fusion" ? head.fit(xtr, *ytr, tc) : head.fit(xtr[0], *ytr, tc);
     const Report rep = kind == "fusion" ? head.evaluate(xte, *yte) : head.evaluate(xte[0], *yte);
     fmt::print("head {}  feature {}  train {}  test {}  top-1 {:.2f}%  top-5 {:.2f}%\n", o->head, o->feature,
-               train.size(), test.size(), 100 * rep.top1, 100 * rep.top5);
+               train.size() / tc.copies, test.size(), 100 * rep.top1, 100 * rep.top5);
     if (o->confusion) {
       fmt::print("confusion (rows: true class, columns: predicted)\n");
       for (int i = 0; i < rep.num_classes; ++i) {

@@ -55,9 +55,13 @@ std::vector<std::string> IdxDataset::fashion_mnist_classes() {
 
 IdxDataset::IdxDataset(const std::filesystem::path& images,
                        const std::optional<std::filesystem::path>& labels, InputSpec spec, IdxOptions options)
-    : path_(images), spec_(spec), class_names_(std::move(options.class_names)) {
+    : path_(images),
+      spec_(spec),
+      class_names_(std::move(options.class_names)),
+      transform_(options.transform) {
   const std::string where = images.string();
   spec_.validate("IdxDataset");
+  transform_.validate();
   if (options.limit < 0)
     throw ArgumentError("IdxDataset", fmt::format("limit must be >= 0, got {}", options.limit));
   const IdxHeader h = read_header(images);
@@ -120,10 +124,10 @@ std::vector<std::string> IdxDataset::class_names() const {
 }
 
 std::string IdxDataset::describe() const {
-  const std::string geometry =
-      pads()
-          ? fmt::format("pad {} px each side with -1 to {}x{}", (spec_.size - h_) / 2, spec_.size, spec_.size)
-          : fmt::format("{} to {}x{}", Transform::eval().str(), spec_.size, spec_.size);
+  std::string geometry = pads() ? fmt::format("pad {} px each side with -1 to {}x{}", (spec_.size - h_) / 2,
+                                              spec_.size, spec_.size)
+                                : fmt::format("{} to {}x{}", transform_.str(), spec_.size, spec_.size);
+  if (pads() && transform_.random()) geometry += fmt::format(", then {}", transform_.str());
   return fmt::format("IDX {}: {} images {}x{}; uint8 v/127.5-1; {}; grey replicated to {} channel(s)",
                      path_.string(), n_, h_, w_, geometry, spec_.channels);
 }
@@ -133,7 +137,13 @@ void IdxDataset::load(std::int64_t index, float* out) const {
   const std::size_t plane = static_cast<std::size_t>(S) * static_cast<std::size_t>(S);
   const std::uint8_t* src =
       &pixels_[static_cast<std::size_t>(index) * static_cast<std::size_t>(h_) * static_cast<std::size_t>(w_)];
-  if (pads()) {
+  if (pads() && transform_.random()) {
+    const int pad = (S - h_) / 2;
+    Image img = Image::blank(S, S, 1);  // zero: -1 after scaling
+    for (int y = 0; y < h_; ++y)
+      for (int x = 0; x < w_; ++x) img.at(y + pad, x + pad, 0) = src[y * w_ + x];
+    transform_.apply(img, InputSpec{1, S}, out, epoch(), index);
+  } else if (pads()) {
     const int pad = (S - h_) / 2;
     std::fill(out, out + plane, -1.0f);
     for (int y = 0; y < h_; ++y)
@@ -143,7 +153,7 @@ void IdxDataset::load(std::int64_t index, float* out) const {
   } else {
     Image img = Image::blank(w_, h_, 1);
     std::copy(src, src + static_cast<std::size_t>(h_) * static_cast<std::size_t>(w_), img.samples.begin());
-    Transform::eval().apply(img, InputSpec{1, S}, out);
+    transform_.apply(img, InputSpec{1, S}, out, epoch(), index);
   }
   for (int c = 1; c < spec_.channels; ++c)
     std::copy(out, out + plane, out + static_cast<std::size_t>(c) * plane);

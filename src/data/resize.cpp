@@ -16,7 +16,8 @@ double bicubic(double x) {
   if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
   return 0.0;
 }
-constexpr double kSupport = 2.0;
+// PIL's box kernel: 1 on (-0.5, 0.5].
+double box(double x) { return x > -0.5 && x <= 0.5 ? 1.0 : 0.0; }
 constexpr int kPrecisionBits = 32 - 8 - 2;  // PIL's: 8 bits of result, 2 of headroom
 
 // Per output pixel: the first source pixel, the number of taps and the normalised weights,
@@ -27,11 +28,13 @@ struct Coeffs {
   std::vector<double> k;  // [out][ksize]
 };
 
-Coeffs precompute(int in_size, int out_size) {
+Coeffs precompute(int in_size, int out_size, ResampleFilter filter) {
   Coeffs c;
+  double (*kernel)(double) = filter == ResampleFilter::Box ? box : bicubic;
+  const double kernel_support = filter == ResampleFilter::Box ? 0.5 : 2.0;
   const double scale = static_cast<double>(in_size) / out_size;
   const double filterscale = std::max(scale, 1.0);
-  const double support = kSupport * filterscale;
+  const double support = kernel_support * filterscale;
   c.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
   c.first.resize(static_cast<std::size_t>(out_size));
   c.count.resize(static_cast<std::size_t>(out_size));
@@ -45,7 +48,7 @@ Coeffs precompute(int in_size, int out_size) {
     double* k = &c.k[static_cast<std::size_t>(xx) * static_cast<std::size_t>(c.ksize)];
     double ww = 0.0;
     for (int x = 0; x < xmax; ++x) {
-      k[x] = bicubic((x + xmin - center + 0.5) * ss);
+      k[x] = kernel((x + xmin - center + 0.5) * ss);
       ww += k[x];
     }
     if (ww != 0.0)
@@ -200,25 +203,24 @@ Image resample(const Image& src, int width, int height, const OutputWindow& win,
 
 }  // namespace
 
-Image resize_bicubic(const Image& src, int width, int height, OutputWindow window) {
+Image resize(const Image& src, int width, int height, ResampleFilter filter, OutputWindow window) {
   if (src.width < 1 || src.height < 1 || src.channels < 1 || src.channels > 4 ||
       (src.depth != 8 && src.depth != 16) ||
       src.samples.size() != static_cast<std::size_t>(src.width) * static_cast<std::size_t>(src.height) *
                                 static_cast<std::size_t>(src.channels))
-    throw ArgumentError("resize_bicubic", "malformed source image");
+    throw ArgumentError("resize", "malformed source image");
   if (width < 1 || height < 1)
-    throw ArgumentError("resize_bicubic", "output size " + std::to_string(width) + "x" +
-                                              std::to_string(height) + " must be positive");
+    throw ArgumentError("resize", "output size " + std::to_string(width) + "x" + std::to_string(height) +
+                                      " must be positive");
   if (window.w < 0) window.w = width - window.x;
   if (window.h < 0) window.h = height - window.y;
   if (window.x < 0 || window.y < 0 || window.w < 1 || window.h < 1 || window.x > width - window.w ||
       window.y > height - window.h)
-    throw ArgumentError("resize_bicubic", "window " + std::to_string(window.w) + "x" +
-                                              std::to_string(window.h) + " at (" + std::to_string(window.x) +
-                                              ", " + std::to_string(window.y) + ") is not inside the " +
-                                              std::to_string(width) + "x" + std::to_string(height) +
-                                              " output");
-  const Coeffs cx = precompute(src.width, width), cy = precompute(src.height, height);
+    throw ArgumentError("resize", "window " + std::to_string(window.w) + "x" + std::to_string(window.h) +
+                                      " at (" + std::to_string(window.x) + ", " + std::to_string(window.y) +
+                                      ") is not inside the " + std::to_string(width) + "x" +
+                                      std::to_string(height) + " output");
+  const Coeffs cx = precompute(src.width, width, filter), cy = precompute(src.height, height, filter);
   if (src.depth == 8) {
     const auto kx = fixed_point(cx), ky = fixed_point(cy);
     return resample<std::uint16_t>(src, width, height, window, kx, ky, cx, cy,

@@ -26,9 +26,9 @@ using Json = nlohmann::ordered_json;
 constexpr const char* kFormat = "diffprobe.features";
 constexpr const char* kFormatVersion = "1";
 constexpr const char* kPartialFormat = "diffprobe.features.partial";
-const std::set<std::string> kReservedKeys = {"format",      "format_version", "weights_sha256", "config",
-                                             "timesteps",   "blocks",         "pooling",        "noise_seed",
-                                             "noise_draws", "preprocessing",  "library"};
+const std::set<std::string> kReservedKeys = {
+    "format",     "format_version", "weights_sha256", "config",  "timesteps",  "blocks", "pooling",
+    "noise_seed", "noise_draws",    "preprocessing",  "library", "preprocess", "copies"};
 
 std::string library_string() { return std::string("diffprobe ") + version(); }
 
@@ -135,7 +135,7 @@ std::string list_names(const std::vector<std::string>& names) {
 
 }  // namespace
 
-std::string feature_name(int t, int block) { return "t" + std::to_string(t) + ".b" + std::to_string(block); }
+std::string feature_name(int t, int block) { return fmt::format("t{}.b{}", t, block); }
 
 std::pair<int, int> parse_feature_name(const std::string& name) {
   const std::size_t dot = name.find(".b");
@@ -165,7 +165,10 @@ FeatureMetadata FeatureMetadata::describe(const FeatureExtractor& fx, const fs::
                                                        : "given";
   m.extra["precision"] = precision_name(o.precision);
   if (o.label) m.extra["class_label"] = std::to_string(*o.label);
-  if (dataset) m.preprocessing = dataset->describe();
+  if (dataset) {
+    m.preprocessing = dataset->describe();
+    if (const auto t = dataset->transform()) m.preprocess = data::preprocess_name(t->preprocess);
+  }
   m.library = library_string();
   return m;
 }
@@ -187,6 +190,8 @@ std::map<std::string, std::string> FeatureMetadata::to_strings() const {
   m["noise_seed"] = std::to_string(noise_seed);
   m["noise_draws"] = std::to_string(noise_draws);
   m["preprocessing"] = preprocessing;
+  m["preprocess"] = preprocess;
+  m["copies"] = std::to_string(copies);
   m["library"] = library.empty() ? library_string() : library;
   return m;
 }
@@ -219,6 +224,10 @@ FeatureMetadata FeatureMetadata::from_strings(const std::map<std::string, std::s
     throw FormatError(where,
                       "feature file metadata 'noise_draws' is not an integer: '" + get("noise_draws") + "'");
   f.preprocessing = get("preprocessing");
+  f.preprocess = get("preprocess");
+  if (m.count("copies") && (!parse_number(std::string_view(get("copies")), f.copies) || f.copies < 1))
+    throw FormatError(where,
+                      "feature file metadata 'copies' is not a positive integer: '" + get("copies") + "'");
   f.library = get("library");
   for (const auto& [k, v] : m)
     if (!kReservedKeys.count(k)) f.extra[k] = v;
@@ -286,6 +295,9 @@ FeatureFile FeatureFile::open(const fs::path& path) {
     f.names_.push_back(name);
   }
   if (f.names_.empty()) throw FormatError(where, "the feature file holds no features");
+  if (n % f.metadata_.copies != 0)
+    throw FormatError(where, fmt::format("{} rows are not {} copies of the same samples (metadata 'copies')",
+                                         n, f.metadata_.copies));
   f.n_ = n;
   return f;
 }

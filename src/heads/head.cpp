@@ -1,5 +1,7 @@
 #include "diffprobe/heads/head.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -361,17 +363,32 @@ TrainHistory Head::fit(const std::vector<Tensor>& features, const Labels& labels
   const std::string where = "Head::fit";
   cfg.validate();
   ThreadScope threads(cfg.threads);
-  std::int64_t n = 0;
-  const auto ins = prepare_inputs(impl_->spec, features, where, &n);
+  std::int64_t rows = 0;
+  const auto ins = prepare_inputs(impl_->spec, features, where, &rows);
   const int classes = impl_->spec.num_classes;
   const auto& y = labels.values();
-  check_labels(y, n, classes, where);
+  check_labels(y, rows, classes, where);
+  // With augmented copies the N samples are rows [0, N) of every copy; labels must repeat.
+  const std::int64_t copies = cfg.copies;
+  if (rows % copies != 0)
+    throw ShapeError(where, fmt::format("{} rows are not {} copies of the same samples", rows, copies));
+  const std::int64_t n = rows / copies;
+  for (std::int64_t r = n; r < rows; ++r)
+    if (y[static_cast<std::size_t>(r)] != y[static_cast<std::size_t>(r % n)])
+      throw ArgumentError(
+          where, fmt::format("row {} (copy {} of sample {}) has label {}, its sample has {}", r, r / n, r % n,
+                             y[static_cast<std::size_t>(r)], y[static_cast<std::size_t>(r % n)]));
+  const std::vector<int> y_base(y.begin(), y.begin() + n);
 
   std::vector<std::int64_t> train, val;
-  split(y, classes, cfg, train, val);
+  split(y_base, classes, cfg, train, val);
   impl_->standardize.clear();
-  if (cfg.standardize)
-    for (const auto& in : ins) impl_->standardize.push_back(fit_standardizer(in, train));
+  if (cfg.standardize) {
+    std::vector<std::int64_t> all_copies;
+    for (std::int64_t k = 0; k < copies; ++k)
+      for (const std::int64_t i : train) all_copies.push_back(k * n + i);
+    for (const auto& in : ins) impl_->standardize.push_back(fit_standardizer(in, all_copies));
+  }
 
   auto& model = *impl_->model;
   const auto& params = impl_->params;
@@ -390,10 +407,14 @@ TrainHistory Head::fit(const std::vector<Tensor>& features, const Labels& labels
   double best_acc = -1, best_loss = std::numeric_limits<double>::infinity();
   std::vector<std::vector<float>> best;
   int since_best = 0;
-  std::vector<std::int64_t> order = train;
+  std::vector<std::int64_t> order = train, rows_of_epoch;
   std::vector<int> yb;
   for (int epoch = 0; epoch < cfg.epochs; ++epoch) {
     rng.shuffle(order);
+    // The rows of this epoch's copy (the samples themselves without copies).
+    const std::int64_t offset = (epoch % copies) * n;
+    rows_of_epoch.resize(order.size());
+    for (std::size_t i = 0; i < order.size(); ++i) rows_of_epoch[i] = order[i] + offset;
     EpochStats st;
     st.epoch = epoch;
     st.lr = learning_rate_at(cfg, epoch, 0, spe);
@@ -404,7 +425,7 @@ TrainHistory Head::fit(const std::vector<Tensor>& features, const Labels& labels
       yb.clear();
       for (std::size_t i = b0; i < b1; ++i) yb.push_back(y[static_cast<std::size_t>(order[i])]);
       model.zero_grad();
-      const Buf<float> z = model.forward(gather_all(ins, impl_->standardize, order, b0, b1), true);
+      const Buf<float> z = model.forward(gather_all(ins, impl_->standardize, rows_of_epoch, b0, b1), true);
       Buf<float> dz;
       const auto r = heads::cross_entropy(z, yb.data(), &dz);
       if (!std::isfinite(r.loss)) {

@@ -72,6 +72,7 @@ void TrainConfig::validate() const {
   require(val_fraction >= 0 && val_fraction < 1, "val_fraction must be in [0, 1)");
   require(patience >= 0, "patience must be >= 0");
   require(patience == 0 || val_fraction > 0, "early stopping (patience > 0) needs val_fraction > 0");
+  require(copies >= 1, "copies must be >= 1, got " + std::to_string(copies));
 }
 
 double learning_rate_at(const TrainConfig& c, int epoch, int step, int steps_per_epoch) {

@@ -9,9 +9,13 @@ writes
   OUT_DIR/expected_rgb.npy         f32 [N, 3, SIZE, SIZE]: torchvision's eval preprocessing done with
   OUT_DIR/expected_grey.npy        PIL (convert, Resize(SIZE, BICUBIC), CenterCrop(SIZE), v/127.5-1)
                                    in ImageFolder order; 16-bit images are left out (see below)
+  OUT_DIR/expected_adm_rgb.npy     f32 [M, 3, SIZE, SIZE]: guided-diffusion's center_crop_arr (the paper's
+  OUT_DIR/expected_adm_grey.npy    preprocessing, tests/reference/adm_preprocess.py) of every image,
+                                   16-bit ones included (PIL reads them its way; diffprobe's adm mode too)
   OUT_DIR/decoded/<k>.npy          uint8 [H, W, 3] of image k as PIL decodes it and converts to RGB
   OUT_DIR/resize/in_<k>.npy, out_<k>.npy, cases.txt
                                    uint8 [H, W, C] inputs and PIL Image.resize(BICUBIC) outputs
+  OUT_DIR/box/...                  the same for Image.resize(BOX)
 Exit status 3 when PIL is missing (the test then skips).
 
 torchvision itself is not needed: its Resize/CenterCrop on PIL images are these PIL calls.
@@ -27,6 +31,9 @@ try:
     from PIL import Image
 except ImportError:
     sys.exit(3)
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "reference"))
+from adm_preprocess import adm_input  # noqa: E402
 
 
 def tv_eval(img, size, mode):
@@ -72,6 +79,8 @@ def main():
     add("b_grey", "g04.png", Image.fromarray(bits, "L").convert("1"))
     g16 = (rng.integers(0, 65536, size=(20, 24))).astype(np.uint16)
     add("b_grey", "g05_16bit.png", Image.fromarray(g16, "I;16"), include=False)
+    g16_low = (rng.integers(0, 400, size=(70, 66))).astype(np.uint16)  # partly above 255: PIL clips
+    add("b_grey", "g06_16bit.png", Image.fromarray(g16_low, "I;16"), include=False)
     add("c_alpha", "r01.png", Image.fromarray(smooth_noise(rng, 50, 41, 4), "RGBA"))
     pal = Image.fromarray(smooth_noise(rng, 40, 52, 3), "RGB").quantize(colors=17)
     pal.info["transparency"] = 3
@@ -81,7 +90,7 @@ def main():
     add("c_alpha", "notes.txt", None)  # ignored: not an image extension
 
     files.sort(key=lambda f: (f[0], f[1]))  # ImageFolder order: classes, then names (byte order)
-    rgb, grey, decoded = [], [], []
+    rgb, grey, decoded, adm_rgb, adm_grey = [], [], [], [], []
     for cls, name, img, kw, include in files:
         d = os.path.join(folder, cls)
         os.makedirs(d, exist_ok=True)
@@ -91,6 +100,8 @@ def main():
                 f.write("not an image\n")
             continue
         img.save(path, **kw)
+        adm_rgb.append(adm_input(Image.open(path), size, "RGB"))
+        adm_grey.append(adm_input(Image.open(path), size, "L"))
         if include:
             back = Image.open(path)
             rgb.append(tv_eval(back, size, "RGB"))
@@ -98,6 +109,8 @@ def main():
             decoded.append(np.asarray(back.convert("RGB"), dtype=np.uint8))
     np.save(os.path.join(out, "expected_rgb.npy"), np.stack(rgb).astype(np.float32))
     np.save(os.path.join(out, "expected_grey.npy"), np.stack(grey).astype(np.float32))
+    np.save(os.path.join(out, "expected_adm_rgb.npy"), np.stack(adm_rgb).astype(np.float32))
+    np.save(os.path.join(out, "expected_adm_grey.npy"), np.stack(adm_grey).astype(np.float32))
     os.makedirs(os.path.join(out, "decoded"), exist_ok=True)
     for k, a in enumerate(decoded):
         np.save(os.path.join(out, "decoded", f"{k}.npy"), a)
@@ -112,6 +125,20 @@ def main():
             a = rng.integers(0, 256, size=(h, w, c)).astype(np.uint8)  # raw noise: maximal clipping
             img = Image.fromarray(a[..., 0] if c == 1 else a, "L" if c == 1 else "RGB")
             r = np.asarray(img.resize((W, H), Image.BICUBIC), dtype=np.uint8)
+            np.save(os.path.join(rdir, f"in_{k}.npy"), a)
+            np.save(os.path.join(rdir, f"out_{k}.npy"), r.reshape(H, W, c))
+            f.write(f"{w} {h} {c} {W} {H}\n")
+
+    # BOX cases: center_crop_arr's halvings (odd sides too) and general ratios.
+    cases = [(300, 200, 3, 150, 100), (301, 199, 3, 150, 99), (1001, 129, 1, 500, 64), (37, 23, 3, 16, 16),
+             (64, 64, 1, 64, 17), (17, 9, 1, 60, 31), (7, 5, 3, 3, 2)]
+    rdir = os.path.join(out, "box")
+    os.makedirs(rdir, exist_ok=True)
+    with open(os.path.join(rdir, "cases.txt"), "w") as f:
+        for k, (w, h, c, W, H) in enumerate(cases):
+            a = rng.integers(0, 256, size=(h, w, c)).astype(np.uint8)
+            img = Image.fromarray(a[..., 0] if c == 1 else a, "L" if c == 1 else "RGB")
+            r = np.asarray(img.resize((W, H), Image.BOX), dtype=np.uint8)
             np.save(os.path.join(rdir, f"in_{k}.npy"), a)
             np.save(os.path.join(rdir, f"out_{k}.npy"), r.reshape(H, W, c))
             f.write(f"{w} {h} {c} {W} {H}\n")

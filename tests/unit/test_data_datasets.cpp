@@ -142,7 +142,7 @@ TEST(DataImageFolder, ThreadsAndBatchingDoNotChangeResults) {
     fs::create_directories(root / std::to_string(i % 3));
     write_png(root / std::to_string(i % 3) / ("img" + std::to_string(i) + ".png"), img);
   }
-  for (const Transform& t : {Transform::eval(), Transform::train(11)}) {
+  for (const Transform& t : {Transform::eval(), Transform::torchvision_train(11), Transform::adm_train(12)}) {
     ImageFolder ds(root, InputSpec{3, 16}, t);
     ds.set_epoch(4);
     ds.set_threads(1);

@@ -1,7 +1,8 @@
-// Bit-exactness against PIL (the library torchvision preprocesses with): tests/unit/make_images.py
-// writes PNG/JPEG files of many modes with PIL and PIL's own results (decoded pixels, bicubic
-// resizes, the whole eval preprocessing); diffprobe must reproduce them exactly. Skipped when
-// python3-pil is not installed.
+// Bit-exactness against PIL (the library torchvision and guided-diffusion preprocess with):
+// tests/unit/make_images.py writes PNG/JPEG files of many modes with PIL and PIL's own results
+// (decoded pixels, bicubic and box resizes, torchvision's eval preprocessing and guided-diffusion's
+// center_crop_arr); diffprobe must reproduce them exactly. Skipped when python3-pil is not
+// installed (scripts/setup.sh installs it).
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -65,17 +66,21 @@ TEST_F(PilReference, DecodedPixelsAreIdentical) {
   }
 }
 
-TEST_F(PilReference, BicubicResizeIsBitExact) {
-  std::ifstream cases(dir_ / "resize" / "cases.txt");
+namespace {
+
+// Every case of make_images.py's resize/ or box/ folder through resize(); returns the count.
+int check_resize_cases(const fs::path& dir, ResampleFilter filter) {
+  std::ifstream cases(dir / "cases.txt");
   int w, h, c, W, H, k = 0;
   while (cases >> w >> h >> c >> W >> H) {
-    const Tensor in = io::load_npy(dir_ / "resize" / ("in_" + std::to_string(k) + ".npy"));
-    const Tensor out = io::load_npy(dir_ / "resize" / ("out_" + std::to_string(k) + ".npy"));
+    const Tensor in = io::load_npy(dir / ("in_" + std::to_string(k) + ".npy"));
+    const Tensor out = io::load_npy(dir / ("out_" + std::to_string(k) + ".npy"));
     Image img = Image::blank(w, h, c);
     for (std::size_t i = 0; i < img.samples.size(); ++i)
       img.samples[i] = static_cast<std::uint16_t>(in.data<std::int32_t>()[i]);
-    const Image r = resize_bicubic(img, W, H);
-    ASSERT_EQ(static_cast<std::int64_t>(r.samples.size()), out.numel());
+    const Image r = resize(img, W, H, filter);
+    EXPECT_EQ(static_cast<std::int64_t>(r.samples.size()), out.numel());
+    if (static_cast<std::int64_t>(r.samples.size()) != out.numel()) return -1;
     int mismatches = 0, worst = 0;
     for (std::size_t i = 0; i < r.samples.size(); ++i) {
       const int d = std::abs(r.samples[i] - out.data<std::int32_t>()[i]);
@@ -86,20 +91,47 @@ TEST_F(PilReference, BicubicResizeIsBitExact) {
                              << ")";
     ++k;
   }
-  EXPECT_EQ(k, 8);
+  return k;
+}
+
+double worst_difference(const Tensor& x, const Tensor& ref) {
+  const auto a = x.to_vector(), b = ref.to_vector();
+  double worst = 0;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    worst = std::max(worst, static_cast<double>(std::abs(a[i] - b[i])));
+  return worst;
+}
+
+}  // namespace
+
+TEST_F(PilReference, BicubicResizeIsBitExact) {
+  EXPECT_EQ(check_resize_cases(dir_ / "resize", ResampleFilter::Bicubic), 8);
+}
+
+TEST_F(PilReference, BoxResizeIsBitExact) {
+  EXPECT_EQ(check_resize_cases(dir_ / "box", ResampleFilter::Box), 7);
+}
+
+TEST_F(PilReference, AdmPreprocessingEqualsCenterCropArr) {
+  // Every file, 16-bit PNGs included (read as PIL reads them), through guided-diffusion's
+  // convert + center_crop_arr + v / 127.5 - 1.
+  for (int channels : {3, 1}) {
+    ImageFolder ds(dir_ / "folder", InputSpec{channels, kSize});  // the default: Preprocess::Adm
+    const Tensor x = ds.images(0, ds.size());
+    const Tensor ref =
+        io::load_npy(dir_ / (channels == 3 ? "expected_adm_rgb.npy" : "expected_adm_grey.npy"));
+    ASSERT_EQ(x.shape(), ref.shape());
+    EXPECT_EQ(worst_difference(x, ref), 0.0) << channels << " channel(s)";
+  }
 }
 
 TEST_F(PilReference, EvalPreprocessingMatchesTorchvisionOnPil) {
   for (int channels : {3, 1}) {
-    ImageFolder ds(dir_ / "folder", InputSpec{channels, kSize});
+    ImageFolder ds(dir_ / "folder", InputSpec{channels, kSize}, Transform::eval(Preprocess::Torchvision));
     const auto idx = compared(ds);
     const Tensor x = ds.images_at(idx);
     const Tensor ref = io::load_npy(dir_ / (channels == 3 ? "expected_rgb.npy" : "expected_grey.npy"));
     ASSERT_EQ(x.shape(), ref.shape());
-    const auto a = x.to_vector(), b = ref.to_vector();
-    double worst = 0;
-    for (std::size_t i = 0; i < a.size(); ++i)
-      worst = std::max(worst, static_cast<double>(std::abs(a[i] - b[i])));
-    EXPECT_EQ(worst, 0.0) << channels << " channel(s)";
+    EXPECT_EQ(worst_difference(x, ref), 0.0) << channels << " channel(s)";
   }
 }

@@ -10,6 +10,7 @@
 
 #include "diffprobe/core/tensor.hpp"
 #include "diffprobe/data/input_spec.hpp"
+#include "diffprobe/data/transform.hpp"
 
 namespace diffprobe::data {
 
@@ -29,6 +30,8 @@ class Dataset {
   virtual std::vector<std::string> class_names() const = 0;
   /// How images are turned into model inputs, for feature-file metadata.
   virtual std::string describe() const = 0;
+  /// The geometry applied to decoded images; std::nullopt for data stored as model inputs (.npy).
+  virtual std::optional<Transform> transform() const { return std::nullopt; }
 
   /// Samples [begin, end): f32 [end - begin, C, S, S], NCHW contiguous, values in [-1, 1]
   /// (NpyDataset: as stored). ArgumentError when the range is outside [0, N].

@@ -2,10 +2,11 @@
 // MNIST / Fashion-MNIST IDX files (gzipped or not) as model inputs. The grey mapping rule (the
 // one the bundled Fashion-MNIST model was trained with, tools/train/train_fmnist.py):
 //   v (uint8) -> v / 127.5 - 1;
-//   a square side-s image with S >= s and S - s even is padded with -1 (the background) by
-//   (S - s) / 2 on each side (28 -> 32 pads 2); any other size is resized with PIL's bicubic
-//   (data/resize.hpp; a non-square image goes through the eval transform: shorter side + centre
-//   crop), so it equals the same image read through ImageFolder;
+//   a square side-s image with S >= s and S - s even is padded with 0 (-1 after scaling, the
+//   background) by (S - s) / 2 on each side (28 -> 32 pads 2); any other size goes through the
+//   options' transform (data/transform.hpp; by default Adm's center_crop_arr), so it equals the
+//   same image read through ImageFolder;
+//   a random transform (augmentation) is applied to the padded S x S image;
 //   grey is replicated to every channel when the model takes C > 1 channels.
 #include <filesystem>
 #include <optional>
@@ -13,12 +14,14 @@
 #include <vector>
 
 #include "diffprobe/data/dataset.hpp"
+#include "diffprobe/data/transform.hpp"
 
 namespace diffprobe::data {
 
 struct IdxOptions {
   std::int64_t limit = 0;                // > 0: only the first `limit` samples
   std::vector<std::string> class_names;  // empty: "0", "1", ...
+  Transform transform;                   // geometry (unused by the padding rule unless random)
 };
 
 class IdxDataset : public Dataset {
@@ -42,13 +45,14 @@ class IdxDataset : public Dataset {
   int image_width() const noexcept { return w_; }
   /// True when the mapping pads (rather than resizes).
   bool pads() const noexcept;
+  std::optional<Transform> transform() const override { return transform_; }
 
   /// Fashion-MNIST's ten class names, in label order.
   static std::vector<std::string> fashion_mnist_classes();
 
  protected:
   void load(std::int64_t index, float* out) const override;
-  bool parallel_load() const override { return !pads(); }
+  bool parallel_load() const override { return !pads() || transform_.random(); }
 
  private:
   std::filesystem::path path_;
@@ -60,6 +64,7 @@ class IdxDataset : public Dataset {
   bool has_labels_ = false;
   int num_classes_ = 0;
   std::vector<std::string> class_names_;
+  Transform transform_;
 };
 
 }  // namespace diffprobe::data

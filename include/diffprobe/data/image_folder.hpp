@@ -32,7 +32,7 @@ class ImageFolder : public Dataset {
   const std::filesystem::path& root() const noexcept { return root_; }
   const std::filesystem::path& file(std::int64_t index) const;
   int label(std::int64_t index) const;
-  const Transform& transform() const noexcept { return transform_; }
+  std::optional<Transform> transform() const override { return transform_; }
 
  protected:
   /// Decodes and transforms one file; IoError / FormatError naming the file when it is

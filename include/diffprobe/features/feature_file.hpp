@@ -5,8 +5,10 @@
 //   metadata  (safetensors "__metadata__", all strings)
 //             format = "diffprobe.features", format_version = "1", weights_sha256, config (the
 //             U-Net config JSON), timesteps ("90,150"), blocks ("19,24"), pooling ("avg:2" or
-//             "none"), noise_seed, noise_draws, preprocessing, library ("diffprobe 0.1.0"), plus
-//             any extra keys verbatim.
+//             "none"), noise_seed, noise_draws, preprocessing, preprocess ("adm", "torchvision",
+//             or "" for arrays given as model inputs), copies (augmented copies per sample, rows
+//             copy-major; "1" without augmentation), library ("diffprobe 0.1.0"), plus any
+//             extra keys verbatim.
 // FeatureWriter produces the same file resumably, chunk by chunk, for long extractions.
 #include <cstdint>
 #include <filesystem>
@@ -43,11 +45,14 @@ struct FeatureMetadata {
   std::uint64_t noise_seed = 0;
   int noise_draws = 1;
   std::string preprocessing;                 // data::Dataset::describe()
+  std::string preprocess;                    // "adm", "torchvision", or "" (arrays given as inputs)
+  int copies = 1;                            // augmented copies per sample: N = copies x samples
   std::string library;                       // "diffprobe <version>"; filled in on write when empty
   std::map<std::string, std::string> extra;  // anything else (keys must not clash with the above)
 
   /// What an extraction with `fx` records: config, t and block lists, pooling, noise seed and
-  /// draws; the weights' SHA-256 when `weights` is given, the dataset's description when given.
+  /// draws; the weights' SHA-256 when `weights` is given, the dataset's description and
+  /// preprocessing mode when given (copies stay 1: the caller that augments sets them).
   static FeatureMetadata describe(const FeatureExtractor& fx, const std::filesystem::path& weights = {},
                                   const data::Dataset* dataset = nullptr);
 

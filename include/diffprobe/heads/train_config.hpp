@@ -53,7 +53,12 @@ struct TrainConfig {
   int patience = 0;           // early stopping on validation accuracy; 0: off (needs val_fraction > 0)
   bool restore_best = true;   // with validation: end with the weights of the best epoch
   bool standardize = false;   // per-feature mean/std fitted on the training split, saved with the head
-  int threads = 0;            // <= 0: default_threads()
+  /// Augmented copies: the features hold `copies` views of each of N samples, copy-major (rows
+  /// [k N, (k + 1) N) are copy k; labels repeat). Epoch e trains on copy e % copies, as the
+  /// paper's code trains on fresh augmentations every epoch; the split, shuffling and the
+  /// validation rows (copy 0) are over the N samples; standardisation uses every copy.
+  int copies = 1;
+  int threads = 0;                                  // <= 0: default_threads()
   std::function<void(const EpochStats&)> on_epoch;  // optional progress callback
 
   /// The released linear-probe recipe: plain SGD, lr 1e-2, 28 epochs, x0.1 every 7, batch 128.
