@@ -76,9 +76,12 @@ ConvPd make_pd(const ops::Conv2d& op, const Shape& in, Layout layout, bool sum, 
 }
 
 // The im2col path: x [N, H, W, C] (NHWC) -> col [N*H*W, 9*C], each row the 3x3 neighbourhood of
-// one output pixel in (kh, kw, c) order, zeros outside the image; y = col x W [9*C, O] + bias.
+// one output pixel in (kh, kw, c) order, zeros outside the image; y = col x W [9*C, O] + bias,
+// one matmul of H*W rows per image: a GEMM library picks its kernel and reduction split by the
+// row count (oneDNN 2.6's AVX2 sgemm gives other low bits for 512 rows than for 64), and an
+// image's features must not depend on the batch it came in.
 MatmulPd make_im2col_pd(const ops::Conv2d& op, const Shape& in, bool sum) {
-  const memory::dim M = in[0] * in[2] * in[3], K = 9 * in[1], O = op.out_channels();
+  const memory::dim M = in[2] * in[3], K = 9 * in[1], O = op.out_channels();
   const dnnl::primitive_attr attr = attr_with_sum(sum);
   const memory::desc src({M, K}, dt::f32, tag::ab), dst({M, O}, dt::f32, tag::ab),
       weights({K, O}, dt::f32, tag::any);
@@ -139,7 +142,7 @@ void im2col_3x3(const float* x, float* col, std::int64_t N, std::int64_t H, std:
 
 struct ConvPlan {
   dnnl::primitive compute;  // the convolution, or the im2col path's matmul
-  bool im2col = false;      // src is then the im2col copy of x, compute_dst dst as [N*H*W, O]
+  bool im2col = false;      // src is then one image's im2col copy, compute_dst its dst as [H*W, O]
   memory weights;           // packed; shared with the other plans of this precision
   memory::desc user_src, src, dst, compute_dst, bias, scratchpad;
   std::optional<onednn::WithScratch<dnnl::reorder>> to_bf16;        // f32 input -> bf16 src
@@ -262,12 +265,18 @@ Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tens
         src = src16;
       }
     }
-    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src},
-                                         {DNNL_ARG_WEIGHTS, plan->weights},
-                                         {DNNL_ARG_DST, memory(plan->compute_dst, eng, y.raw())}};
-    if (op.bias().defined()) args.emplace(DNNL_ARG_BIAS, memory(plan->bias, eng, op.bias().raw()));
-    scratch.bind(args, plan->scratchpad);
-    plan->compute.execute(s, args);
+    // The im2col matmul runs image by image (rows H*W each; NHWC keeps an image's rows together).
+    const std::int64_t images = plan->im2col ? in[0] : 1;
+    const std::int64_t src_step = in[2] * in[3] * 9 * in[1], dst_step = in[2] * in[3] * op.out_channels();
+    for (std::int64_t n = 0; n < images; ++n) {
+      std::unordered_map<int, memory> args{
+          {DNNL_ARG_SRC, plan->im2col ? memory(plan->src, eng, staged.data<float>() + n * src_step) : src},
+          {DNNL_ARG_WEIGHTS, plan->weights},
+          {DNNL_ARG_DST, memory(plan->compute_dst, eng, y.data<float>() + n * dst_step)}};
+      if (op.bias().defined()) args.emplace(DNNL_ARG_BIAS, memory(plan->bias, eng, op.bias().raw()));
+      scratch.bind(args, plan->scratchpad);
+      plan->compute.execute(s, args);
+    }
     s.wait();
   } catch (const dnnl::error& e) {
     onednn::rethrow(e, kWhere, "running the convolution on input " + in.str());

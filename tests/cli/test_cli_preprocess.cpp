@@ -59,7 +59,7 @@ fs::path random_model(int size) {
 class CliPreprocess : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = work() / "photos";
+    dir_ = work() / ("photos_" + std::to_string(::getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     rc_ = std::system(("/usr/bin/python3 " +

@@ -256,6 +256,38 @@ TEST(DataIdx, FashionMnistFirstTenImagesAndLabels) {
   EXPECT_NE(ds.describe().find("pad 2"), std::string::npos);
 }
 
+TEST(DataIdx, AugmentationAppliesToThePaddedImage) {
+  // With a random transform the padded S x S image (background 0 -> -1) goes through it: the
+  // eval transform of a padded image is the identity, so adm_train without its randomness
+  // (crop fractions 1 and no flip) gives back the padded image exactly.
+  const fs::path images = kFashion / "t10k-images-idx3-ubyte.gz";
+  ASSERT_TRUE(fs::exists(images));
+  IdxDataset plain(images, std::nullopt, InputSpec{1, 32}, {.limit = 4});
+  Transform fixed = Transform::adm_train(3);
+  fixed.hflip = false;
+  fixed.min_crop_frac = 1.0;  // side = 32 exactly, crop at (0, 0)
+  IdxDataset same(images, std::nullopt, InputSpec{1, 32}, {.limit = 4, .transform = fixed});
+  EXPECT_EQ(same.images(0, 4).to_vector(), plain.images(0, 4).to_vector());
+  // The paper's augmentation: in range, deterministic per (seed, copy, sample), copies differ.
+  IdxDataset aug(images, std::nullopt, InputSpec{3, 32}, {.limit = 4, .transform = Transform::adm_train(3)});
+  aug.set_epoch(1);
+  const auto a = aug.images(0, 4).to_vector();
+  EXPECT_EQ(a, aug.images(0, 4).to_vector());
+  for (const float v : a) ASSERT_TRUE(v >= -1.0f && v <= 1.0f);
+  aug.set_epoch(2);
+  EXPECT_NE(a, aug.images(0, 4).to_vector());
+  EXPECT_NE(aug.describe().find("random_crop_arr"), std::string::npos) << aug.describe();
+  EXPECT_THROW(IdxDataset(images, std::nullopt, InputSpec{1, 32},
+                          {.limit = 1,
+                           .transform =
+                               [] {
+                                 Transform t = Transform::adm_train(0);
+                                 t.crop = CropMode::RandomResized;
+                                 return t;
+                               }()}),
+               ArgumentError);
+}
+
 TEST(DataIdx, ResizeRuleEqualsImageFolderOfTheSameImage) {
   const fs::path images = kFashion / "t10k-images-idx3-ubyte.gz";
   ASSERT_TRUE(fs::exists(images));
