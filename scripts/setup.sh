@@ -12,6 +12,9 @@ packages=(
   libeigen3-dev libfmt-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   zlib1g-dev libpng-dev libjpeg-dev       # checkpoints (zip) and images
+  libssl-dev                              # SHA-256 of weights files and feature-file parts (libcrypto)
+  libopenmpi-dev openmpi-bin              # sharded extraction under mpirun (tests run 2 ranks)
+  iproute2                                # the two-host MPI test (network namespaces + veth)
   python3 python3-torch python3-numpy python3-matplotlib python3-pil  # reference model, parity data, training, plots
   python3-skimage                         # real photographs (astronaut, chelsea, ...) for the preprocessing tests
   libopenblas0-pthread                    # a fast BLAS for the PyTorch baseline

@@ -1,88 +1,30 @@
-// `diffprobe extract`: dataset -> U-Net block features -> a feature file (resumable).
+// `diffprobe extract`: dataset -> U-Net block features -> a feature file (resumable), in one
+// process or as shards (--shard, mpirun, srun) whose parts are merged into the same bytes.
 #include <fmt/core.h>
 
 #include <filesystem>
 #include <memory>
 
 #include "cli/commands.hpp"
+#include "cli/mpi_session.hpp"
 #include "cli/parse_list.hpp"
 #include "cli/progress.hpp"
-#include "diffprobe/data/idx_dataset.hpp"
-#include "diffprobe/data/image_folder.hpp"
-#include "diffprobe/data/npy_dataset.hpp"
+#include "diffprobe/data/open_dataset.hpp"
+#include "diffprobe/features/extraction_job.hpp"
 #include "diffprobe/features/feature_extractor.hpp"
 #include "diffprobe/features/feature_file.hpp"
 
 namespace diffprobe::cli {
 namespace fs = std::filesystem;
 
-namespace {
-
-std::unique_ptr<data::Dataset> open_dataset(const std::string& input, const std::string& labels,
-                                            const data::InputSpec& spec, std::int64_t limit,
-                                            const data::Transform& transform) {
-  if (fs::is_directory(input)) {
-    if (!labels.empty())
-      throw ArgumentError("--labels", "an image folder takes its labels from its sub-folders");
-    return std::make_unique<data::ImageFolder>(input, spec, transform);
-  }
-  if (!fs::exists(input)) throw IoError("--input", "no such file or folder: " + input);
-  if (fs::path(input).extension() == ".npy") {
-    if (transform.random())
-      throw ArgumentError("--augment",
-                          "a .npy input holds model inputs as they are; augmentation needs images "
-                          "(an image folder or an IDX file)");
-    std::optional<fs::path> l;
-    if (!labels.empty()) l = labels;
-    return std::make_unique<data::NpyDataset>(input, l);
-  }
-  std::optional<fs::path> l;
-  if (!labels.empty()) l = labels;
-  data::IdxOptions o;
-  o.limit = limit;
-  o.transform = transform;
-  return std::make_unique<data::IdxDataset>(input, l, spec, o);
-}
-
-// Output rows [begin, end) with `copies` augmented copies of n samples, copy-major: row r is
-// copy r / n (the transform's epoch) of sample r % n.
-Tensor rows_of(data::Dataset& ds, std::int64_t n, std::int64_t begin, std::int64_t end) {
-  if (begin / n == (end - 1) / n) {  // one copy: a plain batch
-    ds.set_epoch(begin / n);
-    return ds.images(begin % n, (end - 1) % n + 1);
-  }
-  const auto spec = ds.spec();
-  Tensor out = Tensor::empty(Shape{end - begin, spec.channels, spec.size, spec.size}, DType::F32);
-  const std::int64_t per = std::int64_t{spec.channels} * spec.size * spec.size;
-  for (std::int64_t r = begin; r < end;) {
-    const std::int64_t k = r / n, i0 = r % n, i1 = std::min(n, i0 + (end - r));
-    ds.set_epoch(k);
-    const Tensor part = ds.images(i0, i1);
-    std::copy(part.data<float>(), part.data<float>() + part.numel(), out.data<float>() + (r - begin) * per);
-    r += i1 - i0;
-  }
-  return out;
-}
-
-std::optional<Tensor> labels_of(const std::optional<Tensor>& labels, std::int64_t n, std::int64_t begin,
-                                std::int64_t end) {
-  if (!labels) return std::nullopt;
-  Tensor out = Tensor::empty(Shape{end - begin}, DType::I64);
-  for (std::int64_t r = begin; r < end; ++r)
-    out.data<std::int64_t>()[r - begin] = labels->data<std::int64_t>()[r % n];
-  return out;
-}
-
-}  // namespace
-
 Runner add_extract(CLI::App& app) {
   struct Opts {
     std::string weights, preset, config, input, labels,
         t = "90", blocks = "24", pool = "avg:2", device = "cpu", out, precision = "fp32", dtype = "fp32",
-        preprocess = "adm", augment = "none";
+        preprocess = "adm", augment = "none", shard = "auto";
     std::uint64_t seed = 0, augment_seed = 0;
     int copies = 1;
-    bool no_noise = false;
+    bool no_noise = false, keep_parts = false, no_merge = false;
     int draws = 1, batch = 16, threads = 0, image_size = 0;
     std::optional<int> label;
     std::int64_t limit = 0, chunk = 0;
@@ -121,7 +63,7 @@ Runner add_extract(CLI::App& app) {
   app.add_option("--label", o->label, "class label for class-conditional models");
   app.add_option("--batch", o->batch, "images per U-Net pass");
   app.add_option("--threads", o->threads, "CPU threads (default: all cores)")->check(at_least(0));
-  app.add_option("--device", o->device, "cpu, cuda or cuda:N");
+  app.add_option("--device", o->device, "cpu, cuda, cuda:N or cuda:local (the node-local rank's GPU)");
   app.add_option("--precision", o->precision, "fp32 or bf16 (CPU, AVX-512 BF16)")
       ->check(CLI::IsMember({"fp32", "bf16"}));
   app.add_option("--limit", o->limit, "only the first N samples")->check(at_least(0));
@@ -130,6 +72,11 @@ Runner add_extract(CLI::App& app) {
   app.add_option("--dtype", o->dtype, "storage type of the features: fp32, fp16 or bf16")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
   app.add_option("--out", o->out, "output feature file (.safetensors)")->required();
+  app.add_option("--shard", o->shard,
+                 "I/N: compute shard I of N into OUT.parts/ (job arrays); auto (default): the MPI "
+                 "launcher's rank and size (mpirun, srun), else the whole output");
+  app.add_flag("--keep-parts", o->keep_parts, "keep OUT.parts/ after assembling OUT");
+  app.add_flag("--no-merge", o->no_merge, "leave the finished parts for `diffprobe merge`");
   return [o]() {
     LoadOptions lo;
     if (!o->preset.empty()) lo.preset = o->preset;
@@ -138,6 +85,15 @@ Runner add_extract(CLI::App& app) {
     if (!fs::exists(o->weights)) throw IoError("--weights", "no such file: " + o->weights);
     if (!fs::exists(o->input)) throw IoError("--input", "no such file or folder: " + o->input);
     const UNet net = UNet::load(o->weights, lo);
+    MpiSession mpi;
+    const LaunchInfo launch = detect_launch();
+    Shard shard;
+    if (o->shard != "auto")
+      shard = Shard::parse(o->shard);
+    else if (mpi.active())
+      shard = {mpi.rank(), mpi.size()};
+    else
+      shard = launch.shard;
 
     ExtractOptions eo;
     eo.timesteps = parse_int_list(o->t, "--t");
@@ -151,7 +107,8 @@ Runner add_extract(CLI::App& app) {
     else
       PoolSpec::parse(o->pool);
     eo.batch_size = o->batch;
-    eo.device = parse_device(o->device);
+    eo.device = o->device == "cuda:local" ? Device::cuda(launch.local_rank % std::max(1, cuda_device_count()))
+                                          : parse_device(o->device);
     eo.threads = o->threads;
     eo.precision = parse_precision(o->precision.c_str());
     const FeatureExtractor fx(net, eo);
@@ -166,45 +123,88 @@ Runner add_extract(CLI::App& app) {
     if (o->augment == "adm") transform = data::Transform::adm_train(o->augment_seed);
     if (o->augment == "torchvision") transform = data::Transform::torchvision_train(o->augment_seed);
     const auto spec = data::InputSpec::from_shape(fx.input_spec());
-    auto ds = open_dataset(o->input, o->labels, spec, o->limit, transform);
+    std::optional<fs::path> labels;
+    if (!o->labels.empty()) labels = o->labels;
+    if (fs::is_directory(o->input) && labels)
+      throw ArgumentError("--labels", "an image folder takes its labels from its sub-folders");
+    if (fs::path(o->input).extension() == ".npy" && transform.random())
+      throw ArgumentError("--augment",
+                          "a .npy input holds model inputs as they are; augmentation needs images "
+                          "(an image folder or an IDX file)");
+    auto ds = data::open_dataset(o->input, labels, spec, o->limit, transform);
     ds->set_threads(o->threads);
-    if (!(ds->spec() == spec))
-      throw ShapeError("--input", "the data is " + ds->spec().str() + " but the model takes " + spec.str());
-    const std::int64_t samples = o->limit > 0 ? std::min(o->limit, ds->size()) : ds->size();
-    if (samples < 1) throw ArgumentError("--input", "the data set is empty");
-    const std::int64_t total = samples * o->copies;
-    const auto labels = ds->labels();
 
-    FeatureMetadata meta = FeatureMetadata::describe(fx, o->weights, ds.get());
-    meta.copies = o->copies;
-    FeatureWriterOptions wo;
-    wo.total = total;
-    wo.chunk_size = o->chunk > 0 ? o->chunk : 16LL * o->batch;
-    wo.labels = labels.has_value();
-    wo.store = parse_dtype(o->dtype);
-    FeatureWriter writer(o->out, meta, wo);
-    const auto pending = writer.pending();
-    fmt::print(stderr, "extracting t={} blocks={} pool={} from {} samples{} ({}), {} of {} chunks to do\n",
-               o->t, o->blocks, o->pool, samples,
+    ExtractionJobOptions jo;
+    jo.chunk_size = o->chunk;
+    jo.copies = o->copies;
+    jo.limit = o->limit;
+    jo.store = parse_dtype(o->dtype);
+    jo.shard = shard;
+    jo.merge = !o->no_merge && !mpi.active();  // under MPI rank 0 merges once every rank is done
+    jo.keep_parts = o->keep_parts;
+    jo.weights = o->weights;
+    const std::int64_t samples = o->limit > 0 ? std::min(o->limit, ds->size()) : ds->size();
+    const std::string who = shard.count > 1 ? fmt::format("shard {} ", shard.str()) : std::string();
+    fmt::print(stderr, "{}extracting t={} blocks={} pool={} from {} samples{} ({})\n", who, o->t, o->blocks,
+               o->pool, samples,
                o->copies > 1 ? fmt::format(" x {} augmented copies", o->copies) : std::string(),
-               ds->describe(), pending.size(), writer.num_chunks());
-    Progress progress("extract", total);
-    std::int64_t done = 0;
-    for (std::int64_t c = 0; c < writer.num_chunks(); ++c)
-      if (writer.done(c)) done += writer.chunk_range(c).second - writer.chunk_range(c).first;
-    progress.set_resumed(done);
-    for (std::int64_t c : pending) {
-      const auto [b, e] = writer.chunk_range(c);
-      const Tensor images = rows_of(*ds, samples, b, e);
-      const std::int64_t base = done;
-      const FeatureSet fs_ =
-          fx.extract(images, b, {}, [&](std::int64_t d, std::int64_t) { progress.update(base + d); });
-      writer.write(c, fs_, labels_of(labels, samples, b, e));
-      done += e - b;
-      progress.update(done);
+               ds->describe());
+    std::optional<Progress> progress;
+    jo.on_progress = [&](const ExtractionProgress& p) {
+      if (!progress) {
+        progress.emplace(shard.count > 1 ? "extract " + shard.str() : "extract", p.rows_total);
+        progress->set_resumed(p.rows_resumed);
+        if (p.rows_resumed > 0)
+          fmt::print(stderr, "resuming: {} of {} rows were finished by an earlier run\n", p.rows_resumed,
+                     p.rows_total);
+      }
+      progress->update(p.rows_done);
+    };
+
+    ExtractionResult result;
+    bool ok = true;
+    std::string error;
+    try {
+      result = run_extraction(fx, *ds, o->out, jo);
+    } catch (const Error& e) {
+      if (!mpi.active()) throw;
+      ok = false;
+      error = e.what();
     }
-    writer.finish();
-    fmt::print(stderr, "wrote {}\n", o->out);
+    if (mpi.active()) {
+      // Every rank reaches this point (an error included), so nobody waits forever.
+      if (!ok) fmt::print(stderr, "diffprobe: rank {}: {}\n", mpi.rank(), error);
+      if (!mpi.all(ok)) return 2;
+      bool merged = true;
+      std::string merge_error;
+      if (mpi.rank() == 0 && !o->no_merge) {
+        try {
+          merge_parts(o->out, o->keep_parts);
+        } catch (const Error& e) {
+          merged = false;
+          merge_error = e.what();
+          fmt::print(stderr, "diffprobe: {}\n", merge_error);
+        }
+      }
+      if (!mpi.broadcast(merged)) return 2;
+      if (mpi.rank() == 0)
+        fmt::print(stderr, "{} {}\n", o->no_merge ? "left the parts in" : "wrote",
+                   o->no_merge ? parts_dir(o->out).string() : o->out);
+      return 0;
+    }
+    if (result.rows_computed > 0)
+      fmt::print(stderr,
+                 "{}{} rows in {:.1f} s; the forward pass was busy {:.1f} % of it (waited {:.2f} s for "
+                 "decoded images)\n",
+                 who, result.rows_computed, result.seconds, 100.0 * result.forward_seconds / result.seconds,
+                 result.wait_seconds);
+    if (result.complete)
+      fmt::print(stderr, "{} {}\n",
+                 result.rows_computed == 0 && !result.merged ? "already complete:" : "wrote", o->out);
+    else
+      fmt::print(stderr, "wrote {}; {} once every shard has finished (or `diffprobe merge --out {}`)\n",
+                 result.output.string(),
+                 o->no_merge ? "merge" : "the last shard to finish assembles " + o->out, o->out);
     return 0;
   };
 }

@@ -28,5 +28,6 @@ Runner add_info(CLI::App& app);
 Runner add_convert(CLI::App& app);
 Runner add_extract(CLI::App& app);
 Runner add_probe(CLI::App& app);
+Runner add_merge(CLI::App& app);
 
 }  // namespace diffprobe::cli

@@ -15,6 +15,7 @@ const char* error_kind_name(ErrorKind kind) noexcept {
     case ErrorKind::Argument: return "argument error";
     case ErrorKind::Numeric: return "numeric error";
     case ErrorKind::Unsupported: return "unsupported";
+    case ErrorKind::Cancelled: return "cancelled";
   }
   return "error";
 }

@@ -529,25 +529,28 @@ void FeatureWriter::finish() {
     shape.insert(shape.end(), t.sample_shape.begin(), t.sample_shape.end());
     entries.push_back({t.name, t.name == "labels" ? DType::I64 : options_.store, shape});
   }
-  io::detail::write_safetensors(
-      path_, metadata_.to_strings(), entries, [&](std::size_t i, io::detail::AtomicFile& f) {
-        const TensorInfo& info = tensors_[i];
-        for (std::int64_t c = 0; c < num_chunks_; ++c) {
-          const fs::path file = chunk_file(c, info.name);
-          const Tensor t = io::load_npy(file);
-          const auto [b, e] = chunk_range(c);
-          std::vector<std::int64_t> want{e - b};
-          want.insert(want.end(), info.sample_shape.begin(), info.sample_shape.end());
-          if (t.dtype() != info.dtype || t.shape().vec() != want)
-            throw FormatError(
-                file.string(),
-                fmt::format("chunk file holds {} {}, expected {} [{}] (delete {} to start over)",
-                            dtype_name(t.dtype()), t.shape().str(), dtype_name(info.dtype),
-                            fmt::join(want, ", "), partial_.string()));
-          const Tensor s = io::detail::stored_copy(t, entries[i].dtype);
-          f.write(s.raw(), s.nbytes());
-        }
-      });
+  const auto write_data = [&](std::size_t i, io::detail::AtomicFile& f) {
+    const TensorInfo& info = tensors_[i];
+    for (std::int64_t c = 0; c < num_chunks_; ++c) {
+      const fs::path file = chunk_file(c, info.name);
+      const Tensor t = io::load_npy(file);
+      const auto [b, e] = chunk_range(c);
+      std::vector<std::int64_t> want{e - b};
+      want.insert(want.end(), info.sample_shape.begin(), info.sample_shape.end());
+      if (t.dtype() != info.dtype || t.shape().vec() != want)
+        throw FormatError(file.string(),
+                          fmt::format("chunk file holds {} {}, expected {} [{}] (delete {} to start over)",
+                                      dtype_name(t.dtype()), t.shape().str(), dtype_name(info.dtype),
+                                      fmt::join(want, ", "), partial_.string()));
+      const Tensor s = io::detail::stored_copy(t, entries[i].dtype);
+      f.write(s.raw(), s.nbytes());
+    }
+  };
+  if (options_.checksum_key.empty())
+    io::detail::write_safetensors(path_, metadata_.to_strings(), entries, write_data);
+  else
+    io::detail::write_safetensors_with_checksum(path_, metadata_.to_strings(), options_.checksum_key, entries,
+                                                write_data);
   std::error_code ec;
   fs::remove_all(partial_, ec);  // the final file is in place; a leftover folder is harmless
 }

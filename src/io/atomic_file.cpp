@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "diffprobe/core/error.hpp"
+#include "features/sha256.hpp"
 
 namespace diffprobe::io::detail {
 
@@ -30,6 +31,25 @@ AtomicFile::~AtomicFile() {
 void AtomicFile::write(const void* data, std::size_t bytes) {
   if (bytes == 0) return;
   if (std::fwrite(data, 1, bytes, f_) != bytes)
+    throw IoError(target_.string(), std::string("write failed: ") + std::strerror(errno));
+  if (hash_) static_cast<diffprobe::detail::Sha256*>(hash_.get())->update(data, bytes);
+}
+
+void AtomicFile::start_hash() {
+  hash_ = std::shared_ptr<void>(new diffprobe::detail::Sha256(),
+                                [](void* p) { delete static_cast<diffprobe::detail::Sha256*>(p); });
+}
+
+std::string AtomicFile::hash_hex() {
+  if (!hash_) throw ArgumentError("AtomicFile::hash_hex", "start_hash() was not called");
+  const std::string h = static_cast<diffprobe::detail::Sha256*>(hash_.get())->hex();
+  hash_.reset();
+  return h;
+}
+
+void AtomicFile::overwrite_at(std::size_t offset, const void* data, std::size_t bytes) {
+  if (::fseeko(f_, static_cast<off_t>(offset), SEEK_SET) != 0 || std::fwrite(data, 1, bytes, f_) != bytes ||
+      ::fseeko(f_, 0, SEEK_END) != 0)
     throw IoError(target_.string(), std::string("write failed: ") + std::strerror(errno));
 }
 

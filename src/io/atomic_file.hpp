@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 #include <string>
 
 namespace diffprobe::io::detail {
@@ -17,6 +18,12 @@ class AtomicFile {
   AtomicFile& operator=(const AtomicFile&) = delete;
 
   void write(const void* data, std::size_t bytes);
+  /// From now on, every write also feeds a SHA-256 (of the bytes written after this call).
+  void start_hash();
+  /// That SHA-256 in lowercase hex (once).
+  std::string hash_hex();
+  /// Replaces bytes already written at `offset` (not hashed: for values that describe the data).
+  void overwrite_at(std::size_t offset, const void* data, std::size_t bytes);
   /// Flushes, closes and renames over the target. IoError on any failure.
   void commit();
 
@@ -24,6 +31,7 @@ class AtomicFile {
   std::filesystem::path target_, temp_;
   std::FILE* f_ = nullptr;
   bool done_ = false;
+  std::shared_ptr<void> hash_;  // detail::Sha256 while hashing
 };
 
 }  // namespace diffprobe::io::detail

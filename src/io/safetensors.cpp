@@ -231,8 +231,8 @@ const char* safetensors_dtype_name(DType t) {
   return "?";
 }
 
-void write_safetensors_header(AtomicFile& f, const std::map<std::string, std::string>& metadata,
-                              const std::vector<SafetensorsEntry>& entries) {
+std::string write_safetensors_header(AtomicFile& f, const std::map<std::string, std::string>& metadata,
+                                     const std::vector<SafetensorsEntry>& entries) {
   // Insertion-ordered: the header lists the tensors in the order of their data.
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) {
@@ -258,6 +258,7 @@ void write_safetensors_header(AtomicFile& f, const std::map<std::string, std::st
   store_le<std::uint64_t>(len, text.size());
   f.write(len, 8);
   f.write(text.data(), text.size());
+  return text;
 }
 
 }  // namespace detail

@@ -6,7 +6,7 @@
 
 namespace diffprobe {
 
-enum class ErrorKind { Shape, DType, Device, Io, Format, Config, Argument, Numeric, Unsupported };
+enum class ErrorKind { Shape, DType, Device, Io, Format, Config, Argument, Numeric, Unsupported, Cancelled };
 
 const char* error_kind_name(ErrorKind kind) noexcept;
 
@@ -44,6 +44,7 @@ DIFFPROBE_DEFINE_ERROR(ConfigError, Config)            // invalid model / pipeli
 DIFFPROBE_DEFINE_ERROR(ArgumentError, Argument)        // an argument out of its allowed range
 DIFFPROBE_DEFINE_ERROR(NumericError, Numeric)          // NaN / Inf where finite values are required
 DIFFPROBE_DEFINE_ERROR(UnsupportedError, Unsupported)  // valid request this build cannot serve
+DIFFPROBE_DEFINE_ERROR(CancelledError, Cancelled)      // the caller asked a long call to stop
 
 #undef DIFFPROBE_DEFINE_ERROR
 

@@ -114,6 +114,7 @@ struct FeatureWriterOptions {
   std::int64_t chunk_size = 1024;  // samples per chunk (the last one may be shorter)
   bool labels = true;              // every chunk carries labels
   DType store = DType::F32;        // floating dtype of the finished file
+  std::string checksum_key;        // non-empty: finish() records the data section's SHA-256 under it
 };
 
 /// Resumable writing. Finished chunks go to PATH.partial/ (one .npy per tensor and chunk, and
