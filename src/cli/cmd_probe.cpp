@@ -23,8 +23,9 @@ Runner add_probe(CLI::App& app) {
     bool standardize = false, confusion = false;
   };
   auto o = std::make_shared<Opts>();
-  app.add_option("--train", o->train, "training feature file")->required();
-  app.add_option("--test", o->test, "test feature file")->required();
+  app.add_option("--train", o->train, "training feature file (or its shard parts, comma-separated)")
+      ->required();
+  app.add_option("--test", o->test, "test feature file (or its shard parts, comma-separated)")->required();
   app.add_option("--feature", o->feature,
                  "feature name(s), e.g. t90.b24 (fusion: t90.b19,t90.b24,t150.b19,...)")
       ->required();
@@ -51,8 +52,14 @@ Runner add_probe(CLI::App& app) {
   app.add_option("--json", o->json, "write the results as JSON");
   app.add_flag("--confusion", o->confusion, "print the confusion matrix");
   return [o]() {
-    const FeatureFile train = FeatureFile::open(o->train);
-    const FeatureFile test = FeatureFile::open(o->test);
+    // A comma-separated list: the parts of a sharded extraction, in shard order.
+    auto open_files = [](const std::string& list) {
+      const auto paths = split(list);
+      if (paths.size() == 1) return FeatureFile::open(paths[0]);
+      return FeatureFile::open_parts(std::vector<std::filesystem::path>(paths.begin(), paths.end()));
+    };
+    const FeatureFile train = open_files(o->train);
+    const FeatureFile test = open_files(o->test);
     const auto names = split(o->feature);
     std::vector<Tensor> xtr, xte;
     for (const auto& n : names) {

@@ -463,6 +463,18 @@ ExtractionResult run_extraction(const FeatureExtractor& fx, data::Dataset& ds, c
   }
   std::optional<Tensor> labels = ds.labels();
   if (labels && labels->dim(0) > samples) labels = labels->slice_batch(0, samples);
+  if (sharded) {
+    // Other shards' finished parts must be of this same extraction (weights, data, flags).
+    for (const auto& p : scan_parts(parts_dir(out))) {
+      if (!p.finished || p.index == o.shard.index) continue;
+      const fs::path other = part_path(out, {p.index, p.count});
+      const std::string d = first_difference(without_part_keys(file_metadata(other)), final_strings);
+      if (!d.empty())
+        throw ConfigError(kWhere, other.string() + " is a part of another extraction: " + d +
+                                      "; nothing is overwritten (delete " + parts_dir(out).string() +
+                                      " to start over)");
+    }
+  }
 
   if (sharded && fs::exists(target, ec)) {
     Strings was = file_metadata(target);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -295,10 +296,75 @@ FeatureFile FeatureFile::open(const fs::path& path) {
     f.names_.push_back(name);
   }
   if (f.names_.empty()) throw FormatError(where, "the feature file holds no features");
-  if (n % f.metadata_.copies != 0)
+  // A shard's part (extraction_job.hpp) holds any run of rows; the whole output holds copies x N.
+  if (!f.metadata_.extra.count("part.rows") && n % f.metadata_.copies != 0)
     throw FormatError(where, fmt::format("{} rows are not {} copies of the same samples (metadata 'copies')",
                                          n, f.metadata_.copies));
   f.n_ = n;
+  return f;
+}
+
+FeatureFile FeatureFile::open_parts(const std::vector<fs::path>& paths) {
+  const char* where = "FeatureFile::open_parts";
+  if (paths.empty()) throw ArgumentError(where, "no parts given");
+  std::vector<FeatureFile> parts;
+  for (const auto& p : paths) parts.push_back(open(p));
+  auto part_key = [&](std::size_t i, const char* key) {
+    const auto& extra = parts[i].metadata().extra;
+    const auto it = extra.find(key);
+    if (it == extra.end())
+      throw FormatError(paths[i].string(),
+                        std::string("not a part of a sharded extraction (no metadata '") + key + "')");
+    return it->second;
+  };
+  std::map<std::string, std::string> base = parts[0].metadata().to_strings();
+  for (auto it = base.begin(); it != base.end();)
+    it = it->first.rfind("part.", 0) == 0 ? base.erase(it) : ++it;
+  std::int64_t next = 0;
+  const std::string total = part_key(0, "part.total_rows");
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    const std::string shard = fmt::format("{}/{}", i, parts.size());
+    if (part_key(i, "part.shard") != shard)
+      throw FormatError(paths[i].string(), "is part " + part_key(i, "part.shard") + ", expected " + shard +
+                                               " (give every part, in shard order)");
+    if (part_key(i, "part.rows") != fmt::format("{},{}", next, next + parts[i].size()) ||
+        part_key(i, "part.total_rows") != total)
+      throw FormatError(paths[i].string(),
+                        "its rows " + part_key(i, "part.rows") + " do not follow the previous part's");
+    next += parts[i].size();
+    auto m = parts[i].metadata().to_strings();
+    for (auto it = m.begin(); it != m.end();) it = it->first.rfind("part.", 0) == 0 ? m.erase(it) : ++it;
+    if (m != base)
+      throw FormatError(paths[i].string(), "is a part of another extraction than " + paths[0].string());
+    if (parts[i].names() != parts[0].names())
+      throw FormatError(paths[i].string(), "holds other features than part 0");
+  }
+  if (std::to_string(next) != total)
+    throw FormatError(where, fmt::format("the parts hold {} of {} rows", next, total));
+  io::NamedTensors all;
+  all.metadata = base;
+  for (const auto& [name, t0] : parts[0].tensors_) {
+    auto shape = t0.shape().vec();
+    shape[0] = next;
+    Tensor t = Tensor::empty(Shape(shape), t0.dtype());
+    std::int64_t row = 0;
+    const std::size_t row_bytes =
+        t0.nbytes() / static_cast<std::size_t>(std::max<std::int64_t>(1, t0.dim(0)));
+    for (const auto& p : parts) {
+      const Tensor& s = p.tensors_.at(name);
+      std::memcpy(static_cast<char*>(t.raw()) + static_cast<std::size_t>(row) * row_bytes, s.raw(),
+                  s.nbytes());
+      row += s.dim(0);
+    }
+    all.set(name, std::move(t));
+  }
+  FeatureFile f;
+  f.path_ = paths[0];
+  f.tensors_ = std::move(all);
+  f.metadata_ = FeatureMetadata::from_strings(f.tensors_.metadata, where);
+  f.names_ = parts[0].names_;
+  if (parts[0].labels_) f.labels_ = f.tensors_.at("labels");
+  f.n_ = next;
   return f;
 }
 

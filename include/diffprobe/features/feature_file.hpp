@@ -81,6 +81,10 @@ class FeatureFile {
   /// neither a feature nor the labels, features whose N differ, labels that are not integer [N],
   /// a (t, block) the metadata lists do not name).
   static FeatureFile open(const std::filesystem::path& path);
+  /// The finished parts of a sharded extraction (extraction_job.hpp), all of them, in shard
+  /// order, read as the file they merge into: features concatenated in memory, metadata without
+  /// the part.* keys. FormatError when they are not one complete split of one extraction.
+  static FeatureFile open_parts(const std::vector<std::filesystem::path>& parts);
 
   const std::filesystem::path& path() const noexcept { return path_; }
   /// Number of samples N.
