@@ -550,14 +550,16 @@ ExtractionResult run_extraction(const FeatureExtractor& fx, data::Dataset& ds, c
         if (d.error) std::rethrow_exception(d.error);
         const std::int64_t base = r.rows_resumed + r.rows_computed;
         const auto forward_start = Clock::now();
-        const FeatureSet features = fx.extract(d.images, t.begin, {}, [&](std::int64_t done, std::int64_t rows) {
-          report(base + done);
-          // A chunk whose last batch is done is written first (the check at the loop's top).
-          if (done < rows && cancelled())
-            throw CancelledError(kWhere, fmt::format("stopped in the chunk of rows [{}, {}); finished chunks "
-                                                     "are kept in {}.partial",
-                                                     t.begin, t.end, target.string()));
-        });
+        const FeatureSet features =
+            fx.extract(d.images, t.begin, {}, [&](std::int64_t done, std::int64_t rows) {
+              report(base + done);
+              // A chunk whose last batch is done is written first (the check at the loop's top).
+              if (done < rows && cancelled())
+                throw CancelledError(kWhere,
+                                     fmt::format("stopped in the chunk of rows [{}, {}); finished chunks "
+                                                 "are kept in {}.partial",
+                                                 t.begin, t.end, target.string()));
+            });
         r.forward_seconds += since(forward_start);
         writer.write(t.chunk, features, d.labels);
         r.rows_computed += t.end - t.begin;

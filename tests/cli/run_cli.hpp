@@ -18,6 +18,14 @@ struct Result {
   std::string out;  // stdout and stderr together
 };
 
+/// `text` in single quotes, for a shell command line (paths with spaces).
+inline std::string quote(const std::string& text) {
+  std::string r(1, '\'');
+  r += text;
+  r += '\'';
+  return r;
+}
+
 inline Result run(const std::string& args) {
   const std::string cmd = std::string(DIFFPROBE_CLI) + " " + args + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");

@@ -32,7 +32,7 @@ fs::path work() {
   return d;
 }
 
-std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
+std::string q(const fs::path& p) { return cli_test::quote(p.string()); }
 
 // 320 test images, two timesteps and blocks, chunks of 64 rows (5 chunks).
 std::string args(const fs::path& out, const std::string& extra = "") {

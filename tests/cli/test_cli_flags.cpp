@@ -33,7 +33,7 @@ using cli_test::run;
 
 bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
-std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
+std::string q(const fs::path& p) { return cli_test::quote(p.string()); }
 
 /// A bad value: non-zero exit, a message naming the problem, never an internal error.
 void expect_refused(const std::string& args, const std::vector<std::string>& expect) {

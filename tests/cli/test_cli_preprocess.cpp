@@ -22,7 +22,7 @@ using cli_test::run;
 
 namespace {
 
-std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
+std::string q(const fs::path& p) { return cli_test::quote(p.string()); }
 
 fs::path work() {
   const fs::path d = fs::path(DIFFPROBE_BINARY_DIR) / "cli_test_preprocess";

@@ -191,7 +191,7 @@ TEST(ExtractionJob, LaunchersEnvironmentGivesTheShard) {
   l = detect_launch();
   EXPECT_EQ(l.launcher, "slurm");
   EXPECT_EQ(l.shard, (Shard{0, 8}));
-  for (const char* v : {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_PROCID",
-                        "SLURM_NTASKS"})
+  for (const char* v : {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
+                        "SLURM_PROCID", "SLURM_NTASKS"})
     ::unsetenv(v);
 }
