@@ -18,7 +18,7 @@ packages=(
   python3 python3-torch python3-numpy python3-matplotlib python3-pil  # reference model, parity data, training, plots
   python3-skimage                         # real photographs (astronaut, chelsea, ...) for the preprocessing tests
   libopenblas0-pthread                    # a fast BLAS for the PyTorch baseline
-  linux-perf                              # benchmarks/profile_forward.py (perf record / perf script)
+  linux-perf time                         # benchmarks: profile_forward.py (perf), large_probe.py (/usr/bin/time)
   dataset-fashion-mnist                   # the bundled model's data set
   clang-format
 )

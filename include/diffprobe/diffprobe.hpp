@@ -20,6 +20,7 @@
 #include "diffprobe/features/extraction_job.hpp"
 #include "diffprobe/features/feature_extractor.hpp"
 #include "diffprobe/features/feature_file.hpp"
+#include "diffprobe/features/feature_rows.hpp"
 #include "diffprobe/features/pooler.hpp"
 #include "diffprobe/heads/head.hpp"
 #include "diffprobe/heads/metrics.hpp"

@@ -1,6 +1,7 @@
 // `diffprobe extract`: dataset -> U-Net block features -> a feature file (resumable), in one
 // process or as shards (--shard, mpirun, srun) whose parts are merged into the same bytes.
 #include <fmt/core.h>
+#include <sys/resource.h>
 
 #include <filesystem>
 #include <memory>
@@ -171,6 +172,16 @@ Runner add_extract(CLI::App& app) {
       ok = false;
       error = e.what();
     }
+    if (ok && result.rows_computed > 0) {
+      rusage ru{};
+      ::getrusage(RUSAGE_SELF, &ru);
+      fmt::print(
+          stderr,
+          "{}{} rows in {:.2f} s ({:.2f} rows/s); the forward pass was busy {:.1f} % of it (waited {:.2f} s "
+          "for decoded images); peak RSS {:.0f} MB\n",
+          who, result.rows_computed, result.seconds, result.rows_computed / result.seconds,
+          100.0 * result.forward_seconds / result.seconds, result.wait_seconds, ru.ru_maxrss / 1024.0);
+    }
     if (mpi.active()) {
       // Every rank reaches this point (an error included), so nobody waits forever.
       if (!ok) fmt::print(stderr, "diffprobe: rank {}: {}\n", mpi.rank(), error);
@@ -192,12 +203,6 @@ Runner add_extract(CLI::App& app) {
                    o->no_merge ? parts_dir(o->out).string() : o->out);
       return 0;
     }
-    if (result.rows_computed > 0)
-      fmt::print(stderr,
-                 "{}{} rows in {:.1f} s; the forward pass was busy {:.1f} % of it (waited {:.2f} s for "
-                 "decoded images)\n",
-                 who, result.rows_computed, result.seconds, 100.0 * result.forward_seconds / result.seconds,
-                 result.wait_seconds);
     if (result.complete)
       fmt::print(stderr, "{} {}\n",
                  result.rows_computed == 0 && !result.merged ? "already complete:" : "wrote", o->out);

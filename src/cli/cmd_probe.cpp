@@ -8,6 +8,7 @@
 #include "cli/commands.hpp"
 #include "cli/parse_list.hpp"
 #include "diffprobe/features/feature_file.hpp"
+#include "diffprobe/features/feature_rows.hpp"
 #include "diffprobe/heads/head.hpp"
 
 namespace diffprobe::cli {
@@ -52,34 +53,51 @@ Runner add_probe(CLI::App& app) {
   app.add_option("--json", o->json, "write the results as JSON");
   app.add_flag("--confusion", o->confusion, "print the confusion matrix");
   return [o]() {
-    // A comma-separated list: the parts of a sharded extraction, in shard order.
-    auto open_files = [](const std::string& list) {
-      const auto paths = split(list);
-      if (paths.size() == 1) return FeatureFile::open(paths[0]);
-      return FeatureFile::open_parts(std::vector<std::filesystem::path>(paths.begin(), paths.end()));
+    // Features are read from disk batch by batch (FeatureRows), never loaded whole: memory does
+    // not grow with the files. A comma-separated list is the parts of a sharded extraction.
+    auto paths = [](const std::string& list) {
+      const auto v = split(list);
+      return std::vector<std::filesystem::path>(v.begin(), v.end());
     };
-    const FeatureFile train = open_files(o->train);
-    const FeatureFile test = open_files(o->test);
+    const auto train_paths = paths(o->train), test_paths = paths(o->test);
+    const FeatureMetadata train_meta = FeatureFile::open(train_paths[0]).metadata();
+    const int test_copies = FeatureFile::open(test_paths[0]).metadata().copies;
     const auto names = split(o->feature);
-    std::vector<Tensor> xtr, xte;
+    std::vector<FeatureRows> ftr, fte;
     for (const auto& n : names) {
-      xtr.push_back(train.feature(n));
-      xte.push_back(test.feature(n));
-      if (xtr.back().shape().dim(0) != train.size() || xtr.back().rank() != xte.back().rank())
+      ftr.push_back(FeatureRows::open(train_paths, n));
+      fte.push_back(FeatureRows::open(test_paths, n));
+      if (ftr.back().sample_shape() != fte.back().sample_shape())
         throw ShapeError("--feature", n + " has different shapes in the two files");
     }
-    const auto ytr = train.labels();
-    const auto yte = test.labels();
-    if (!ytr || !yte) throw ArgumentError("diffprobe probe", "both feature files need labels");
+    const auto& ltr = ftr[0].labels();
+    const auto& lte = fte[0].labels();
+    if (!ltr || !lte) throw ArgumentError("diffprobe probe", "both feature files need labels");
     int classes = 0;
-    for (const auto* y : {&*ytr, &*yte})
-      for (std::int64_t i = 0; i < y->numel(); ++i)
-        classes = std::max<int>(classes, static_cast<int>(y->data<std::int64_t>()[i]) + 1);
+    for (const auto* y : {&*ltr, &*lte})
+      for (const std::int64_t v : *y) classes = std::max<int>(classes, static_cast<int>(v) + 1);
+    auto as_tensor = [](const std::vector<std::int64_t>& v) {
+      Tensor t = Tensor::empty(Shape{static_cast<std::int64_t>(v.size())}, DType::I64);
+      std::copy(v.begin(), v.end(), t.data<std::int64_t>());
+      return t;
+    };
+    const Tensor ytr = as_tensor(*ltr), yte = as_tensor(*lte);
+    auto with_rows = [](const FeatureRows& f) {
+      std::vector<std::int64_t> d{f.rows()};
+      const auto sample = f.sample_shape().vec();
+      d.insert(d.end(), sample.begin(), sample.end());
+      return Shape(d);
+    };
+    std::vector<const FeatureRows*> xtr, xte;
+    for (std::size_t i = 0; i < names.size(); ++i) {
+      xtr.push_back(&ftr[i]);
+      xte.push_back(&fte[i]);
+    }
 
     const std::string kind = o->head.substr(0, o->head.find(':'));
     AttentionHeadConfig ac;
     if (o->attn_dim > 0) ac.dim = o->attn_dim;
-    const Shape s = xtr[0].shape();
+    const Shape s = with_rows(*xtr[0]);
     auto head = [&]() -> Head {
       if (kind == "linear") return Head::linear(s, classes);
       if (kind == "mlp") {
@@ -103,9 +121,9 @@ Runner add_probe(CLI::App& app) {
             shapes.emplace_back();
             it = ts.end() - 1;
           }
-          shapes[static_cast<std::size_t>(it - ts.begin())].push_back(xtr[i].shape());
+          shapes[static_cast<std::size_t>(it - ts.begin())].push_back(with_rows(*xtr[i]));
         }
-        std::vector<Tensor> rtr, rte;
+        std::vector<const FeatureRows*> rtr, rte;
         for (int t : ts)
           for (std::size_t i = 0; i < names.size(); ++i)
             if (parse_feature_name(names[i]).first == t) {
@@ -136,12 +154,12 @@ Runner add_probe(CLI::App& app) {
     tc.standardize = o->standardize;
     // Augmented training features: one copy per epoch, cycling (the paper recomputes the frozen
     // U-Net on fresh augmentations every epoch; K cached copies are the practical form).
-    tc.copies = train.metadata().copies;
-    if (test.metadata().copies != 1)
+    tc.copies = train_meta.copies;
+    if (test_copies != 1)
       throw ArgumentError("--test",
                           fmt::format("{} holds {} augmented copies per image; evaluate on features "
                                       "extracted without --augment",
-                                      o->test, test.metadata().copies));
+                                      o->test, test_copies));
     tc.seed = o->seed;
     tc.threads = o->threads;
     // The paper's step schedule divides lr by 10 at each quarter of training (every 7 of 28 epochs).
@@ -155,13 +173,13 @@ Runner add_probe(CLI::App& app) {
     head.reset_parameters(o->seed);
     fmt::print(
         stderr, "training a {} head ({} parameters) on {} samples{} of {}, {} classes\n", o->head,
-        head.num_parameters(), train.size() / tc.copies,
+        head.num_parameters(), xtr[0]->rows() / tc.copies,
         tc.copies > 1 ? fmt::format(" x {} augmented copies (one per epoch)", tc.copies) : std::string(),
         o->feature, classes);
-    const TrainHistory hist = kind == "fusion" ? head.fit(xtr, *ytr, tc) : head.fit(xtr[0], *ytr, tc);
-    const Report rep = kind == "fusion" ? head.evaluate(xte, *yte) : head.evaluate(xte[0], *yte);
+    const TrainHistory hist = kind == "fusion" ? head.fit(xtr, ytr, tc) : head.fit(*xtr[0], ytr, tc);
+    const Report rep = kind == "fusion" ? head.evaluate(xte, yte) : head.evaluate(*xte[0], yte);
     fmt::print("head {}  feature {}  train {}  test {}  top-1 {:.2f}%  top-5 {:.2f}%\n", o->head, o->feature,
-               train.size() / tc.copies, test.size(), 100 * rep.top1, 100 * rep.top5);
+               xtr[0]->rows() / tc.copies, xte[0]->rows(), 100 * rep.top1, 100 * rep.top5);
     if (o->confusion) {
       fmt::print("confusion (rows: true class, columns: predicted)\n");
       for (int i = 0; i < rep.num_classes; ++i) {
@@ -171,8 +189,8 @@ Runner add_probe(CLI::App& app) {
     }
     if (!o->save.empty()) {
       head.metadata()["feature"] = o->feature;
-      head.metadata()["features_config"] = train.metadata().config_json;
-      head.metadata()["pooling"] = train.metadata().pooling;
+      head.metadata()["features_config"] = train_meta.config_json;
+      head.metadata()["pooling"] = train_meta.pooling;
       head.save(o->save);
       fmt::print(stderr, "saved the head to {}\n", o->save);
     }
@@ -182,7 +200,8 @@ Runner add_probe(CLI::App& app) {
       f << fmt::format(
           "{{\"head\": \"{}\", \"feature\": \"{}\", \"train\": {}, \"test\": {}, \"top1\": {:.6f}, \"top5\": "
           "{:.6f}, \"epochs\": {}}}\n",
-          o->head, o->feature, train.size(), test.size(), rep.top1, rep.top5, hist.epochs.size());
+          o->head, o->feature, xtr[0]->rows() / tc.copies, xte[0]->rows(), rep.top1, rep.top5,
+          hist.epochs.size());
     }
     return 0;
   };

@@ -14,6 +14,7 @@
 #include "diffprobe/io/npy.hpp"
 #include "diffprobe/io/safetensors.hpp"
 #include "diffprobe/version.hpp"
+#include "features/parts_check.hpp"
 #include "features/sha256.hpp"
 #include "io/atomic_file.hpp"
 #include "io/safetensors_writer.hpp"
@@ -304,11 +305,10 @@ FeatureFile FeatureFile::open(const fs::path& path) {
   return f;
 }
 
-FeatureFile FeatureFile::open_parts(const std::vector<fs::path>& paths) {
-  const char* where = "FeatureFile::open_parts";
-  if (paths.empty()) throw ArgumentError(where, "no parts given");
-  std::vector<FeatureFile> parts;
-  for (const auto& p : paths) parts.push_back(open(p));
+namespace detail {
+
+std::map<std::string, std::string> check_parts(const std::vector<FeatureFile>& parts,
+                                               const std::vector<fs::path>& paths) {
   auto part_key = [&](std::size_t i, const char* key) {
     const auto& extra = parts[i].metadata().extra;
     const auto it = extra.find(key);
@@ -317,9 +317,11 @@ FeatureFile FeatureFile::open_parts(const std::vector<fs::path>& paths) {
                         std::string("not a part of a sharded extraction (no metadata '") + key + "')");
     return it->second;
   };
-  std::map<std::string, std::string> base = parts[0].metadata().to_strings();
-  for (auto it = base.begin(); it != base.end();)
-    it = it->first.rfind("part.", 0) == 0 ? base.erase(it) : ++it;
+  auto without_parts = [](std::map<std::string, std::string> m) {
+    for (auto it = m.begin(); it != m.end();) it = it->first.rfind("part.", 0) == 0 ? m.erase(it) : ++it;
+    return m;
+  };
+  const auto base = without_parts(parts[0].metadata().to_strings());
   std::int64_t next = 0;
   const std::string total = part_key(0, "part.total_rows");
   for (std::size_t i = 0; i < parts.size(); ++i) {
@@ -332,15 +334,26 @@ FeatureFile FeatureFile::open_parts(const std::vector<fs::path>& paths) {
       throw FormatError(paths[i].string(),
                         "its rows " + part_key(i, "part.rows") + " do not follow the previous part's");
     next += parts[i].size();
-    auto m = parts[i].metadata().to_strings();
-    for (auto it = m.begin(); it != m.end();) it = it->first.rfind("part.", 0) == 0 ? m.erase(it) : ++it;
-    if (m != base)
+    if (without_parts(parts[i].metadata().to_strings()) != base)
       throw FormatError(paths[i].string(), "is a part of another extraction than " + paths[0].string());
     if (parts[i].names() != parts[0].names())
       throw FormatError(paths[i].string(), "holds other features than part 0");
   }
   if (std::to_string(next) != total)
-    throw FormatError(where, fmt::format("the parts hold {} of {} rows", next, total));
+    throw FormatError("FeatureFile::open_parts", fmt::format("the parts hold {} of {} rows", next, total));
+  return base;
+}
+
+}  // namespace detail
+
+FeatureFile FeatureFile::open_parts(const std::vector<fs::path>& paths) {
+  const char* where = "FeatureFile::open_parts";
+  if (paths.empty()) throw ArgumentError(where, "no parts given");
+  std::vector<FeatureFile> parts;
+  for (const auto& p : paths) parts.push_back(open(p));
+  const auto base = detail::check_parts(parts, paths);
+  std::int64_t next = 0;
+  for (const auto& p : parts) next += p.size();
   io::NamedTensors all;
   all.metadata = base;
   for (const auto& [name, t0] : parts[0].tensors_) {

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "diffprobe/core/threads.hpp"
+#include "diffprobe/features/feature_rows.hpp"
 #include "heads/head_impl.hpp"
 #include "heads/loss.hpp"
 #include "heads/optimizer.hpp"
@@ -44,6 +45,7 @@ namespace {
 struct Input {
   Tensor keep;  // f32, contiguous, CPU: the memory `data` points into
   const float* data = nullptr;
+  const FeatureRows* rows = nullptr;  // instead of `data`: read from disk on demand
   std::int64_t per_sample = 0;
   std::vector<std::int64_t> sample_shape;  // the spec's per-sample shape
 };
@@ -111,6 +113,51 @@ std::vector<Input> prepare_inputs(const HeadSpec& spec, const std::vector<Tensor
   return out;
 }
 
+// The same checks for features read from disk; the finiteness check reads them once, in blocks.
+std::vector<Input> prepare_rows(const HeadSpec& spec, const std::vector<const FeatureRows*>& xs,
+                                const std::string& where, std::int64_t* n_out) {
+  if (xs.size() != spec.inputs.size())
+    throw ArgumentError(where, "the head takes " + std::to_string(spec.inputs.size()) +
+                                   " feature inputs, got " + std::to_string(xs.size()));
+  std::vector<Input> out;
+  std::int64_t n = -1;
+  for (std::size_t i = 0; i < xs.size(); ++i) {
+    const std::string which = xs.size() > 1 ? " (input " + std::to_string(i) + ")" : "";
+    if (!xs[i]) throw ArgumentError(where, "null features" + which);
+    const FeatureRows& x = *xs[i];
+    const Shape& want = spec.inputs[i];
+    const Shape& got = x.sample_shape();
+    const bool ok = takes_maps(spec.kind) ? got == want : got.numel() == want.numel();
+    if (!ok)
+      throw ShapeError(where, "features of per-row shape " + got.str() + which +
+                                  " do not match the head's per-sample shape " + want.str());
+    if (n >= 0 && x.rows() != n)
+      throw ShapeError(where, "feature inputs disagree on the number of samples: " + std::to_string(n) +
+                                  " vs " + std::to_string(x.rows()) + which);
+    n = x.rows();
+    Input in;
+    in.rows = &x;
+    in.per_sample = want.numel();
+    in.sample_shape = want.vec();
+    out.push_back(std::move(in));
+  }
+  if (n <= 0) throw ArgumentError(where, "no samples: the features are empty");
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    const std::int64_t f = out[i].per_sample, block = std::max<std::int64_t>(1, (8 << 20) / (4 * f));
+    std::vector<float> buf(static_cast<std::size_t>(block * f));
+    for (std::int64_t r0 = 0; r0 < n; r0 += block) {
+      const std::int64_t r1 = std::min(n, r0 + block);
+      out[i].rows->read_range(r0, r1, buf.data());
+      for (std::int64_t j = 0; j < (r1 - r0) * f; ++j)
+        if (!std::isfinite(buf[static_cast<std::size_t>(j)]))
+          throw NumericError(where, "non-finite feature value in sample " + std::to_string(r0 + j / f) +
+                                        (out.size() > 1 ? " of input " + std::to_string(i) : std::string()));
+    }
+  }
+  *n_out = n;
+  return out;
+}
+
 void check_labels(const std::vector<int>& labels, std::int64_t n, int classes, const std::string& where) {
   if (static_cast<std::int64_t>(labels.size()) != n)
     throw ShapeError(where, std::to_string(labels.size()) + " labels for " + std::to_string(n) + " samples");
@@ -127,6 +174,17 @@ Buf<float> gather(const Input& in, const std::vector<std::int64_t>& idx, std::si
   shape.insert(shape.end(), in.sample_shape.begin(), in.sample_shape.end());
   Buf<float> b(shape);
   const std::int64_t f = in.per_sample, rows = static_cast<std::int64_t>(b1 - b0);
+  if (in.rows) {
+    in.rows->read(std::span<const std::int64_t>(idx.data() + b0, b1 - b0), b.data());
+    if (st)
+#pragma omp parallel for schedule(static) if (rows * f >= (1 << 16))
+      for (std::int64_t r = 0; r < rows; ++r) {
+        float* dst = b.data() + r * f;
+        for (std::int64_t j = 0; j < f; ++j)
+          dst[j] = (dst[j] - st->mean[static_cast<std::size_t>(j)]) / st->std[static_cast<std::size_t>(j)];
+      }
+    return b;
+  }
 #pragma omp parallel for schedule(static) if (rows * f >= (1 << 16))
   for (std::int64_t r = 0; r < rows; ++r) {
     const float* src = in.data + idx[b0 + static_cast<std::size_t>(r)] * f;
@@ -149,7 +207,45 @@ std::vector<Buf<float>> gather_all(const std::vector<Input>& ins, const std::vec
   return out;
 }
 
+// The same statistics from rows read block by block (one pass for the means, one for the
+// deviations), each feature's sums taken over the rows in the same order: identical results.
+Standardizer fit_standardizer_streaming(const Input& in, const std::vector<std::int64_t>& rows) {
+  const std::int64_t f = in.per_sample;
+  const std::size_t block = static_cast<std::size_t>(std::max<std::int64_t>(1, (8 << 20) / (4 * f)));
+  std::vector<double> sum(static_cast<std::size_t>(f)), sq(static_cast<std::size_t>(f));
+  std::vector<float> buf(block * static_cast<std::size_t>(f));
+  for (int pass = 0; pass < 2; ++pass) {
+    for (std::size_t r0 = 0; r0 < rows.size(); r0 += block) {
+      const std::size_t r1 = std::min(rows.size(), r0 + block);
+      in.rows->read(std::span<const std::int64_t>(rows.data() + r0, r1 - r0), buf.data());
+#pragma omp parallel for schedule(static)
+      for (std::int64_t j = 0; j < f; ++j) {
+        const std::size_t jj = static_cast<std::size_t>(j);
+        for (std::size_t r = 0; r < r1 - r0; ++r) {
+          const float v = buf[r * static_cast<std::size_t>(f) + jj];
+          if (pass == 0)
+            sum[jj] += v;
+          else
+            sq[jj] += (v - sum[jj]) * (v - sum[jj]);
+        }
+      }
+    }
+    if (pass == 0)
+      for (auto& v : sum) v /= static_cast<double>(rows.size());
+  }
+  Standardizer s;
+  s.mean.resize(static_cast<std::size_t>(f));
+  s.std.resize(static_cast<std::size_t>(f));
+  for (std::size_t j = 0; j < static_cast<std::size_t>(f); ++j) {
+    const double sd = std::sqrt(sq[j] / static_cast<double>(rows.size()));
+    s.mean[j] = static_cast<float>(sum[j]);
+    s.std[j] = sd > 1e-6 ? static_cast<float>(sd) : 1.0f;
+  }
+  return s;
+}
+
 Standardizer fit_standardizer(const Input& in, const std::vector<std::int64_t>& rows) {
+  if (in.rows) return fit_standardizer_streaming(in, rows);
   const std::int64_t f = in.per_sample;
   Standardizer s;
   s.mean.resize(static_cast<std::size_t>(f));
@@ -359,12 +455,39 @@ EvalResult eval_subset(heads::Model<float>& model, const std::vector<Input>& ins
 
 }  // namespace
 
+namespace detail {
+struct HeadAccess {
+  static TrainHistory fit(Head& head, const std::vector<Input>& ins, std::int64_t rows, const Labels& labels,
+                          const TrainConfig& cfg);
+  static Tensor logits(const Head& head, const std::vector<Input>& ins, std::int64_t n);
+};
+}  // namespace detail
+
 TrainHistory Head::fit(const std::vector<Tensor>& features, const Labels& labels, const TrainConfig& cfg) {
-  const std::string where = "Head::fit";
   cfg.validate();
   ThreadScope threads(cfg.threads);
   std::int64_t rows = 0;
-  const auto ins = prepare_inputs(impl_->spec, features, where, &rows);
+  const auto ins = prepare_inputs(impl_->spec, features, "Head::fit", &rows);
+  return detail::HeadAccess::fit(*this, ins, rows, labels, cfg);
+}
+
+TrainHistory Head::fit(const FeatureRows& features, const Labels& labels, const TrainConfig& config) {
+  return fit(std::vector<const FeatureRows*>{&features}, labels, config);
+}
+
+TrainHistory Head::fit(const std::vector<const FeatureRows*>& features, const Labels& labels,
+                       const TrainConfig& cfg) {
+  cfg.validate();
+  ThreadScope threads(cfg.threads);
+  std::int64_t rows = 0;
+  const auto ins = prepare_rows(impl_->spec, features, "Head::fit", &rows);
+  return detail::HeadAccess::fit(*this, ins, rows, labels, cfg);
+}
+
+TrainHistory detail::HeadAccess::fit(Head& head, const std::vector<Input>& ins, std::int64_t rows,
+                                     const Labels& labels, const TrainConfig& cfg) {
+  const std::string where = "Head::fit";
+  auto& impl_ = head.impl_;
   const int classes = impl_->spec.num_classes;
   const auto& y = labels.values();
   check_labels(y, rows, classes, where);
@@ -476,6 +599,32 @@ Tensor Head::logits(const std::vector<Tensor>& features) const {
   ThreadScope threads(impl_->threads);
   std::int64_t n = 0;
   const auto ins = prepare_inputs(impl_->spec, features, "Head::logits", &n);
+  return detail::HeadAccess::logits(*this, ins, n);
+}
+
+Tensor Head::logits(const FeatureRows& features) const {
+  return logits(std::vector<const FeatureRows*>{&features});
+}
+
+Tensor Head::logits(const std::vector<const FeatureRows*>& features) const {
+  ThreadScope threads(impl_->threads);
+  std::int64_t n = 0;
+  const auto ins = prepare_rows(impl_->spec, features, "Head::logits", &n);
+  return detail::HeadAccess::logits(*this, ins, n);
+}
+
+Report Head::evaluate(const FeatureRows& features, const Labels& labels) const {
+  return evaluate(std::vector<const FeatureRows*>{&features}, labels);
+}
+
+Report Head::evaluate(const std::vector<const FeatureRows*>& features, const Labels& labels) const {
+  const Tensor z = logits(features);
+  check_labels(labels.values(), z.dim(0), impl_->spec.num_classes, "Head::evaluate");
+  return classification_report(z, labels.values());
+}
+
+Tensor detail::HeadAccess::logits(const Head& head, const std::vector<Input>& ins, std::int64_t n) {
+  const auto& impl_ = head.impl_;
   const std::int64_t k = impl_->spec.num_classes;
   std::vector<float> out(static_cast<std::size_t>(n * k));
   std::vector<std::int64_t> idx(static_cast<std::size_t>(n));

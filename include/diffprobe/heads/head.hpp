@@ -19,6 +19,11 @@
 
 namespace diffprobe {
 
+class FeatureRows;
+namespace detail {
+struct HeadAccess;
+}
+
 /// Class labels: a rank-1 I64 or I32 tensor, or a vector of ints. Converts implicitly so that
 /// every entry point takes either.
 class Labels {
@@ -65,6 +70,11 @@ class Head {
   /// t-major); each is f32/f16/bf16, NCHW or NHWC, [N, ...per-sample shape].
   TrainHistory fit(const Tensor& features, const Labels& labels, const TrainConfig& config = {});
   TrainHistory fit(const std::vector<Tensor>& features, const Labels& labels, const TrainConfig& config = {});
+  /// The same from features read from disk batch by batch (feature files larger than memory):
+  /// memory is the batch's, and the results equal fit() on the same values in memory.
+  TrainHistory fit(const FeatureRows& features, const Labels& labels, const TrainConfig& config = {});
+  TrainHistory fit(const std::vector<const FeatureRows*>& features, const Labels& labels,
+                   const TrainConfig& config = {});
 
   /// f32 [N, classes].
   Tensor logits(const Tensor& features) const;
@@ -73,6 +83,10 @@ class Head {
   std::vector<int> predict(const std::vector<Tensor>& features) const;
   Report evaluate(const Tensor& features, const Labels& labels) const;
   Report evaluate(const std::vector<Tensor>& features, const Labels& labels) const;
+  Tensor logits(const FeatureRows& features) const;
+  Tensor logits(const std::vector<const FeatureRows*>& features) const;
+  Report evaluate(const FeatureRows& features, const Labels& labels) const;
+  Report evaluate(const std::vector<const FeatureRows*>& features, const Labels& labels) const;
 
   /// Parameters by their PyTorch-style names (f32 copies), plus "standardize.<i>.mean|std".
   io::NamedTensors state_dict() const;
@@ -92,6 +106,7 @@ class Head {
   const std::map<std::string, std::string>& metadata() const noexcept;
 
  private:
+  friend struct detail::HeadAccess;  // head.cpp: one training / inference loop for both kinds of input
   struct Impl;
   explicit Head(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
