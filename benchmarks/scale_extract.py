@@ -12,14 +12,21 @@ and projects the paper's ImageNet extraction (1.33 M images, block 24, t = 90, 1
 16 KB per image) onto 1, 8 and 64 machines like this one. Every figure names the CPU.
 
   benchmarks/scale_extract.py --cli build/default/bin/diffprobe [--work build/bench] [--images-256 16]
-      [--images-fmnist 2048] [--out docs/performance/scale_<cpu>.json]
+      [--images-fmnist 2048] [--merge-gb 2] [--out docs/performance/scale_<cpu>.json]
+  benchmarks/scale_extract.py --merge-only --out FILE.json    # redo only the merge figure and the projection
+
+The merge's throughput is measured on synthetic parts of --merge-gb GB in all (4 parts, f32 rows of
+16 KB, each with its part.* metadata and SHA-256), not on the extraction runs' few-megabyte parts,
+whose merge time is all fixed cost.
 """
 import argparse
 import gzip
 import json
 import os
 import re
+import hashlib
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -108,6 +115,80 @@ def run_extract(args_list, ranks, threads, out):
             "peak_rss_mb_per_rank": [int(r[7]) for r in ranks_out]}
 
 
+def make_parts(out, gb, parts=4):
+    """Synthetic parts of `out` (gb GB in all), as shards write them; returns the total bytes."""
+    import numpy as np
+    dim, row_bytes = 4096, 4096 * 4
+    rows = int(gb * 1e9) // row_bytes // parts * parts
+    per = rows // parts
+    meta = {"format": "diffprobe.features", "format_version": "1", "weights_sha256": "", "config": "{}",
+            "timesteps": "90", "blocks": "24", "pooling": "avg:2", "noise_seed": "0", "noise_draws": "1",
+            "preprocessing": "synthetic (benchmarks/scale_extract.py)", "preprocess": "", "copies": "1",
+            "library": "synthetic", "part.total_rows": str(rows)}
+    d = out + ".parts"
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    rng = np.random.default_rng(0)
+    for i in range(parts):
+        m = dict(meta, **{"part.shard": f"{i}/{parts}", "part.rows": f"{i * per},{(i + 1) * per}",
+                          "part.data_sha256": "0" * 64})
+        fbytes = per * row_bytes
+        header = {"__metadata__": m, "t90.b24": {"dtype": "F32", "shape": [per, dim], "data_offsets": [0, fbytes]},
+                  "labels": {"dtype": "I64", "shape": [per], "data_offsets": [fbytes, fbytes + per * 8]}}
+        text = json.dumps(header, separators=(",", ":"))
+        text += " " * ((8 - len(text) % 8) % 8)
+        h = hashlib.sha256()
+        path = os.path.join(d, f"part-{i:05}-of-{parts:05}.safetensors")
+        with open(path, "wb") as f:
+            f.write(struct.pack("<Q", len(text)) + text.encode())
+            for r0 in range(0, per, 4096):
+                b = rng.standard_normal((min(4096, per - r0), dim), dtype=np.float32).tobytes()
+                h.update(b)
+                f.write(b)
+            b = np.arange(i * per, (i + 1) * per, dtype=np.int64).tobytes()
+            h.update(b)
+            f.write(b)
+        key = '"part.data_sha256":"'
+        with open(path, "r+b") as f:
+            f.seek(8 + text.index(key) + len(key))
+            f.write(h.hexdigest().encode())
+    return rows * (row_bytes + 8)
+
+
+def measure_merge(work, gb):
+    out = os.path.join(work, "merge_bench.safetensors")
+    if os.path.exists(out):
+        os.remove(out)
+    total = make_parts(out, gb)
+    subprocess.run(["sync"], check=True)
+    t0 = time.time()
+    subprocess.run([CLI, "merge", "--out", out], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    secs = time.time() - t0
+    os.remove(out)
+    print(f"  merge of {total / 1e9:.2f} GB in 4 parts: {secs:.1f} s = {total / 1e6 / secs:.0f} MB/s "
+          "(verify every part's SHA-256, then stream into the output, fsync)", flush=True)
+    return {"bytes": total, "seconds": secs, "mb_per_s": total / 1e6 / secs}
+
+
+def project(result):
+    """The paper's ImageNet extraction on machines like this one: each machine runs its best layout;
+    machines share nothing but the output folder, so they add up, plus one merge."""
+    big = result["workloads"]["256x256 ADM (JPEG folder, block 24, t=90, batch 8)"]
+    per_machine = max(r["images_per_s"] for r in big["runs"])
+    merge_rate = result["merge"]["mb_per_s"]
+    images, bytes_per_image = 1_331_167, 1024 * 2 * 2 * 4
+    proj = {}
+    for machines in (1, 8, 64):
+        extract_h = images / (per_machine * machines) / 3600
+        merge_h = images * bytes_per_image / 1e6 / merge_rate / 3600
+        proj[machines] = {"extract_hours": extract_h, "merge_hours": merge_h, "total_days": (extract_h + merge_h) / 24}
+        print(f"  ImageNet (1.33 M images) on {machines} machine(s): {extract_h:.1f} h extraction + {merge_h * 60:.1f} "
+              f"min merge = {(extract_h + merge_h) / 24:.2f} days", flush=True)
+    result["imagenet_projection"] = {"images": images, "feature_bytes_per_image": bytes_per_image,
+                                     "images_per_s_per_machine": per_machine, "merge_mb_per_s": merge_rate,
+                                     "machines": proj}
+
+
 def main():
     global CLI
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -116,9 +197,18 @@ def main():
     ap.add_argument("--images-256", type=int, default=16)
     ap.add_argument("--images-fmnist", type=int, default=2048)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--merge-gb", type=float, default=2.0)
+    ap.add_argument("--merge-only", action="store_true")
     a = ap.parse_args()
     CLI = a.cli
     os.makedirs(a.work, exist_ok=True)
+    if a.merge_only:
+        result = json.load(open(a.out))
+        result["merge"] = measure_merge(a.work, a.merge_gb)
+        project(result)
+        json.dump(result, open(a.out, "w"), indent=1)
+        print(f"updated {a.out}")
+        return
     cpu = cpu_info()
     print(f"CPU: {cpu['model_name']} (family {cpu['family']}, model {cpu['model']}; {' '.join(cpu['isa'])}), "
           f"{cpu['cores']} cores", flush=True)
@@ -157,22 +247,8 @@ def main():
         print(f"  {name}: 2x1 / (2 * 1x1) = {entry['rank_scaling_efficiency']:.3f}, 2x1 / 1x2 = "
               f"{entry['ranks_over_threads']:.3f}", flush=True)
 
-    # The paper's ImageNet extraction on machines like this one: each machine runs its best
-    # layout; machines share nothing but the output folder, so they add up, plus one merge.
-    big = result["workloads"]["256x256 ADM (JPEG folder, block 24, t=90, batch 8)"]
-    per_machine = max(r["images_per_s"] for r in big["runs"])
-    merge_rate = big["runs"][2]["merge_mb_per_s"]
-    images, bytes_per_image = 1_331_167, 1024 * 2 * 2 * 4
-    proj = {}
-    for machines in (1, 8, 64):
-        extract_h = images / (per_machine * machines) / 3600
-        merge_h = images * bytes_per_image / 1e6 / merge_rate / 3600
-        proj[machines] = {"extract_hours": extract_h, "merge_hours": merge_h, "total_days": (extract_h + merge_h) / 24}
-        print(f"  ImageNet (1.33 M images) on {machines} machine(s): {extract_h:.1f} h extraction + {merge_h * 60:.1f} "
-              f"min merge = {(extract_h + merge_h) / 24:.2f} days", flush=True)
-    result["imagenet_projection"] = {"images": images, "feature_bytes_per_image": bytes_per_image,
-                                     "images_per_s_per_machine": per_machine, "merge_mb_per_s": merge_rate,
-                                     "machines": proj}
+    result["merge"] = measure_merge(a.work, a.merge_gb)
+    project(result)
     out = a.out or os.path.join(a.work, "scale.json")
     with open(out, "w") as f:
         json.dump(result, f, indent=1)

@@ -1,9 +1,9 @@
 // `diffprobe extract`: dataset -> U-Net block features -> a feature file (resumable), in one
 // process or as shards (--shard, mpirun, srun) whose parts are merged into the same bytes.
 #include <fmt/core.h>
-#include <sys/resource.h>
 
 #include <filesystem>
+#include <fstream>
 #include <memory>
 
 #include "cli/commands.hpp"
@@ -17,6 +17,20 @@
 
 namespace diffprobe::cli {
 namespace fs = std::filesystem;
+
+namespace {
+
+// This process's peak resident set (VmHWM). Not getrusage's ru_maxrss: Linux carries that over an
+// exec from the parent's forked copy (a Python script's gigabytes), VmHWM starts afresh.
+double peak_rss_mb() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  return 0.0;
+}
+
+}  // namespace
 
 Runner add_extract(CLI::App& app) {
   struct Opts {
@@ -173,14 +187,12 @@ Runner add_extract(CLI::App& app) {
       error = e.what();
     }
     if (ok && result.rows_computed > 0) {
-      rusage ru{};
-      ::getrusage(RUSAGE_SELF, &ru);
       fmt::print(
           stderr,
           "{}{} rows in {:.2f} s ({:.2f} rows/s); the forward pass was busy {:.1f} % of it (waited {:.2f} s "
           "for decoded images); peak RSS {:.0f} MB\n",
           who, result.rows_computed, result.seconds, result.rows_computed / result.seconds,
-          100.0 * result.forward_seconds / result.seconds, result.wait_seconds, ru.ru_maxrss / 1024.0);
+          100.0 * result.forward_seconds / result.seconds, result.wait_seconds, peak_rss_mb());
     }
     if (mpi.active()) {
       // Every rank reaches this point (an error included), so nobody waits forever.
