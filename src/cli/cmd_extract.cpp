@@ -2,9 +2,11 @@
 // process or as shards (--shard, mpirun, srun) whose parts are merged into the same bytes.
 #include <fmt/core.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <thread>
 
 #include "cli/commands.hpp"
 #include "cli/mpi_session.hpp"
@@ -28,6 +30,42 @@ double peak_rss_mb() {
   while (std::getline(f, line))
     if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
   return 0.0;
+}
+
+// Under MPI, before any work: every rank must see the file rank 0 writes next to OUT, else the
+// parts could never be merged (the folder is not shared). Collective: every rank calls it.
+bool output_folder_is_shared(const MpiSession& mpi, const std::string& out) {
+  const fs::path dir = parts_dir(out), probe = dir / ".shared-folder-check";
+  bool wrote = true;
+  if (mpi.rank() == 0) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    std::ofstream(probe) << "written by rank 0\n";
+    wrote = fs::exists(probe, ec);
+    if (!wrote) fmt::print(stderr, "diffprobe: rank 0 cannot write {}\n", probe.string());
+  }
+  if (!mpi.all(wrote)) return false;
+  // Another machine may see a new file only after its attribute cache expires: wait up to 10 s.
+  bool seen = false;
+  for (int i = 0; i < 100 && !seen; ++i) {
+    std::error_code ec;
+    seen = fs::exists(probe, ec);
+    if (!seen) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  if (!seen)
+    fmt::print(
+        stderr,
+        "diffprobe: rank {}: the output folder is not shared with rank 0 (this rank cannot see {}); put "
+        "{} on a file system every rank sees (docs/distributed.md), or run the shards with --shard I/N "
+        "and merge their parts in one place with `diffprobe merge`\n",
+        mpi.rank(), probe.string(), out);
+  const bool all = mpi.all(seen);
+  if (mpi.rank() == 0) {
+    std::error_code ec;
+    fs::remove(probe, ec);
+    fs::remove(dir, ec);  // only when empty: nothing of a run was there
+  }
+  return all;
 }
 
 }  // namespace
@@ -176,6 +214,8 @@ Runner add_extract(CLI::App& app) {
       progress->update(p.rows_done);
     };
 
+    if (mpi.active() && shard.count > 1 && !output_folder_is_shared(mpi, o->out)) return 2;
+
     ExtractionResult result;
     bool ok = true;
     std::string error;
@@ -200,7 +240,7 @@ Runner add_extract(CLI::App& app) {
       if (!mpi.all(ok)) return 2;
       bool merged = true;
       std::string merge_error;
-      if (mpi.rank() == 0 && !o->no_merge) {
+      if (mpi.rank() == 0 && !o->no_merge && !result.complete) {
         try {
           merge_parts(o->out, o->keep_parts);
         } catch (const Error& e) {

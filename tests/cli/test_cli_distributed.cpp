@@ -145,6 +145,29 @@ TEST_F(Distributed, MpirunTwoRanksOnLoopbackEqualsOneProcess) {
   EXPECT_EQ(bytes(out), reference_);
 }
 
+TEST_F(Distributed, MpirunRefusesAnOutputFolderTheRanksDoNotShare) {
+  ASSERT_TRUE(have_mpirun()) << "mpirun is missing: bash scripts/setup.sh installs openmpi-bin";
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to give one rank its own mount of the output folder";
+  // Rank 1 runs in a mount namespace where the output folder is an empty tmpfs of its own: the
+  // ranks do not share it, which must be refused before any work, by every rank.
+  const fs::path folder = dir_ / "unshared";
+  fs::create_directories(folder);
+  const fs::path out = folder / "out.safetensors";
+  const std::string rank1 = "unshare -m --propagation private sh -c \"mount -t tmpfs tmpfs " +
+                            folder.string() + " && exec " + cli() + " " + args(out) + "\"";
+  const std::string cmd = "mpirun --allow-run-as-root --oversubscribe -np 1 " + cli() + " " + args(out) +
+                          " : -np 1 " + rank1 + " > " + q(dir_ / "unshared.log") + " 2>&1";
+  const int rc = std::system(cmd.c_str());
+  const std::string log = bytes(dir_ / "unshared.log");
+  if (log.find("unshare failed") != std::string::npos || log.find("mount: ") != std::string::npos)
+    GTEST_SKIP() << "cannot make a private mount here:\n" << log;
+  EXPECT_NE(rc, 0) << log;
+  EXPECT_NE(log.find("not shared with rank 0"), std::string::npos) << log;
+  EXPECT_EQ(log.find("rows in"), std::string::npos) << "no work may start:\n" << log;
+  EXPECT_FALSE(fs::exists(out));
+  EXPECT_FALSE(fs::exists(out.string() + ".parts"));
+}
+
 TEST_F(Distributed, KilledAtRandomMomentsResumesToTheSameBytes) {
   const fs::path out = dir_ / "killed.safetensors";
   for (unsigned seed : {1u, 2u, 3u, 4u}) {
