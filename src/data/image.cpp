@@ -8,6 +8,7 @@
 #include <png.h>
 
 #include <algorithm>
+#include <atomic>
 #include <csetjmp>
 #include <cstring>
 #include <fstream>
@@ -23,11 +24,28 @@
 namespace diffprobe::data {
 namespace {
 
-// Decoded images above this many samples are refused (a hostile header could ask for terabytes).
+// Decoded images above this many samples are refused whatever the pixel limit.
 constexpr std::uint64_t kMaxSamples = std::uint64_t{1} << 31;
+std::atomic<std::uint64_t> g_max_pixels{178956970};
 
-bool too_big(std::uint64_t w, std::uint64_t h, std::uint64_t c) {
-  return w == 0 || h == 0 || w * h * c > kMaxSamples;
+// Empty when a w x h x c image may be decoded, else why not (written into `why`).
+bool too_big(std::uint64_t w, std::uint64_t h, std::uint64_t c, char* why, std::size_t n) {
+  const std::uint64_t limit = g_max_pixels.load(std::memory_order_relaxed);
+  if (w == 0 || h == 0) {
+    std::snprintf(why, n, "image of %llux%llu pixels is empty", static_cast<unsigned long long>(w),
+                  static_cast<unsigned long long>(h));
+    return true;
+  }
+  if ((limit > 0 && w * h > limit) || w * h * c > kMaxSamples) {
+    std::snprintf(
+        why, n,
+        "image of %llux%llu pixels is larger than the limit of %llu pixels (a decompression "
+        "bomb? data::set_max_image_pixels raises it)",
+        static_cast<unsigned long long>(w), static_cast<unsigned long long>(h),
+        static_cast<unsigned long long>(limit > 0 ? std::min(limit, kMaxSamples / c) : kMaxSamples / c));
+    return true;
+  }
+  return false;
 }
 
 // ---- PNG ----------------------------------------------------------------------------------
@@ -76,8 +94,8 @@ bool png_decode_core(PngReadState* s, Image* img) {
   png_set_interlace_handling(s->png);
   png_read_update_info(s->png, s->info);
   const int channels = png_get_channels(s->png, s->info);
-  if (too_big(width, height, static_cast<std::uint64_t>(channels)))
-    png_error(s->png, "image dimensions are too large");
+  char why[256];
+  if (too_big(width, height, static_cast<std::uint64_t>(channels), why, sizeof why)) png_error(s->png, why);
   const std::size_t rowbytes = png_get_rowbytes(s->png, s->info);
   s->raw.resize(rowbytes * height);
   s->rows.resize(height);
@@ -164,10 +182,12 @@ void jpeg_error_exit(j_common_ptr cinfo) {
   std::longjmp(err->jump, 1);
 }
 
-// Warnings are tolerated (PIL does too), except running out of data: libjpeg would pad the
-// image with grey and carry on, which would silently feed a broken image to the model.
+// Warnings are tolerated (PIL does too), except data that ends early, at the end of the file or
+// of a data segment: libjpeg would pad the image with grey and carry on, which would silently
+// feed a broken image to the model (and let a few bytes claiming a huge image cost seconds).
 void jpeg_emit_message(j_common_ptr cinfo, int level) {
-  if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) jpeg_error_exit(cinfo);
+  if (level < 0 && (cinfo->err->msg_code == JWRN_JPEG_EOF || cinfo->err->msg_code == JWRN_HIT_MARKER))
+    jpeg_error_exit(cinfo);
 }
 
 void jpeg_output_message(j_common_ptr) {}
@@ -192,6 +212,9 @@ bool jpeg_decode_core(JpegReadState* s, std::span<const std::uint8_t> bytes, Ima
   s->created = true;
   jpeg_mem_src(&s->cinfo, bytes.data(), static_cast<unsigned long>(bytes.size()));
   jpeg_read_header(&s->cinfo, TRUE);
+  if (too_big(s->cinfo.image_width, s->cinfo.image_height,
+              static_cast<std::uint64_t>(s->cinfo.num_components), s->err.error, sizeof s->err.error))
+    return false;  // before libjpeg allocates buffers for the claimed size
   // PIL picks the mode from the component count: 1 -> L, 3 -> RGB, 4 -> CMYK.
   switch (s->cinfo.num_components) {
     case 1: s->cinfo.out_color_space = JCS_GRAYSCALE; break;
@@ -206,10 +229,7 @@ bool jpeg_decode_core(JpegReadState* s, std::span<const std::uint8_t> bytes, Ima
   jpeg_start_decompress(&s->cinfo);
   const std::uint64_t w = s->cinfo.output_width, h = s->cinfo.output_height;
   const int c = s->cinfo.output_components;
-  if (too_big(w, h, static_cast<std::uint64_t>(c))) {
-    std::snprintf(s->err.error, sizeof s->err.error, "image dimensions are too large");
-    return false;
-  }
+  if (too_big(w, h, static_cast<std::uint64_t>(c), s->err.error, sizeof s->err.error)) return false;
   s->raw.resize(w * h * static_cast<std::uint64_t>(c));
   while (s->cinfo.output_scanline < s->cinfo.output_height) {
     JSAMPROW row =
@@ -317,6 +337,11 @@ void write_bytes(const std::filesystem::path& path, const void* data, std::size_
 }
 
 }  // namespace
+
+void set_max_image_pixels(std::uint64_t pixels) noexcept {
+  g_max_pixels.store(pixels, std::memory_order_relaxed);
+}
+std::uint64_t max_image_pixels() noexcept { return g_max_pixels.load(std::memory_order_relaxed); }
 
 Image Image::blank(int width, int height, int channels, int depth) {
   Image img;

@@ -299,3 +299,77 @@ TEST(DataImage, CropAndFlip) {
   EXPECT_THROW(Image::blank(3, 3, 5), ArgumentError);
   EXPECT_THROW(Image::blank(3, 3, 3, 12), ArgumentError);
 }
+
+namespace {
+
+std::vector<std::uint8_t> read_bytes(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::vector<std::uint8_t>((std::istreambuf_iterator<char>(f)), {});
+}
+
+// A real JPEG of w x h from libjpeg, in memory.
+std::vector<std::uint8_t> small_jpeg(int w, int h) {
+  const fs::path p = temp_dir("jpeg_bytes") / "small.jpg";
+  write_jpeg(p, random_image(w, h, 3, 8, 4), 90);
+  return read_bytes(p);
+}
+
+// Offset of the first marker 0xFF `code` after the SOI.
+std::size_t marker(const std::vector<std::uint8_t>& j, std::uint8_t code) {
+  for (std::size_t i = 2; i + 1 < j.size(); ++i)
+    if (j[i] == 0xff && j[i + 1] == code) return i;
+  return std::string::npos;
+}
+
+}  // namespace
+
+TEST(DataImage, DecompressionBombsAreRefusedBeforeAllocating) {
+  // JPEG: a small real file whose frame header claims 64520 x 16621 pixels (1.07 G), its scan cut
+  // short: refused on the header (it used to decode "successfully" as grey after allocating 3 GB).
+  std::vector<std::uint8_t> j = small_jpeg(16, 16);
+  const std::size_t sof = marker(j, 0xc0);
+  ASSERT_NE(sof, std::string::npos);
+  j[sof + 5] = 16621 >> 8;  // height
+  j[sof + 6] = 16621 & 0xff;
+  j[sof + 7] = static_cast<std::uint8_t>(64520 >> 8);  // width
+  j[sof + 8] = 64520 & 0xff;
+  const std::size_t sos = marker(j, 0xda);
+  j.resize(sos + 40);
+  j.insert(j.end(), {0xff, 0xd9});
+  try {
+    (void)decode_image(j, "bomb.jpg");
+    FAIL() << "a 1.07-gigapixel JPEG header was decoded";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("64520x16621"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("limit"), std::string::npos) << e.what();
+  }
+  // PNG: 69 bytes declaring a 16-bit RGBA image of 23170 x 23170 (4.3 GB decoded).
+  std::vector<std::uint8_t> png = {0x89, 'P', 'N', 'G', 0x0d, 0x0a, 0x1a, 0x0a};
+  std::vector<std::uint8_t> ihdr;
+  be32(ihdr, 23170);
+  be32(ihdr, 23170);
+  ihdr.insert(ihdr.end(), {16, 6, 0, 0, 0});
+  chunk(png, "IHDR", ihdr);
+  chunk(png, "IDAT", zlib_stored({0, 1, 2, 3}));
+  chunk(png, "IEND", {});
+  EXPECT_THROW((void)decode_image(png, "bomb.png"), FormatError);
+  // The limit is the caller's to set: 100 pixels refuse a 16 x 16 image; 0 lifts it.
+  const std::uint64_t before = max_image_pixels();
+  EXPECT_EQ(before, 178956970u);
+  set_max_image_pixels(100);
+  EXPECT_THROW((void)decode_image(small_jpeg(16, 16), "small.jpg"), FormatError);
+  set_max_image_pixels(0);
+  EXPECT_EQ(decode_image(small_jpeg(16, 16), "small.jpg").width, 16);
+  set_max_image_pixels(before);
+}
+
+TEST(DataImage, AJpegWhoseDataSegmentEndsEarlyIsAnErrorNotGreyPadding) {
+  // A real 64 x 64 JPEG with its entropy-coded data cut in half and an EOI after it: libjpeg
+  // warns "premature end of data segment" and pads with grey; that must not pass as an image.
+  std::vector<std::uint8_t> j = small_jpeg(64, 64);
+  EXPECT_EQ(decode_image(j, "whole.jpg").height, 64);
+  const std::size_t sos = marker(j, 0xda);
+  j.resize(sos + (j.size() - sos) / 2);
+  j.insert(j.end(), {0xff, 0xd9});
+  EXPECT_THROW((void)decode_image(j, "cut.jpg"), FormatError);
+}

@@ -44,9 +44,18 @@ ImageFormat detect_image_format(std::span<const std::uint8_t> bytes) noexcept;
 ///    ignores gAMA too).
 ///  - JPEG: grey or RGB with libjpeg's default (ISLOW DCT, fancy upsampling), like PIL;
 ///    CMYK/YCCK files are converted to RGB with PIL's formula (Adobe-inverted CMYK assumed).
+///    Data that ends early (a premature end of file or of a data segment) is an error, not grey
+///    padding.
 /// FormatError (naming the source) for corrupt or truncated data, UnsupportedError for other
 /// formats.
 Image decode_image(std::span<const std::uint8_t> bytes, const std::string& name);
+
+/// Decoding refuses (FormatError) images of more pixels than this, checked on the header before
+/// anything is allocated: a few bytes of header could otherwise ask for gigabytes (decompression
+/// bombs). Default 178,956,970, PIL's DecompressionBombError threshold (2 x MAX_IMAGE_PIXELS);
+/// 0 lifts it (2^31 samples stay the hard bound). Process-wide and thread-safe.
+void set_max_image_pixels(std::uint64_t pixels) noexcept;
+std::uint64_t max_image_pixels() noexcept;
 
 /// Reads and decodes a file (IoError when it cannot be read).
 Image read_image(const std::filesystem::path& path);
