@@ -1,5 +1,6 @@
 #include "diffprobe/heads/head_spec.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -60,11 +61,43 @@ std::vector<int> parse_hidden_sizes(std::string_view text) {
 }
 
 void HeadSpec::validate() const {
-  require(num_classes >= 2, "num_classes must be >= 2, got " + std::to_string(num_classes));
-  require(!inputs.empty(), "a head needs at least one input shape");
+  // Upper bounds keep a spec read from a file from asking for an absurd model before its
+  // tensors are checked: no weight matrix beyond 2^31 values (8 GB in f32).
+  constexpr std::int64_t kMaxMatrix = std::int64_t{1} << 31;
+  auto matrix = [&](std::int64_t a, std::int64_t b, const std::string& what) {
+    require(a <= kMaxMatrix / std::max<std::int64_t>(b, 1),
+            what + " would hold " + std::to_string(a) + " x " + std::to_string(b) + " weights (over 2^31)");
+  };
+  require(num_classes >= 2 && num_classes <= (1 << 20),
+          "num_classes must be in [2, 2^20], got " + std::to_string(num_classes));
+  require(!inputs.empty() && inputs.size() <= 256,
+          "a head takes 1 to 256 input shapes, got " + std::to_string(inputs.size()));
   for (const auto& s : inputs) {
     require(s.rank() >= 1, "an input shape is empty");
     for (auto d : s.dims()) require(d >= 1, "input shape " + s.str() + " has a non-positive dimension");
+    require(s.numel() <= (std::int64_t{1} << 28),
+            "input shape " + s.str() + " has over 2^28 values per sample");
+  }
+  for (int h : hidden) require(h <= (1 << 20), "MLP hidden sizes must be <= 2^20");
+  for (int c : cnn.channels) require(c <= (1 << 16), "CNN channels must be <= 65536");
+  require(attention.dim <= (1 << 16) && attention.heads <= 4096 && attention.depth <= 64 &&
+              attention.mlp_ratio <= 64,
+          "attention dim <= 65536, heads <= 4096, depth <= 64 and mlp_ratio <= 64 are required");
+  require(num_timesteps >= 1 && num_timesteps <= 256, "num_timesteps must be in [1, 256]");
+  for (const auto& s : inputs) {
+    const std::int64_t per = s.numel();
+    switch (kind) {
+      case HeadKind::Linear: matrix(per, num_classes, "the linear layer"); break;
+      case HeadKind::MLP:
+        if (!hidden.empty()) matrix(per, hidden.front(), "the first MLP layer");
+        for (std::size_t i = 1; i < hidden.size(); ++i) matrix(hidden[i - 1], hidden[i], "an MLP layer");
+        if (!hidden.empty()) matrix(hidden.back(), num_classes, "the MLP's output layer");
+        break;
+      case HeadKind::CNN:
+        if (!cnn.channels.empty()) matrix(per, cnn.channels.back(), "the CNN's flattened classifier");
+        break;
+      default: matrix(s.rank() == 3 ? s.dim(0) : per, attention.dim, "the attention head's projection");
+    }
   }
   const bool maps = kind == HeadKind::CNN || kind == HeadKind::Attention || kind == HeadKind::Fusion;
   if (maps)

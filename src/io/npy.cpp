@@ -157,7 +157,12 @@ Tensor load_npy(const std::filesystem::path& path) {
       static_cast<std::uint64_t>(bytes) != size - hstart - hlen)
     throw FormatError(where, "npy data is " + std::to_string(size - hstart - hlen) +
                                  " bytes, shape and dtype need " + std::to_string(bytes));
-  const Shape shape{std::span<const std::int64_t>(dims)};
+  Shape shape;
+  try {
+    shape = Shape(std::span<const std::int64_t>(dims));
+  } catch (const ShapeError& e) {
+    throw FormatError(where, "npy shape: " + e.why());
+  }
   Tensor t = Tensor::empty(shape, detail::loaded_dtype(type));
   // Fortran order: the data is the transpose, so read it with reversed (column-major) strides.
   std::vector<std::int64_t> stride(dims.size());

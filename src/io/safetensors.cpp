@@ -108,7 +108,9 @@ NamedTensors load_safetensors(const std::filesystem::path& path) {
       }
       continue;
     }
-    auto bad = [&](const std::string& why) { return fail("tensor '" + name + "': " + why); };
+    // The binding copied into a plain variable: clang before 16 cannot capture structured bindings.
+    const std::string& tensor_name = name;
+    auto bad = [&](const std::string& why) { return fail("tensor '" + tensor_name + "': " + why); };
     if (!info.is_object()) throw bad("entry is not an object");
     for (const auto& [k, v] : info.items())
       if (k != "dtype" && k != "shape" && k != "data_offsets") throw bad("unexpected field '" + k + "'");
@@ -172,7 +174,12 @@ NamedTensors load_safetensors(const std::filesystem::path& path) {
   std::uint8_t* data = file->data() + 8 + n;
   for (const Entry* ep : order) {
     const Entry& e = *ep;
-    const Shape shape{std::span<const std::int64_t>(e.shape)};
+    Shape shape;
+    try {
+      shape = Shape(std::span<const std::int64_t>(e.shape));
+    } catch (const ShapeError& err) {
+      throw FormatError(where, "tensor '" + e.name + "': " + err.why());
+    }
     const DType dt = detail::loaded_dtype(e.type);
     std::uint8_t* p = data + e.begin;
     const std::size_t es = detail::src_type_size(e.type);

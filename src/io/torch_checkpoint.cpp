@@ -245,11 +245,20 @@ Tensor TorchLoader::build(const std::string& name, const TensorSpec& spec) const
   const std::uint8_t* data = s.data;
   if (s.base) data = storages_[*s.base].data;
   if (!data && s.numel > 0) bad("storage '" + s.key + "' has no data in the file");
-  if (s.base) data += static_cast<std::size_t>(s.base_offset) * detail::src_type_size(type);
+  // (A view of a storage with no data stays without data: no arithmetic on a null pointer.)
+  if (s.base && data) data += static_cast<std::size_t>(s.base_offset) * detail::src_type_size(type);
 
   if (spec.size.size() > static_cast<std::size_t>(Shape::kMaxRank))
     bad("rank " + std::to_string(spec.size.size()) + " exceeds the maximum of 8");
   if (spec.offset < 0) bad("negative storage offset " + std::to_string(spec.offset));
+  for (std::size_t d = 0; d < spec.size.size(); ++d)
+    if (spec.size[d] < 0) bad("negative size or stride in dimension " + std::to_string(d));
+  Shape shape;
+  try {
+    shape = Shape(std::span<const std::int64_t>(spec.size));  // bounds every product of sizes
+  } catch (const ShapeError& e) {
+    bad("element count overflows: " + e.why());
+  }
   std::int64_t numel = 1, last = spec.offset;
   for (std::size_t d = 0; d < spec.size.size(); ++d) {
     if (spec.size[d] < 0 || spec.stride[d] < 0)
@@ -266,7 +275,6 @@ Tensor TorchLoader::build(const std::string& name, const TensorSpec& spec) const
     bad(extent + " run past the end of storage '" + s.key + "' (" + std::to_string(s.numel) + " elements)");
   if (numel == 0 && spec.offset > s.numel) bad("storage offset past the end of storage '" + s.key + "'");
 
-  const Shape shape{std::span<const std::int64_t>(spec.size)};
   const std::size_t es = detail::src_type_size(type);
   const std::uint8_t* first = data ? data + static_cast<std::size_t>(spec.offset) * es : nullptr;
   bool contiguous = true;

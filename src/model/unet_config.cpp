@@ -70,11 +70,13 @@ std::vector<double> UNetConfig::channel_multipliers() const {
   std::vector<double> m;
   for (const auto& part : split_commas(channel_mult)) {
     const double v = parse_number(part, "channel_mult");
-    if (!(v > 0))
-      throw ConfigError("UNetConfig", "channel_mult entries must be positive, got '" + part + "'");
+    if (!(v > 0 && v <= 64))
+      throw ConfigError("UNetConfig", "channel_mult entries must be in (0, 64], got '" + part + "'");
     m.push_back(v);
   }
   if (m.empty()) throw ConfigError("UNetConfig", "channel_mult '" + channel_mult + "' has no entries");
+  if (m.size() > 12)
+    throw ConfigError("UNetConfig", "channel_mult has " + std::to_string(m.size()) + " levels; at most 12");
   return m;
 }
 
@@ -83,7 +85,8 @@ std::vector<int> UNetConfig::attention_downsample_factors() const {
   for (const auto& part : split_commas(attention_resolutions)) {
     if (part.empty()) continue;
     const double r = parse_number(part, "attention_resolutions");
-    if (r < 1 || r != std::floor(r) || static_cast<int>(r) > image_size)
+    // Compared as doubles first: "1e20" must not reach an int conversion.
+    if (!(r >= 1 && r <= image_size) || r != std::floor(r))
       throw ConfigError("UNetConfig", "attention_resolutions entry '" + part + "' must be an integer in 1.." +
                                           std::to_string(image_size));
     ds.push_back(image_size / static_cast<int>(r));  // as the official code: integer division
@@ -104,11 +107,22 @@ int UNetConfig::num_input_blocks() const {
 
 void UNetConfig::validate() const {
   auto fail = [](const std::string& why) { throw ConfigError("UNetConfig", why); };
-  if (image_size < 1) fail("image_size must be >= 1, got " + std::to_string(image_size));
-  if (in_channels < 1) fail("in_channels must be >= 1, got " + std::to_string(in_channels));
-  if (num_channels < 1) fail("num_channels must be >= 1, got " + std::to_string(num_channels));
-  if (num_res_blocks < 1) fail("num_res_blocks must be >= 1, got " + std::to_string(num_res_blocks));
-  if (diffusion_steps < 1) fail("diffusion_steps must be >= 1, got " + std::to_string(diffusion_steps));
+  // Upper bounds far above every published model (the largest: 512x512, 256 channels, 3 res
+  // blocks), so that sizes computed from a hostile config cannot overflow.
+  auto in = [&](const char* flag, long long v, long long lo, long long hi) {
+    if (v < lo || v > hi)
+      fail(std::string(flag) + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
+           std::to_string(v));
+  };
+  in("image_size", image_size, 1, 8192);
+  in("in_channels", in_channels, 1, 64);
+  in("num_channels", num_channels, 1, 8192);
+  in("num_res_blocks", num_res_blocks, 1, 32);
+  in("diffusion_steps", diffusion_steps, 1, 100000);
+  in("num_heads", num_heads, 1, 1024);
+  if (num_head_channels != -1) in("num_head_channels", num_head_channels, 1, 8192);
+  if (num_heads_upsample != -1) in("num_heads_upsample", num_heads_upsample, 1, 1024);
+  if (class_cond) in("num_classes", num_classes, 1, 1 << 20);
   if (noise_schedule != "linear" && noise_schedule != "cosine")
     fail("noise_schedule must be \"linear\" or \"cosine\", got \"" + noise_schedule + "\"");
   if (class_cond && num_classes < 1) fail("num_classes must be >= 1 for a class-conditional model");
@@ -137,6 +151,7 @@ void UNetConfig::validate() const {
     const double c = mult[static_cast<std::size_t>(level)] * num_channels;
     if (c != std::floor(c))
       fail("channel_mult[" + std::to_string(level) + "] * num_channels is not an integer");
+    if (c > 65536) fail("level " + std::to_string(level) + " would have " + std::to_string(c) + " channels");
     const int dsl = 1 << level;
     const bool attn = std::find(ds.begin(), ds.end(), dsl) != ds.end();
     check_channels(static_cast<int>(c), "level " + std::to_string(level), attn, false);
