@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <type_traits>
 
 #include "diffprobe/diffusion/counter_noise.hpp"
 #include "diffprobe/diffusion/noise_schedule.hpp"
@@ -30,6 +31,10 @@ const UNet& small_model() {
 }
 
 }  // namespace
+
+// The extractor keeps a reference to its model, so a temporary model is refused at compile time.
+static_assert(!std::is_constructible_v<FeatureExtractor, UNet&&, ExtractOptions>);
+static_assert(std::is_constructible_v<FeatureExtractor, const UNet&, ExtractOptions>);
 
 TEST(NoiseSchedule, MatchesThePyTorchReferenceBitForBit) {
   const fs::path dir = fs::path(DIFFPROBE_BINARY_DIR) / "schedule_ref";

@@ -56,6 +56,8 @@ class FeatureExtractor {
   /// Validates the options against the model (blocks in range, t in [0, T), label vs class_cond,
   /// pooling within the blocks' sizes) and throws the typed error otherwise.
   FeatureExtractor(const UNet& model, ExtractOptions options);
+  /// The extractor keeps a reference to the model: a temporary would dangle.
+  FeatureExtractor(UNet&& model, ExtractOptions options) = delete;
 
   /// x0: f32 [N, C, S, S] images in [-1, 1] (or x_t with NoiseMode::None). first_index is the
   /// dataset index of x0[0] (the noise key), so features do not depend on how data is batched.
