@@ -76,7 +76,8 @@ Tensor Tensor::from_vector(const Shape& shape, std::span<const float> values, La
                                                 shape.str() + " (" + std::to_string(shape.numel()) +
                                                 " elements)");
   Tensor t = empty(shape, DType::F32, Layout::Contiguous);
-  std::memcpy(t.raw(), values.data(), values.size() * sizeof(float));
+  if (!values.empty())
+    std::memcpy(t.raw(), values.data(), values.size() * sizeof(float));  // no memcpy(_, null, 0)
   return layout == Layout::Contiguous ? t : t.to_layout(layout);
 }
 

@@ -7,10 +7,13 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "diffprobe/core/error.hpp"
 #include "diffprobe/core/shape.hpp"
+#include "diffprobe/core/tensor.hpp"
 #include "diffprobe/heads/head_spec.hpp"
 #include "diffprobe/io/npy.hpp"
 #include "diffprobe/io/safetensors.hpp"
@@ -103,4 +106,12 @@ TEST(HostileInputs, UNetConfigsThatWouldOverflowAreRefused) {
       R"({"image_size": 64, "num_channels": 32, "channel_mult": "1,2", "attention_resolutions": "16"})"));
   for (const auto& name : UNetConfig::preset_names())
     EXPECT_NO_THROW(UNetConfig::preset(name).validate()) << name;
+}
+
+TEST(HostileInputs, EmptyTensorsFromEmptyVectors) {
+  // An empty span's data() may be null: memcpy(dst, nullptr, 0) is undefined (UBSan under the
+  // fuzz and sanitize presets; found by the fuzz seed generator).
+  const Tensor t = Tensor::from_vector(Shape{0, 3}, std::vector<float>{});
+  EXPECT_EQ(t.numel(), 0);
+  EXPECT_EQ(Tensor::from_vector(Shape{0}, std::span<const float>()).numel(), 0);
 }
