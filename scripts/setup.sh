@@ -21,6 +21,7 @@ packages=(
   linux-perf time                         # benchmarks: profile_forward.py (perf), large_probe.py (/usr/bin/time)
   dataset-fashion-mnist                   # the bundled model's data set
   clang-format
+  clang libclang-rt-14-dev libomp-dev llvm lld  # fuzz preset: clang, libFuzzer + sanitizer runtimes, its OpenMP, tools CMake records
 )
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
