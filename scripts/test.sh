@@ -5,9 +5,12 @@
 #      Python module the scripts import comes from a package setup.sh installs), build, every test
 #   3. preset "sanitize": ASan + UBSan build, the fast tests only (labels slow, parity and install
 #      are left out: they take minutes even without sanitizers and add no memory-safety coverage)
+#   4. preset "fuzz": the libFuzzer targets (clang, ASan + UBSan; docs/fuzzing.md): configure,
+#      check the setup, build, replay the committed regression inputs, run every target FUZZ_SECONDS
 # Ends with ctest's summary of both runs; exits non-zero on any build or test failure.
 # Environment: JOBS (default: nproc), TEST_TIMEOUT (seconds per test, default 600),
 # SKIP_SANITIZE=1 to stop after the default preset.
+# SKIP_FUZZ=1 to leave out the fuzz preset, FUZZ_SECONDS (per fuzz target, default 20).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -45,6 +48,18 @@ if [[ ${SKIP_SANITIZE:-0} != 1 ]]; then
   bash scripts/check_setup.sh build/sanitize
   cmake --build --preset sanitize -j "$jobs"
   run_ctest sanitize
+fi
+
+if [[ ${SKIP_FUZZ:-0} != 1 ]]; then
+  echo "== fuzz (libFuzzer, ASan + UBSan): configure, build (-j$jobs), replay the regressions, each target ${FUZZ_SECONDS:-20} s"
+  cmake --preset fuzz
+  bash scripts/check_setup.sh build/fuzz
+  cmake --build --preset fuzz -j "$jobs"
+  fuzz_rc=0
+  { JOBS=$jobs bash scripts/fuzz.sh --replay && JOBS=$jobs bash scripts/fuzz.sh "${FUZZ_SECONDS:-20}"; } 2>&1 |
+    tee "$logs/fuzz.log" || fuzz_rc=$?
+  summaries+=("fuzz: $(grep -E '^fuzz: (replay|run):' "$logs/fuzz.log" | sed 's/^fuzz: //' | paste -sd ';' - || true)")
+  ((fuzz_rc == 0)) || status=1
 fi
 
 echo "== summary"
