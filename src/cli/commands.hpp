@@ -29,5 +29,6 @@ Runner add_convert(CLI::App& app);
 Runner add_extract(CLI::App& app);
 Runner add_probe(CLI::App& app);
 Runner add_merge(CLI::App& app);
+Runner add_sweep(CLI::App& app);
 
 }  // namespace diffprobe::cli
