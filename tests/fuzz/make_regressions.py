@@ -158,11 +158,14 @@ write("fuzz_checkpoint", "legacy_empty_0x2p32x2p32.pt",
 
 def torch_zip(root, storages):
     buf = io.BytesIO()
+    def entry(z, name, data):  # a fixed date: the same bytes on every run
+        z.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
-        z.writestr("archive/data.pkl", dumps(root))
+        entry(z, "archive/data.pkl", dumps(root))
         for s in storages:
-            z.writestr(f"archive/data/{s.key}", b"\0" * (4 * s.numel))
-        z.writestr("archive/version", b"3\n")
+            entry(z, f"archive/data/{s.key}", b"\0" * (4 * s.numel))
+        entry(z, "archive/version", b"3\n")
     return buf.getvalue()
 
 
@@ -170,6 +173,15 @@ write("fuzz_checkpoint", "zip_empty_0x2p32x2p32.pt",
       torch_zip(collections.OrderedDict(w=FakeTensor(Storage("0", 0), 0, HUGE, [1, 1, 1])), [Storage("0", 0)]))
 write("fuzz_unpickler", "legacy_empty_view_of_storage_without_data.pkl",
       dumps(collections.OrderedDict(w=FakeTensor(s0, 5, [0], [1]))))
+
+
+# ---- IDX: headers asking for far more than the file holds ----------------------------------------
+import gzip  # noqa: E402
+huge_idx = struct.pack(">BBBB", 0, 0, 0x08, 3) + struct.pack(">III", 2**31 - 1, 65535, 65535) + b"\0" * 16
+write("fuzz_idx", "u8_2p31x65535x65535.idx", huge_idx)
+write("fuzz_idx", "u8_2p31x65535x65535.idx.gz", gzip.compress(huge_idx, mtime=0))
+write("fuzz_idx", "f64_255_dims.idx", struct.pack(">BBBB", 0, 0, 0x0E, 255) + struct.pack(">I", 2) * 255)
+write("fuzz_idx_gzip", "u8_2p31x65535x65535.idx", huge_idx)
 
 
 # ---- U-Net configs: 40 channel_mult levels, float -> int overflows, 4 * num_channels ---------------
