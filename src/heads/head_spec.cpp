@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstdint>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -11,6 +13,32 @@ namespace diffprobe {
 namespace {
 
 using json = nlohmann::json;
+
+// An integer field: JSON integers only, within T's range. nlohmann's get<int>() converts with a
+// static_cast, so 1e300 was undefined behaviour and 2^32 + 3 became 3 (found by fuzz_head).
+template <class T> T int_field(const json& v, const char* field) {
+  std::int64_t x = 0;
+  const bool ok =
+      v.is_number_integer() &&
+      (!v.is_number_unsigned() ||
+       v.get<std::uint64_t>() <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()));
+  if (ok)
+    x = v.is_number_unsigned() ? static_cast<std::int64_t>(v.get<std::uint64_t>()) : v.get<std::int64_t>();
+  if (!ok || x < std::numeric_limits<T>::min() || x > std::numeric_limits<T>::max())
+    throw FormatError("HeadSpec::from_json", std::string("malformed head spec: '") + field +
+                                                 "' must be an integer in the range of " +
+                                                 (sizeof(T) == 4 ? "int32" : "int64") + ", got " + v.dump());
+  return static_cast<T>(x);
+}
+
+template <class T> std::vector<T> int_list(const json& v, const char* field) {
+  if (!v.is_array())
+    throw FormatError("HeadSpec::from_json", std::string("malformed head spec: '") + field +
+                                                 "' must be a list of integers, got " + v.dump());
+  std::vector<T> out;
+  for (const auto& e : v) out.push_back(int_field<T>(e, field));
+  return out;
+}
 
 void require(bool ok, const std::string& why) {
   if (!ok) throw ConfigError("HeadSpec", why);
@@ -167,21 +195,21 @@ HeadSpec HeadSpec::from_json(std::string_view text) {
   try {
     const json j = json::parse(text);
     s.kind = parse_head_kind(j.at("kind").get<std::string>());
-    for (const auto& shape : j.at("inputs")) s.inputs.emplace_back(shape.get<std::vector<std::int64_t>>());
-    s.num_timesteps = j.at("num_timesteps").get<int>();
-    s.num_classes = j.at("num_classes").get<int>();
-    s.hidden = j.at("hidden").get<std::vector<int>>();
+    for (const auto& shape : j.at("inputs")) s.inputs.emplace_back(int_list<std::int64_t>(shape, "inputs"));
+    s.num_timesteps = int_field<int>(j.at("num_timesteps"), "num_timesteps");
+    s.num_classes = int_field<int>(j.at("num_classes"), "num_classes");
+    s.hidden = int_list<int>(j.at("hidden"), "hidden");
     const auto& c = j.at("cnn");
-    s.cnn.channels = c.at("channels").get<std::vector<int>>();
-    s.cnn.max_pool = c.at("max_pool").get<int>();
+    s.cnn.channels = int_list<int>(c.at("channels"), "cnn.channels");
+    s.cnn.max_pool = int_field<int>(c.at("max_pool"), "cnn.max_pool");
     s.cnn.input_norm = c.at("input_norm").get<bool>();
     s.cnn.norm_eps = c.at("norm_eps").get<double>();
     const auto& a = j.at("attention");
-    s.attention.dim = a.at("dim").get<int>();
-    s.attention.depth = a.at("depth").get<int>();
-    s.attention.heads = a.at("heads").get<int>();
-    s.attention.mlp_ratio = a.at("mlp_ratio").get<int>();
-    s.attention.max_pool = a.at("max_pool").get<int>();
+    s.attention.dim = int_field<int>(a.at("dim"), "attention.dim");
+    s.attention.depth = int_field<int>(a.at("depth"), "attention.depth");
+    s.attention.heads = int_field<int>(a.at("heads"), "attention.heads");
+    s.attention.mlp_ratio = int_field<int>(a.at("mlp_ratio"), "attention.mlp_ratio");
+    s.attention.max_pool = int_field<int>(a.at("max_pool"), "attention.max_pool");
     s.attention.norm_eps = a.at("norm_eps").get<double>();
   } catch (const json::exception& e) {
     throw FormatError("HeadSpec::from_json", std::string("malformed head spec: ") + e.what());

@@ -110,6 +110,10 @@ write("fuzz_head", "attention_huge_dim.safetensors",
       head(dict(base, kind="attention", inputs=[[4, 8, 8]], num_classes=10,
                 attention=dict(base["attention"], dim=1 << 30, depth=1000))))
 
+# Integers that are not JSON integers in range (get<int>() of 1e300 was undefined behaviour).
+write("fuzz_head", "num_classes_1e300.safetensors", head(dict(base, inputs=[[6]], num_classes=1e300)))
+write("fuzz_head", "input_shape_6.5e30.safetensors", head(dict(base, inputs=[[6.5e30]], num_classes=3)))
+
 
 # ---- Torch checkpoints: views of storages without data, huge empty shapes ------------------------
 class Storage:

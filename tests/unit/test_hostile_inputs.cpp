@@ -115,3 +115,25 @@ TEST(HostileInputs, EmptyTensorsFromEmptyVectors) {
   EXPECT_EQ(t.numel(), 0);
   EXPECT_EQ(Tensor::from_vector(Shape{0}, std::span<const float>()).numel(), 0);
 }
+
+TEST(HostileInputs, HeadSpecIntegersMustBeJsonIntegersInRange) {
+  // get<int>() of 1e300 was a float-to-int overflow (undefined), and 2^32 + 3 silently became 3
+  // (found by fuzz_head).
+  HeadSpec s;
+  s.kind = HeadKind::Linear;
+  s.num_classes = 3;
+  s.inputs = {Shape{6}};
+  const std::string ok = s.to_json();
+  EXPECT_EQ(HeadSpec::from_json(ok).num_classes, 3);
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string j = ok;
+    const auto at = j.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    return j.replace(at, from.size(), to);
+  };
+  EXPECT_THROW(HeadSpec::from_json(with("\"num_classes\":3", "\"num_classes\":1e300")), FormatError);
+  EXPECT_THROW(HeadSpec::from_json(with("\"num_classes\":3", "\"num_classes\":4294967299")), FormatError);
+  EXPECT_THROW(HeadSpec::from_json(with("\"num_classes\":3", "\"num_classes\":3.0")), FormatError);
+  EXPECT_THROW(HeadSpec::from_json(with("[[6]]", "[[6.5e30]]")), FormatError);
+  EXPECT_THROW(HeadSpec::from_json(with("[[6]]", "[[18446744073709551615]]")), FormatError);
+}
