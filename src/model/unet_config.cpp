@@ -1,7 +1,9 @@
 #include "diffprobe/model/unet_config.hpp"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
+#include <cstdint>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -179,7 +181,10 @@ UNetConfig UNetConfig::from_json(const std::string& text) {
     const json& v = it.value();
     if (v.is_null() && (k == "num_classes" || k == "channel_mult")) continue;  // "default", as Python's None
     auto as_int = [&](int& dst) {
-      if (!v.is_number_integer()) throw ConfigError("UNetConfig::from_json", k + " must be an integer");
+      // In int's range: get<int>() truncates, so 2^32 + 32 became 32 and passed validate().
+      if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<std::uint64_t>() > INT_MAX) ||
+          (!v.is_number_unsigned() && (v.get<std::int64_t>() < INT_MIN || v.get<std::int64_t>() > INT_MAX)))
+        throw ConfigError("UNetConfig::from_json", k + " must be an integer (32-bit), got " + v.dump());
       dst = v.get<int>();
     };
     auto as_bool = [&](bool& dst) {

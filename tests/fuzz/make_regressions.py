@@ -194,7 +194,8 @@ cfgs = {"channel_mult_40_levels": {"image_size": 64, "num_channels": 32, "channe
                                        "attention_resolutions": "1e20"},
         "channel_mult_1e300": {"image_size": 64, "num_channels": 32, "channel_mult": "1e300"},
         "num_channels_2p29": {"image_size": 64, "num_channels": 2**29, "channel_mult": "1,2"},
-        "image_size_2p20": {"image_size": 2**20, "num_channels": 32, "channel_mult": "1,2"}}
+        "image_size_2p20": {"image_size": 2**20, "num_channels": 32, "channel_mult": "1,2"},
+        "num_channels_2p32_plus_32": {"image_size": 64, "num_channels": 2**32 + 32, "channel_mult": "1,2"}}
 for name, c in cfgs.items():
     write("fuzz_unet_config", name + ".json", json.dumps(c).encode())
     # The same config reached through a weights file's metadata (UNet::load).

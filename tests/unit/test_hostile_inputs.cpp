@@ -137,3 +137,11 @@ TEST(HostileInputs, HeadSpecIntegersMustBeJsonIntegersInRange) {
   EXPECT_THROW(HeadSpec::from_json(with("[[6]]", "[[6.5e30]]")), FormatError);
   EXPECT_THROW(HeadSpec::from_json(with("[[6]]", "[[18446744073709551615]]")), FormatError);
 }
+
+TEST(HostileInputs, UNetConfigIntegersOutsideInt32AreRefusedNotTruncated) {
+  // get<int>() truncated: num_channels 2^32 + 32 became 32 and passed validate().
+  EXPECT_THROW(UNetConfig::from_json(R"({"image_size": 64, "num_channels": 4294967328})"), ConfigError);
+  EXPECT_THROW(UNetConfig::from_json(R"({"image_size": 64, "num_res_blocks": -4294967294})"), ConfigError);
+  EXPECT_THROW(UNetConfig::from_json(R"({"image_size": 18446744073709551615})"), ConfigError);
+  EXPECT_EQ(UNetConfig::from_json(R"({"image_size": 64, "num_channels": 32})").num_channels, 32);
+}
