@@ -209,6 +209,16 @@ SweepResult run_sweep(const UNet& model, data::Dataset& train, data::Dataset& te
       static_cast<std::int64_t>(options.pools.size() * options.timesteps.size()) * (n_train + n_test);
   std::int64_t extract_done = 0, extract_resumed = 0;
   const double t_extract = now_seconds();
+  {
+    // Feature files finished by an earlier run, announced before the first job starts.
+    std::int64_t finished = 0;
+    for (const PoolSpec& pool : options.pools)
+      for (int t : options.timesteps) {
+        if (fs::exists(features_path(dir, "train", t, pool))) finished += n_train;
+        if (fs::exists(features_path(dir, "test", t, pool))) finished += n_test;
+      }
+    report("extract", "", 0, extract_total, finished);
+  }
   for (const PoolSpec& pool : options.pools) {
     for (int split = 0; split < 2; ++split) {
       data::Dataset& ds = split == 0 ? train : test;
@@ -275,16 +285,23 @@ SweepResult run_sweep(const UNet& model, data::Dataset& train, data::Dataset& te
   const std::int64_t cells_total =
       static_cast<std::int64_t>(options.pools.size() * options.timesteps.size() * blocks.size());
   std::int64_t cells_done = 0, cells_resumed = 0;
-  std::map<std::size_t, json> saved;  // cell index -> its JSON (for refinement updates)
   auto read_cell = [&](const fs::path& p) -> std::optional<json> {
     std::ifstream in(p);
     if (!in) return std::nullopt;
     try {
-      return json::parse(in);
+      json j = json::parse(in);
+      if (j.value("probe", "") == probe_desc && j.contains("top1") && j.contains("top5")) return j;
     } catch (const json::exception&) {
-      return std::nullopt;  // a damaged cell file is recomputed
     }
+    return std::nullopt;  // another probe's cell, or a damaged file: computed again
   };
+  {
+    std::int64_t finished = 0;
+    for (const PoolSpec& pool : options.pools)
+      for (int t : options.timesteps)
+        for (int b : blocks) finished += read_cell(cell_path(dir, t, b, pool)).has_value();
+    report("probe", "", 0, cells_total, finished);
+  }
   for (const PoolSpec& pool : options.pools) {
     for (int t : options.timesteps) {
       std::optional<Files> files;  // opened only when a cell of this (pool, t) needs computing
@@ -296,7 +313,7 @@ SweepResult run_sweep(const UNet& model, data::Dataset& train, data::Dataset& te
         cell.alpha = nan();
         const fs::path cp = cell_path(dir, t, b, pool);
         const auto old = read_cell(cp);
-        if (old && old->value("probe", "") == probe_desc && old->contains("top1") && old->contains("top5")) {
+        if (old) {
           cell.top1 = (*old)["top1"].get<double>();
           cell.top5 = (*old)["top5"].get<double>();
           cell.features = old->value("features", std::int64_t{0});

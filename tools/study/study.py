@@ -8,7 +8,8 @@ Fashion-MNIST test set.
 Stages (each one caches its outputs under --work, default build/study; rerunning skips what is
 done, so an interrupted study resumes):
   sweep      linear probe over blocks x t at pool 2x2, for the trained and the untrained U-Net,
-             heads trained on the first --sweep-train training images (default 10,000)
+             heads trained on the first --sweep-train training images (default 10,000), by
+             `diffprobe sweep --probe trained` (tools/study/sweep_check.py compares its ridge probe)
   pool       pooling sizes 1, 2, 4, 8 at each model's best (t, block), full training set
   heads      linear, MLP, CNN, attention and fusion heads on the trained model, the first
              --heads-train training images (default 20,000)
@@ -131,14 +132,26 @@ class Study:
 
     # -- stages ------------------------------------------------------------------------------
     def sweep(self, model):
+        """The grid by `diffprobe sweep --probe trained`: the same features (noise seeds 0 and 1,
+        one forward per (t, batch) for all 19 blocks) and the same linear probe (LINEAR's recipe is
+        the sweep's trained probe) as `extract` + `probe` per cell; resumable in its own folder."""
         blocks = list(range(1, NUM_BLOCKS + 1))
-        acc = np.full((len(TS), len(blocks)), np.nan)
         n = self.a.sweep_train
-        for i, t in enumerate(TS):
-            tr = self.features(model, "train", n, [t], blocks, "avg:2")
-            te = self.features(model, "test", 10000, [t], blocks, "avg:2")
-            for j, b in enumerate(blocks):
-                acc[i, j] = self.probe(f"sweep_{model}_n{n}_t{t}_b{b}_avg2", tr, te, f"t{t}.b{b}", LINEAR)["top1"]
+        weights = self.ensure_untrained() if model == "untrained" else self.models[model]
+        images, labels, _, _ = SPLITS["train"]
+        test_images, test_labels, _, _ = SPLITS["test"]
+        out = os.path.join(self.work, "sweeps", f"{model}_n{n}_trained")
+        log(f"sweep {model} ({len(TS)} t x {NUM_BLOCKS} blocks, trained probe) into {out}")
+        _, dt = self.run([self.a.bin, "sweep", "--weights", weights, "--train", images, "--train-labels", labels,
+                          "--test", test_images, "--test-labels", test_labels, "--t", ",".join(map(str, TS)),
+                          "--blocks", "all", "--pool", "avg:2", "--probe", "trained", "--noise-seed", "0",
+                          "--test-noise-seed", "1", "--batch", "64", "--limit-train", str(n),
+                          "--limit-test", "10000", "--threads", str(self.a.threads), "--out", out])
+        self.timing(f"sweep {model} n{n}", dt, n)
+        grid = json.load(open(os.path.join(out, "sweep.json")))
+        acc = np.full((len(TS), len(blocks)), np.nan)
+        for c in grid["cells"]:
+            acc[TS.index(c["t"]), blocks.index(c["block"])] = round(c["top1"], 4)
         i, j = np.unravel_index(np.nanargmax(acc), acc.shape)
         res = {"model": model, "train_images": n, "test_images": 10000, "pool": "avg:2", "t": TS,
                "blocks": blocks, "top1": acc.tolist(), "best": {"t": TS[i], "block": blocks[j],
