@@ -24,6 +24,7 @@
 #include "diffprobe/features/pooler.hpp"
 #include "diffprobe/heads/head.hpp"
 #include "diffprobe/heads/metrics.hpp"
+#include "diffprobe/heads/ridge_probe.hpp"
 #include "diffprobe/heads/train_config.hpp"
 #include "diffprobe/io/idx.hpp"
 #include "diffprobe/io/named_tensors.hpp"
@@ -37,4 +38,5 @@
 #include "diffprobe/ops/elementwise.hpp"
 #include "diffprobe/ops/group_norm.hpp"
 #include "diffprobe/ops/linear.hpp"
+#include "diffprobe/studies/sweep.hpp"
 #include "diffprobe/version.hpp"

@@ -1,5 +1,5 @@
 // `diffprobe sweep`: which block, which t, which pooling? A linear probe per cell of the grid,
-// every block's features from one forward per (t, batch), resumable (features/sweep.hpp).
+// every block's features from one forward per (t, batch), resumable (studies/sweep.hpp).
 #include <fmt/core.h>
 
 #include <filesystem>
@@ -10,7 +10,7 @@
 #include "cli/parse_list.hpp"
 #include "cli/progress.hpp"
 #include "diffprobe/data/open_dataset.hpp"
-#include "diffprobe/features/sweep.hpp"
+#include "diffprobe/studies/sweep.hpp"
 
 namespace diffprobe::cli {
 namespace fs = std::filesystem;

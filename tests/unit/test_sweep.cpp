@@ -12,8 +12,8 @@
 #include "diffprobe/core/error.hpp"
 #include "diffprobe/data/open_dataset.hpp"
 #include "diffprobe/features/feature_file.hpp"
-#include "diffprobe/features/sweep.hpp"
 #include "diffprobe/io/npy.hpp"
+#include "diffprobe/studies/sweep.hpp"
 
 using namespace diffprobe;
 namespace fs = std::filesystem;

@@ -1,6 +1,6 @@
 // The sweep: extraction jobs per (split, pool, t) into resumable feature files, then one probe per
 // cell, each cell's scores saved as soon as they exist, so a killed sweep resumes where it stopped.
-#include "diffprobe/features/sweep.hpp"
+#include "diffprobe/studies/sweep.hpp"
 
 #include <fmt/core.h>
 
@@ -19,8 +19,8 @@
 #include "diffprobe/features/extraction_job.hpp"
 #include "diffprobe/features/feature_file.hpp"
 #include "diffprobe/heads/head.hpp"
-#include "features/heatmap.hpp"
 #include "io/atomic_file.hpp"
+#include "studies/heatmap.hpp"
 
 namespace diffprobe {
 namespace fs = std::filesystem;

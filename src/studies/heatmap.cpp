@@ -1,5 +1,5 @@
 // A 5x7 bitmap font and a viridis ramp are all a labelled heatmap needs; data::write_png writes it.
-#include "features/heatmap.hpp"
+#include "studies/heatmap.hpp"
 
 #include <fmt/core.h>
 
