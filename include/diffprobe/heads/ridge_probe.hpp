@@ -1,7 +1,7 @@
 #pragma once
 // The heads' fast path: a linear classifier fitted in closed form (ridge regression of one-hot
 // targets on standardised features), with the ridge strength chosen on a held-out split. One
-// linear solve instead of 30 epochs of gradient steps: ~100x cheaper than the trained linear
+// linear solve instead of 30 epochs of gradient steps, so far cheaper than the trained linear
 // probe, and it ranks features (blocks, timesteps, poolings) like it (docs/sweep.md measures how
 // well), which is what a sweep needs. The result is an ordinary linear Head (standardisation
 // included): evaluate, predict or save it like a trained one.

@@ -30,7 +30,8 @@ class Conv2d {
   Tensor forward(const Tensor& x, const ExecContext& ctx = {}, const Tensor& residual = {}) const;
   /// The same sum, with the residual given up (pass it with std::move): when no other tensor
   /// shares its storage and it is in y's layout, y is computed into its buffer, which saves a
-  /// full copy of the residual (64 MB per call at 256x256x256). Otherwise as forward().
+  /// full copy of the residual (N x C x H x W x 4 bytes per call: y's size in f32). Otherwise as
+  /// forward().
   Tensor forward_add(const Tensor& x, Tensor residual, const ExecContext& ctx = {}) const;
 
   /// Output shape for an input shape (throws ShapeError when the channels disagree).
