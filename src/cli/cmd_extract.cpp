@@ -77,7 +77,7 @@ Runner add_extract(CLI::App& app) {
         preprocess = "adm", augment = "none", shard = "auto";
     std::uint64_t seed = 0, augment_seed = 0;
     int copies = 1;
-    bool no_noise = false, keep_parts = false, no_merge = false;
+    bool no_noise = false, keep_parts = false, no_merge = false, check_finite = false;
     int draws = 1, batch = 16, threads = 0, image_size = 0;
     std::optional<int> label;
     std::int64_t limit = 0, chunk = 0;
@@ -128,6 +128,8 @@ Runner add_extract(CLI::App& app) {
   app.add_option("--shard", o->shard,
                  "I/N: compute shard I of N into OUT.parts/ (job arrays); auto (default): the MPI "
                  "launcher's rank and size (mpirun, srun), else the whole output");
+  app.add_flag("--check-finite", o->check_finite,
+               "stop with an error naming the image, t and block when a feature is NaN or infinite");
   app.add_flag("--keep-parts", o->keep_parts, "keep OUT.parts/ after assembling OUT");
   app.add_flag("--no-merge", o->no_merge, "leave the finished parts for `diffprobe merge`");
   return [o]() {
@@ -164,6 +166,7 @@ Runner add_extract(CLI::App& app) {
                                           : parse_device(o->device);
     eo.threads = o->threads;
     eo.precision = parse_precision(o->precision.c_str());
+    eo.check_finite = o->check_finite;
     const FeatureExtractor fx(net, eo);
 
     if (o->augment == "none" && o->copies > 1)

@@ -1,6 +1,7 @@
 #include "diffprobe/features/feature_extractor.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <set>
 
@@ -86,6 +87,23 @@ FeatureSet FeatureExtractor::extract(const Tensor& x0, std::int64_t first_index,
                      "eps must be f32 of the images' shape " + x0.shape().str() + ", got " + eps.str());
 
   const Tensor x = x0.layout() == Layout::Contiguous ? x0 : x0.to_layout(Layout::Contiguous);
+  {
+    // A NaN or infinite pixel would give that sample NaN features, written silently: refuse it by index.
+    const float* p = x.data<const float>();
+    const std::int64_t per_image = x.numel() / x.dim(0);
+    for (std::int64_t k = 0; k < x.numel(); ++k)
+      if (!std::isfinite(p[k]))
+        throw NumericError(where, "image " + std::to_string(first_index + k / per_image) + " holds " +
+                                      (std::isnan(p[k]) ? "NaN" : "an infinity") + " (value " +
+                                      std::to_string(k % per_image) + " of " + in.str() + ")");
+    if (eps.defined()) {
+      const float* q = eps.data<const float>();
+      for (std::int64_t k = 0; k < eps.numel(); ++k)
+        if (!std::isfinite(q[k]))
+          throw NumericError(
+              where, "the noise of image " + std::to_string(first_index + k / per_image) + " is not finite");
+    }
+  }
   const Tensor e =
       !eps.defined() || eps.layout() == Layout::Contiguous ? eps : eps.to_layout(Layout::Contiguous);
   const std::int64_t N = x.dim(0), per = x.numel() / N;
@@ -149,6 +167,13 @@ FeatureSet FeatureExtractor::extract(const Tensor& x0, std::int64_t first_index,
           const std::int64_t fper = dst_t.numel() / N;
           float* dst = dst_t.data<float>() + start * fper;
           const float* src = r.data<float>();
+          if (o.check_finite)
+            for (std::int64_t k = 0; k < n * fper; ++k)
+              if (!std::isfinite(src[k]))
+                throw NumericError(where, "the features of image " +
+                                              std::to_string(first_index + start + k / fper) +
+                                              " at t=" + std::to_string(t) + ", block " + std::to_string(b) +
+                                              " are not finite (check_finite)");
           if (draws == 1) {
             std::memcpy(dst, src, static_cast<std::size_t>(n * fper) * sizeof(float));
           } else {

@@ -380,6 +380,13 @@ UNet UNet::from_weights(const UNetConfig& config, const io::NamedTensors& weight
   validate_state_dict(specs, weights);
   for (const auto& s : specs) {
     Tensor t = f32_contiguous(weights.at(s.name));
+    // A NaN or infinity in a weight would make every feature NaN, silently: refuse it by name.
+    const float* v = t.data<const float>();
+    for (std::int64_t i = 0; i < t.numel(); ++i)
+      if (!std::isfinite(v[i]))
+        throw NumericError("UNet::from_weights",
+                           "weight '" + s.name + "' holds " + (std::isnan(v[i]) ? "NaN" : "an infinity") +
+                               " at index " + std::to_string(i) + " of " + t.shape().str());
     impl->parameters += t.numel();
     impl->weights.set(s.name, t);
   }

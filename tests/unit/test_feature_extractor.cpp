@@ -2,6 +2,7 @@
 // size, threads, dataset offset), the schedule against the PyTorch reference, and bad input.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -11,6 +12,7 @@
 #include "diffprobe/diffusion/counter_noise.hpp"
 #include "diffprobe/diffusion/noise_schedule.hpp"
 #include "diffprobe/features/feature_extractor.hpp"
+#include "diffprobe/io/named_tensors.hpp"
 #include "diffprobe/io/npy.hpp"
 
 using namespace diffprobe;
@@ -181,10 +183,54 @@ TEST(FeatureExtractor, BadInputGetsTypedErrors) {
   const FeatureExtractor fx = make([](ExtractOptions&) {});
   EXPECT_THROW(fx.extract(Tensor::zeros({2, 3, 32, 32})), ShapeError);
   EXPECT_THROW(fx.extract(Tensor::zeros({2, 1, 32, 32}, DType::I32)), DTypeError);
-  Tensor nan = Tensor::zeros({1, 1, 32, 32});
-  nan.data<float>()[7] = NAN;
+  Tensor nan = Tensor::zeros({3, 1, 32, 32});
+  nan.data<float>()[2 * 32 * 32 + 7] = NAN;
+  try {
+    fx.extract(nan, 40);
+    ADD_FAILURE() << "a NaN pixel was accepted";
+  } catch (const NumericError& e) {
+    EXPECT_NE(std::string(e.what()).find("image 42 holds NaN"), std::string::npos) << e.what();
+  }
+  nan.data<float>()[2 * 32 * 32 + 7] = -INFINITY;
   EXPECT_THROW(fx.extract(nan), NumericError);
   EXPECT_THROW(PoolSpec::parse("avg:"), ArgumentError);
   EXPECT_THROW(PoolSpec::parse("median:2"), ArgumentError);
   EXPECT_EQ(PoolSpec::parse("max:4").str(), "max:4");
+}
+
+TEST(FeatureExtractor, NonFiniteWeightsAndFeaturesAreNamed) {
+  const UNetConfig config = UNetConfig::preset("fmnist_default");
+  io::NamedTensors w;
+  for (const auto& spec : unet_weight_specs(config)) {
+    // Weights of magnitude 1e12: finite, but the activations overflow float within a few layers.
+    std::vector<float> v(static_cast<std::size_t>(spec.shape.numel()), 1e12f);
+    w.set(spec.name, Tensor::from_vector(spec.shape, v));
+  }
+  const UNet huge = UNet::from_weights(config, w);
+  ExtractOptions o;
+  o.timesteps = {10};
+  o.blocks = {9};
+  const Tensor x = random_images(2, huge.input_shape(1), 3);
+  // Without the check the non-finite features are returned as they are ...
+  const auto f = FeatureExtractor(huge, o).extract(x).at(10, 9).to_vector();
+  EXPECT_FALSE(std::all_of(f.begin(), f.end(), [](float v) { return std::isfinite(v); }));
+  // ... with it, the first bad sample is named.
+  o.check_finite = true;
+  try {
+    FeatureExtractor(huge, o).extract(x, 7);
+    ADD_FAILURE() << "non-finite features passed check_finite";
+  } catch (const NumericError& e) {
+    EXPECT_NE(std::string(e.what()).find("image 7 at t=10, block 9"), std::string::npos) << e.what();
+  }
+
+  // A NaN weight is refused when the model is built, by name.
+  std::vector<float> bad(static_cast<std::size_t>(w.at("out.0.bias").numel()), 0.0f);
+  bad[1] = NAN;
+  w.set("out.0.bias", Tensor::from_vector(w.at("out.0.bias").shape(), bad));
+  try {
+    UNet::from_weights(config, w);
+    ADD_FAILURE() << "a NaN weight was accepted";
+  } catch (const NumericError& e) {
+    EXPECT_NE(std::string(e.what()).find("'out.0.bias' holds NaN at index 1"), std::string::npos) << e.what();
+  }
 }

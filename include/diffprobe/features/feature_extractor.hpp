@@ -34,6 +34,9 @@ struct ExtractOptions {
   Device device = Device::cpu();
   int threads = 0;  // <= 0: default_threads()
   Precision precision = Precision::FP32;
+  /// Check every feature for NaN / infinity after each pass (NumericError naming the sample, t and
+  /// block) instead of writing them. Inputs are always checked.
+  bool check_finite = false;
 };
 
 /// Features keyed by (t, block): each [N, C, H, W] (NCHW order), or pooled as the options say.
