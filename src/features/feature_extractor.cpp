@@ -115,7 +115,10 @@ FeatureSet FeatureExtractor::extract(const Tensor& x0, std::int64_t first_index,
   for (int t : o.timesteps)
     for (int b : o.blocks) out.set(t, b, Tensor::zeros(feature_shape(t, b, N)));
 
-  ExecContext ctx{o.device, o.threads, o.precision, o.device.is_cpu() ? &allocator_ : nullptr};
+  // The memory plan serves one pass at a time: a concurrent call uses the default allocator.
+  std::unique_lock<std::mutex> plan(plan_mu_, std::try_to_lock);
+  ExecContext ctx{o.device, o.threads, o.precision,
+                  o.device.is_cpu() && plan.owns_lock() ? &allocator_ : nullptr};
   std::vector<float> noise(static_cast<std::size_t>(per));
   for (std::int64_t start = 0; start < N; start += o.batch_size) {
     const std::int64_t n = std::min<std::int64_t>(o.batch_size, N - start);

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 #include <type_traits>
 
 #include "diffprobe/diffusion/counter_noise.hpp"
@@ -233,4 +234,40 @@ TEST(FeatureExtractor, NonFiniteWeightsAndFeaturesAreNamed) {
   } catch (const NumericError& e) {
     EXPECT_NE(std::string(e.what()).find("'out.0.bias' holds NaN at index 1"), std::string::npos) << e.what();
   }
+}
+
+TEST(FeatureExtractor, ThreadsSharingAModelOrAnExtractorGetTheSameBytes) {
+  // One UNet shared by two extractors, and one extractor shared by two threads: every call's
+  // features equal a single thread's.
+  const UNet& net = small_model();
+  ExtractOptions a, b;
+  a.timesteps = {10, 300};
+  a.blocks = {4, 9};
+  a.threads = 1;
+  b.timesteps = {50};
+  b.blocks = {12};
+  b.pool = PoolSpec::parse("avg:2");
+  b.batch_size = 3;
+  b.threads = 1;
+  const FeatureExtractor fa(net, a), fb(net, b);
+  const Tensor x = random_images(5, net.input_shape(1), 21);
+  const auto want_a = fa.extract(x, 3).at(300, 9).to_vector();
+  const auto want_b = fb.extract(x, 3).at(50, 12).to_vector();
+  std::vector<float> got[4];
+  auto run = [&](int id) {
+    for (int i = 0; i < 3; ++i) {
+      if (id == 0) got[0] = fa.extract(x, 3).at(300, 9).to_vector();
+      if (id == 1) got[1] = fb.extract(x, 3).at(50, 12).to_vector();
+      if (id >= 2) got[id] = fa.extract(x, 3).at(300, 9).to_vector();  // the same extractor as thread 0
+    }
+  };
+  std::thread t0(run, 0), t1(run, 1), t2(run, 2), t3(run, 3);
+  t0.join();
+  t1.join();
+  t2.join();
+  t3.join();
+  EXPECT_EQ(got[0], want_a);
+  EXPECT_EQ(got[1], want_b);
+  EXPECT_EQ(got[2], want_a);
+  EXPECT_EQ(got[3], want_a);
 }

@@ -4,6 +4,7 @@
 // and the passes for several t run as one batch.
 #include <functional>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -65,6 +66,9 @@ class FeatureExtractor {
   /// x0: f32 [N, C, S, S] images in [-1, 1] (or x_t with NoiseMode::None). first_index is the
   /// dataset index of x0[0] (the noise key), so features do not depend on how data is batched.
   /// eps: required exactly with NoiseMode::Given, same shape as x0 (one draw).
+  /// Thread-safe: several threads may extract with one extractor (and several extractors may share
+  /// one UNet); one call at a time replays the recorded memory plan, concurrent ones allocate from
+  /// the default allocator. The features are the same bytes either way.
   FeatureSet extract(const Tensor& x0, std::int64_t first_index = 0, const Tensor& eps = {},
                      const ProgressFn& progress = {}) const;
 
@@ -81,6 +85,7 @@ class FeatureExtractor {
   ExtractOptions options_;
   NoiseSchedule schedule_;
   mutable PlannedAllocator allocator_;  // activations of every pass placed by one memory plan
+  mutable std::mutex plan_mu_;          // held by the one call that uses allocator_
 };
 
 }  // namespace diffprobe
