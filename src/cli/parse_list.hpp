@@ -3,25 +3,13 @@
 #include <string>
 #include <vector>
 
+#include "core/text.hpp"
 #include "diffprobe/core/error.hpp"
 #include "diffprobe/model/unet.hpp"
 
 namespace diffprobe::cli {
 
-inline std::vector<std::string> split(const std::string& s, char sep = ',') {
-  std::vector<std::string> out;
-  std::string cur;
-  for (char c : s) {
-    if (c == sep) {
-      out.push_back(cur);
-      cur.clear();
-    } else {
-      cur += c;
-    }
-  }
-  out.push_back(cur);
-  return out;
-}
+inline std::vector<std::string> split(const std::string& s, char sep = ',') { return detail::split(s, sep); }
 
 inline std::vector<int> parse_int_list(const std::string& s, const char* flag, bool blocks = false) {
   std::vector<int> v;
@@ -30,9 +18,9 @@ inline std::vector<int> parse_int_list(const std::string& s, const char* flag, b
       v.push_back(parse_block(part));
       continue;
     }
-    if (part.empty() || part.size() > 9 || part.find_first_not_of("0123456789") != std::string::npos)
-      throw ArgumentError(flag, "'" + part + "' is not a non-negative integer (in '" + s + "')");
-    v.push_back(std::stoi(part));
+    const auto n = detail::parse_integer(part, 0, 999'999'999);
+    if (!n) throw ArgumentError(flag, "'" + part + "' is not a non-negative integer (in '" + s + "')");
+    v.push_back(static_cast<int>(*n));
   }
   return v;
 }

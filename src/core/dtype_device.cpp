@@ -1,5 +1,6 @@
 #include <string>
 
+#include "core/text.hpp"
 #include "diffprobe/core/context.hpp"
 #include "diffprobe/core/device.hpp"
 #include "diffprobe/core/dtype.hpp"
@@ -24,9 +25,8 @@ Device parse_device(std::string_view text) {
   if (text == "cpu") return Device::cpu();
   if (text == "cuda") return Device::cuda(0);
   if (text.starts_with("cuda:")) {
-    const std::string idx(text.substr(5));
-    if (!idx.empty() && idx.size() < 4 && idx.find_first_not_of("0123456789") == std::string::npos)
-      return Device::cuda(std::stoi(idx));
+    if (const auto idx = detail::parse_integer(text.substr(5), 0, 999))
+      return Device::cuda(static_cast<int>(*idx));
   }
   throw ArgumentError("parse_device",
                       "unknown device '" + std::string(text) + "' (expected cpu, cuda or cuda:N)");

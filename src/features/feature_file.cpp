@@ -6,10 +6,12 @@
 #include <charconv>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
+#include "core/text.hpp"
 #include "diffprobe/data/dataset.hpp"
 #include "diffprobe/io/npy.hpp"
 #include "diffprobe/io/safetensors.hpp"
@@ -34,34 +36,23 @@ const std::set<std::string> kReservedKeys = {
 
 std::string library_string() { return std::string("diffprobe ") + version(); }
 
-std::string join_ints(const std::vector<int>& v) {
-  std::string s;
-  for (std::size_t i = 0; i < v.size(); ++i) {
-    if (i) s += ',';
-    s += std::to_string(v[i]);
-  }
-  return s;
-}
-
 template <class T> bool parse_number(std::string_view s, T& out) {
   const auto r = std::from_chars(s.data(), s.data() + s.size(), out);
   return r.ec == std::errc() && r.ptr == s.data() + s.size() && !s.empty();
 }
 
+std::string join_ints(const std::vector<int>& v) { return detail::join(v); }
+
 std::vector<int> parse_ints(const std::string& s, const std::string& key, const std::string& where) {
   std::vector<int> out;
   if (s.empty()) return out;
-  std::size_t start = 0;
-  for (;;) {
-    const std::size_t comma = s.find(',', start);
-    const std::string_view part(s.data() + start, (comma == std::string::npos ? s.size() : comma) - start);
-    int v = 0;
-    if (!parse_number(part, v))
+  for (const auto& part : detail::split(s)) {
+    const auto v =
+        detail::parse_integer(part, std::numeric_limits<int>::min(), std::numeric_limits<int>::max());
+    if (!v)
       throw FormatError(
           where, "feature file metadata '" + key + "' is not a comma-separated integer list: '" + s + "'");
-    out.push_back(v);
-    if (comma == std::string::npos) break;
-    start = comma + 1;
+    out.push_back(static_cast<int>(*v));
   }
   return out;
 }

@@ -1,5 +1,6 @@
 #include "diffprobe/features/pooler.hpp"
 
+#include "core/text.hpp"
 #include "diffprobe/ops/elementwise.hpp"
 
 namespace diffprobe {
@@ -14,10 +15,10 @@ PoolSpec PoolSpec::parse(const std::string& text) {
     throw ArgumentError("PoolSpec::parse",
                         "'" + text + "' is not a pooling (expected avg:P, max:P, gap or none)");
   const std::string p = text.substr(colon + 1);
-  if (p.empty() || p.size() > 4 || p.find_first_not_of("0123456789") != std::string::npos || std::stoi(p) < 1)
-    throw ArgumentError("PoolSpec::parse", "pool size '" + p + "' must be a positive integer");
+  const auto size = detail::parse_integer(p, 1, 9999);
+  if (!size) throw ArgumentError("PoolSpec::parse", "pool size '" + p + "' must be a positive integer");
   s.kind = kind == "avg" ? PoolKind::Average : PoolKind::Max;
-  s.size = std::stoi(p);
+  s.size = static_cast<int>(*size);
   return s;
 }
 

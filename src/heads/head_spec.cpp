@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "core/text.hpp"
 #include "diffprobe/core/error.hpp"
 
 namespace diffprobe {
@@ -67,23 +68,15 @@ HeadKind parse_head_kind(std::string_view name) {
 }
 
 std::vector<int> parse_hidden_sizes(std::string_view text) {
-  std::vector<int> out;
   if (text.empty())
     throw ConfigError("parse_hidden_sizes", "empty hidden sizes (expected e.g. \"2048_1024\")");
-  std::size_t start = 0;
-  while (true) {
-    const std::size_t end = text.find('_', start);
-    const std::string_view part =
-        text.substr(start, end == std::string_view::npos ? std::string_view::npos : end - start);
-    int v = 0;
-    const auto [ptr, ec] = std::from_chars(part.data(), part.data() + part.size(), v);
-    if (part.empty() || ec != std::errc() || ptr != part.data() + part.size() || v < 1)
-      throw ConfigError("parse_hidden_sizes", "bad hidden size '" + std::string(part) + "' in \"" +
-                                                  std::string(text) +
+  std::vector<int> out;
+  for (const auto& part : detail::split(text, '_')) {
+    const auto v = detail::parse_integer(part, 1, std::numeric_limits<int>::max());
+    if (!v)
+      throw ConfigError("parse_hidden_sizes", "bad hidden size '" + part + "' in \"" + std::string(text) +
                                                   "\" (expected positive integers joined by '_')");
-    out.push_back(v);
-    if (end == std::string_view::npos) break;
-    start = end + 1;
+    out.push_back(static_cast<int>(*v));
   }
   return out;
 }

@@ -3,6 +3,7 @@
 #include <set>
 #include <sstream>
 
+#include "core/text.hpp"
 #include "diffprobe/model/unet_config.hpp"
 
 namespace diffprobe {
@@ -15,11 +16,9 @@ int count_entries(const io::NamedTensors& w, const std::string& list) {
     if (!name.starts_with(pre)) continue;
     const auto rest = name.substr(pre.size());
     const auto dot = rest.find('.');
-    try {
-      idx.insert(std::stoi(rest.substr(0, dot)));
-    } catch (const std::exception&) {
-      throw ConfigError("infer_config", "unexpected key '" + name + "'");
-    }
+    const auto i = detail::parse_integer(rest.substr(0, dot), 0, 1'000'000);
+    if (!i) throw ConfigError("infer_config", "unexpected key '" + name + "'");
+    idx.insert(static_cast<int>(*i));
   }
   if (idx.empty()) return 0;
   if (*idx.begin() != 0 || *idx.rbegin() != static_cast<int>(idx.size()) - 1)

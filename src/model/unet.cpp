@@ -8,6 +8,7 @@
 #include <set>
 #include <sstream>
 
+#include "core/text.hpp"
 #include "diffprobe/core/threads.hpp"
 #include "diffprobe/io/torch_checkpoint.hpp"
 #include "diffprobe/ops/attention.hpp"
@@ -505,8 +506,7 @@ Shape UNet::input_shape(std::int64_t batch) const {
 
 int parse_block(const std::string& text) {
   if (text == "out") return 0;
-  if (!text.empty() && text.size() < 5 && text.find_first_not_of("0123456789") == std::string::npos)
-    return std::stoi(text);
+  if (const auto b = detail::parse_integer(text, 0, 9999)) return static_cast<int>(*b);
   throw ArgumentError("parse_block", "'" + text + "' is not a block number (1, 2, ..., or 0/out)");
 }
 

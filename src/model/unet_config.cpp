@@ -10,6 +10,7 @@
 #include <set>
 #include <sstream>
 
+#include "core/text.hpp"
 #include "diffprobe/core/error.hpp"
 
 namespace diffprobe {
@@ -17,18 +18,14 @@ namespace {
 
 using nlohmann::json;
 
+// List entries with spaces removed ("1, 2,2" -> {"1", "2", "2"}), as the official flags allow.
 std::vector<std::string> split_commas(const std::string& s) {
   std::vector<std::string> out;
-  std::string cur;
-  for (char c : s) {
-    if (c == ',') {
-      out.push_back(cur);
-      cur.clear();
-    } else if (c != ' ') {
-      cur += c;
-    }
+  for (std::string part : detail::split(s)) {
+    part.erase(std::remove(part.begin(), part.end(), ' '), part.end());
+    out.push_back(std::move(part));
   }
-  if (!cur.empty() || !out.empty()) out.push_back(cur);
+  if (out.size() == 1 && out[0].empty()) out.clear();  // "" (or only spaces): no entries
   return out;
 }
 
