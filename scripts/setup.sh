@@ -21,6 +21,7 @@ packages=(
   linux-perf time                         # benchmarks: profile_forward.py (perf), large_probe.py (/usr/bin/time)
   dataset-fashion-mnist                   # the bundled model's data set
   clang-format
+  pybind11-dev python3-dev python3-pytest python3-setuptools python3-wheel python3-venv python3-pip  # the Python module (src/python), its tests and pip install
   clang libclang-rt-14-dev libomp-dev llvm lld  # fuzz preset: clang, libFuzzer + sanitizer runtimes, its OpenMP, tools CMake records
 )
 
