@@ -84,13 +84,15 @@ Tensor NoiseSchedule::q_sample(const Tensor& x0, const std::vector<int>& t, cons
   const float* a = x0.data<float>();
   const float* e = eps.data<float>();
   float* o = out.data<float>();
-  for (std::int64_t n = 0; n < N; ++n) {
-    const float ca = sqrt_alpha_bar(t[static_cast<std::size_t>(n)]);
-    const float cb = sqrt_one_minus_alpha_bar(t[static_cast<std::size_t>(n)]);
-    // Same association as torch: (ca * x0) + (cb * eps), each product rounded to fp32.
-    for (std::int64_t i = n * per; i < (n + 1) * per; ++i) o[i] = ca * a[i] + cb * e[i];
-  }
+  for (std::int64_t n = 0; n < N; ++n)
+    q_sample(t[static_cast<std::size_t>(n)], a + n * per, e + n * per, o + n * per, per);
   return out;
+}
+
+void NoiseSchedule::q_sample(int t, const float* x0, const float* eps, float* out, std::int64_t n) const {
+  const float ca = sqrt_alpha_bar(t), cb = sqrt_one_minus_alpha_bar(t);
+  // Same association as torch: (ca * x0) + (cb * eps), each product rounded to fp32.
+  for (std::int64_t i = 0; i < n; ++i) out[i] = ca * x0[i] + cb * eps[i];
 }
 
 }  // namespace diffprobe

@@ -129,7 +129,6 @@ FeatureSet FeatureExtractor::extract(const Tensor& x0, std::int64_t first_index,
       float* px = xt.data<float>();
       for (std::int64_t ti = 0; ti < nT; ++ti) {
         const int t = o.timesteps[static_cast<std::size_t>(ti)];
-        const float ca = schedule_.sqrt_alpha_bar(t), cb = schedule_.sqrt_one_minus_alpha_bar(t);
         for (std::int64_t i = 0; i < n; ++i) {
           const float* src = x.data<float>() + (start + i) * per;
           float* dst = px + (ti * n + i) * per;
@@ -147,7 +146,7 @@ FeatureSet FeatureExtractor::extract(const Tensor& x0, std::int64_t first_index,
                            noise.data(), per);
             ep = noise.data();
           }
-          for (std::int64_t k = 0; k < per; ++k) dst[k] = ca * src[k] + cb * ep[k];
+          schedule_.q_sample(t, src, ep, dst, per);
         }
       }
       Tensor labels;

@@ -4,12 +4,12 @@
 
 #include <algorithm>
 #include <cmath>
-#include <random>
 #include <set>
 #include <sstream>
 
 #include "core/text.hpp"
 #include "diffprobe/core/threads.hpp"
+#include "diffprobe/diffusion/counter_noise.hpp"
 #include "diffprobe/io/torch_checkpoint.hpp"
 #include "diffprobe/ops/attention.hpp"
 #include "diffprobe/ops/conv2d.hpp"
@@ -444,18 +444,22 @@ UNet UNet::from_weights(const UNetConfig& config, const io::NamedTensors& weight
 }
 
 UNet UNet::random(const UNetConfig& config, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
+  // The library's counter-based normal noise (one stream per tensor), not std::normal_distribution,
+  // whose values differ between standard libraries: a seed gives the same model everywhere.
   io::NamedTensors w;
+  std::uint64_t index = 0;
   for (const auto& s : unet_weight_specs(config)) {
     Tensor t = Tensor::empty(s.shape);
+    std::vector<float> normal(static_cast<std::size_t>(t.numel()));
+    gaussian_noise({seed, index++, 0x5EED, 0}, normal.data(), t.numel());
     float* p = t.data<float>();
     const bool is_norm = s.shape.rank() == 1 && s.name.find(".weight") != std::string::npos;
     const bool is_bias = s.name.ends_with(".bias");
     double fan_in = 1;
     for (int i = 1; i < s.shape.rank(); ++i) fan_in *= static_cast<double>(s.shape[i]);
     const float scale = is_bias ? 0.05f : is_norm ? 0.1f : static_cast<float>(1.0 / std::sqrt(fan_in));
-    for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = (is_norm ? 1.0f : 0.0f) + scale * nd(rng);
+    for (std::int64_t i = 0; i < t.numel(); ++i)
+      p[i] = (is_norm ? 1.0f : 0.0f) + scale * normal[static_cast<std::size_t>(i)];
     w.set(s.name, t);
   }
   return from_weights(config, w);

@@ -29,6 +29,8 @@ class NoiseSchedule {
   /// x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, per sample (t: one step per sample).
   /// x0, eps: f32 [N, ...] of equal shape and layout.
   Tensor q_sample(const Tensor& x0, const std::vector<int>& t, const Tensor& eps) const;
+  /// The same for one sample of n values at step t (what the extractor calls per sample).
+  void q_sample(int t, const float* x0, const float* eps, float* out, std::int64_t n) const;
 
  private:
   void check_t(int t, const char* where) const;
