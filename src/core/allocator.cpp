@@ -1,8 +1,11 @@
 #include "diffprobe/core/allocator.hpp"
 
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <new>
 #include <string>
+#include <unordered_map>
 
 #include "core/page_mapping.hpp"
 #include "device_hooks.hpp"
@@ -74,72 +77,80 @@ DeviceHooks& cuda_hooks() noexcept {
 }
 }  // namespace detail
 
+struct CachingAllocator::Impl {
+  std::mutex mu;
+  std::multimap<std::size_t, void*> free;       // block size -> cached block
+  std::unordered_map<void*, std::size_t> live;  // handed-out block -> its size
+  std::size_t in_use = 0, peak = 0, reserved = 0, sys_allocs = 0;
+};
+
+CachingAllocator::CachingAllocator() : impl_(std::make_unique<Impl>()) {}
 CachingAllocator::~CachingAllocator() { release_cached(); }
 
 void* CachingAllocator::allocate(std::size_t bytes) {
   const std::size_t size = bucket_size(bytes);
   {
-    std::lock_guard lock(mu_);
-    auto it = free_.lower_bound(size);
+    std::lock_guard lock(impl_->mu);
+    auto it = impl_->free.lower_bound(size);
     // Reuse a cached block if it is not more than 25% larger than needed.
-    if (it != free_.end() && it->first <= size + size / 4) {
+    if (it != impl_->free.end() && it->first <= size + size / 4) {
       void* p = it->second;
-      in_use_ += it->first;
-      live_.emplace(p, it->first);
-      free_.erase(it);
-      peak_ = std::max(peak_, in_use_);
+      impl_->in_use += it->first;
+      impl_->live.emplace(p, it->first);
+      impl_->free.erase(it);
+      impl_->peak = std::max(impl_->peak, impl_->in_use);
       return p;
     }
   }
   void* p = aligned_heap_alloc(size);
-  std::lock_guard lock(mu_);
-  live_.emplace(p, size);
-  in_use_ += size;
-  reserved_ += size;
-  ++sys_allocs_;
-  peak_ = std::max(peak_, in_use_);
+  std::lock_guard lock(impl_->mu);
+  impl_->live.emplace(p, size);
+  impl_->in_use += size;
+  impl_->reserved += size;
+  ++impl_->sys_allocs;
+  impl_->peak = std::max(impl_->peak, impl_->in_use);
   return p;
 }
 
 void CachingAllocator::deallocate(void* p, std::size_t /*bytes*/) noexcept {
   if (!p) return;
-  std::lock_guard lock(mu_);
+  std::lock_guard lock(impl_->mu);
   // A reused block may be larger than the request: book it at its real size.
-  auto it = live_.find(p);
-  if (it == live_.end()) return;  // not ours; ignore rather than corrupt the cache
-  in_use_ -= it->second;
-  free_.emplace(it->second, p);
-  live_.erase(it);
+  auto it = impl_->live.find(p);
+  if (it == impl_->live.end()) return;  // not ours; ignore rather than corrupt the cache
+  impl_->in_use -= it->second;
+  impl_->free.emplace(it->second, p);
+  impl_->live.erase(it);
 }
 
 void CachingAllocator::release_cached() noexcept {
-  std::lock_guard lock(mu_);
-  for (auto& [size, p] : free_) {
+  std::lock_guard lock(impl_->mu);
+  for (auto& [size, p] : impl_->free) {
     std::free(p);
-    reserved_ -= size;
+    impl_->reserved -= size;
   }
-  free_.clear();
+  impl_->free.clear();
 }
 
 std::size_t CachingAllocator::bytes_in_use() const noexcept {
-  std::lock_guard lock(mu_);
-  return in_use_;
+  std::lock_guard lock(impl_->mu);
+  return impl_->in_use;
 }
 std::size_t CachingAllocator::peak_bytes_in_use() const noexcept {
-  std::lock_guard lock(mu_);
-  return peak_;
+  std::lock_guard lock(impl_->mu);
+  return impl_->peak;
 }
 std::size_t CachingAllocator::bytes_reserved() const noexcept {
-  std::lock_guard lock(mu_);
-  return reserved_;
+  std::lock_guard lock(impl_->mu);
+  return impl_->reserved;
 }
 std::size_t CachingAllocator::system_allocations() const noexcept {
-  std::lock_guard lock(mu_);
-  return sys_allocs_;
+  std::lock_guard lock(impl_->mu);
+  return impl_->sys_allocs;
 }
 void CachingAllocator::reset_peak() noexcept {
-  std::lock_guard lock(mu_);
-  peak_ = in_use_;
+  std::lock_guard lock(impl_->mu);
+  impl_->peak = impl_->in_use;
 }
 
 }  // namespace diffprobe

@@ -4,10 +4,7 @@
 // at a given shape no op calls malloc, and a released skip tensor's memory is reused at once.
 #include <cstddef>
 #include <exception>
-#include <map>
 #include <memory>
-#include <mutex>
-#include <unordered_map>
 
 #include "diffprobe/core/device.hpp"
 
@@ -55,7 +52,7 @@ Allocator& cpu_allocator() noexcept;
 /// peak working set of a forward pass.
 class CachingAllocator final : public Allocator {
  public:
-  CachingAllocator() = default;
+  CachingAllocator();
   ~CachingAllocator() override;
   CachingAllocator(const CachingAllocator&) = delete;
   CachingAllocator& operator=(const CachingAllocator&) = delete;
@@ -73,10 +70,8 @@ class CachingAllocator final : public Allocator {
   void reset_peak() noexcept;
 
  private:
-  mutable std::mutex mu_;
-  std::multimap<std::size_t, void*> free_;       // block size -> cached block
-  std::unordered_map<void*, std::size_t> live_;  // handed-out block -> its size
-  std::size_t in_use_ = 0, peak_ = 0, reserved_ = 0, sys_allocs_ = 0;
+  struct Impl;  // the cache and its lock (allocator.cpp), as PlannedAllocator keeps its plan
+  std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace diffprobe

@@ -1,5 +1,6 @@
 #pragma once
 // Where a tensor lives. The op layer dispatches on this; callers never branch on it.
+#include <cstdint>
 #include <string>
 #include <string_view>
 
