@@ -143,8 +143,8 @@ def test_head_fit_evaluate_predict_save_load(model, fmnist, tmp_path):
     y = fmnist["labels"][:192]
     head = dp.Head.linear(x.shape, 10)
     epochs = []
-    hist = head.fit(x[:128], y[:128], dp.TrainConfig(epochs=6, optimizer="adamw", lr=1e-3, schedule="cosine",
-                                                      standardize=True), on_epoch=epochs.append)
+    hist = head.fit(x[:128], y[:128], dp.TrainConfig(epochs=6, optimizer="adamw", lr=1e-2, schedule="cosine",
+                                                      standardize=True, batch_size=16), on_epoch=epochs.append)
     assert len(hist.epochs) == 6 and len(epochs) == 6
     rep = head.evaluate(x[128:], y[128:])
     assert rep.count == 64 and rep.top1 > 0.4 and rep.confusion.shape == (10, 10)
@@ -161,8 +161,9 @@ def test_head_fit_evaluate_predict_save_load(model, fmnist, tmp_path):
     p = tmp_path / "f.safetensors"
     dp.save_features(p, {(10, 9): x[:128]}, labels=y[:128])
     h2 = dp.Head.linear(x.shape, 10)
-    h2.fit(dp.FeatureRows.open(p, "t10.b9"), y[:128], dp.TrainConfig(epochs=6, optimizer="adamw", lr=1e-3,
-                                                                        schedule="cosine", standardize=True))
+    h2.fit(dp.FeatureRows.open(p, "t10.b9"), y[:128], dp.TrainConfig(epochs=6, optimizer="adamw", lr=1e-2,
+                                                                        schedule="cosine", standardize=True,
+                                                                        batch_size=16))
     assert np.array_equal(h2.logits(x[128:]), logits)
     with pytest.raises(dp.ConfigError):
         head.fit(x, y, not_an_option=1)
