@@ -48,7 +48,7 @@ Runner add_sweep(CLI::App& app) {
     std::int64_t limit_train = 0, limit_test = 0;
     std::uint64_t seed = 0;
     std::optional<std::uint64_t> test_seed;
-    int batch = 64, threads = 0, image_size = 0, refine = 0;
+    int batch = 64, threads = 0, image_size = 0, refine = 5;
   };
   auto o = std::make_shared<Opts>();
   app.add_option("--weights", o->weights, "U-Net weights (safetensors, torch zip or legacy)")->required();
@@ -72,8 +72,9 @@ Runner add_sweep(CLI::App& app) {
                  "ridge (default: closed-form ridge on standardised features, alpha chosen on a 10 % "
                  "hold-out) or trained (AdamW, 30 epochs: the study's linear probe)")
       ->check(CLI::IsMember({"ridge", "trained"}));
-  app.add_option("--refine", o->refine,
-                 "score the best K cells again with the trained probe; it picks the best")
+  app.add_option(
+         "--refine", o->refine,
+         "score the best K cells again with the trained probe, which picks the best (default 5; 0: off)")
       ->check(at_least(0));
   app.add_option("--noise-seed", o->seed, "seed of the training split's noise")->check(at_least(0));
   app.add_option("--test-noise-seed", o->test_seed,

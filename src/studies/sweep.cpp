@@ -447,7 +447,8 @@ SweepResult run_sweep(const UNet& model, data::Dataset& train, data::Dataset& te
   }
   for (const PoolSpec& pool : options.pools) {
     detail::Heatmap map;
-    map.title = fmt::format("top-1 % ({} probe, pool {})", sweep_probe_name(options.probe), pool.str());
+    map.title = fmt::format("top-1 % ({} probe, pool {}){}", sweep_probe_name(options.probe), pool.str(),
+                            options.refine > 0 ? "; framed: best by the trained probe" : "");
     map.row_axis = "t";
     map.column_axis = "block";
     for (int t : options.timesteps) map.row_labels.push_back(std::to_string(t));

@@ -49,6 +49,7 @@ SweepOptions small_options() {
   o.batch_size = 16;
   o.threads = 2;
   o.noise_seed = 4;
+  o.refine = 0;  // the refinement has its own test
   return o;
 }
 

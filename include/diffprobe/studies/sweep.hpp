@@ -58,8 +58,10 @@ struct SweepOptions {
   /// standardised features, seed 0 (the recipe of docs/results.md's study).
   TrainConfig trained = default_trained();
   /// > 0: the best `refine` cells by the probe are scored again with the trained probe, and the
-  /// best cell is chosen by those scores (the ridge probe ranks; the trained probe decides).
-  int refine = 0;
+  /// best cell is chosen by those scores (the ridge probe ranks; the trained probe decides). The
+  /// ridge probe ranks the grid like the trained one (Spearman 0.98 on the bundled model) but
+  /// its top cells lie within noise of each other; 5 refined cells cost ~3 % of the probes there.
+  int refine = 5;
   std::filesystem::path weights;  // hashed into the feature files' metadata when given
   std::function<void(const SweepProgress&)> on_progress;
   const std::atomic<bool>* cancel = nullptr;  // true: stop after the current batch or cell (CancelledError)
