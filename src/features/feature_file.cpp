@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -35,6 +36,16 @@ const std::set<std::string> kReservedKeys = {
     "noise_seed", "noise_draws",    "preprocessing",  "library", "preprocess", "copies"};
 
 std::string library_string() { return std::string("diffprobe ") + version(); }
+
+// An integer of a progress record: JSON integers only, within int64 (nlohmann's get<int64_t>()
+// static_casts a float, so 1e300 in a corrupt record was undefined behaviour).
+std::int64_t record_int(const nlohmann::json& v, const std::string& where) {
+  if (v.is_number_unsigned() && v.get<std::uint64_t>() > static_cast<std::uint64_t>(INT64_MAX))
+    throw FormatError(where, "malformed progress record: " + v.dump() + " is out of range");
+  if (!v.is_number_integer())
+    throw FormatError(where, "malformed progress record: " + v.dump() + " is not an integer");
+  return v.is_number_unsigned() ? static_cast<std::int64_t>(v.get<std::uint64_t>()) : v.get<std::int64_t>();
+}
 
 template <class T> bool parse_number(std::string_view s, T& out) {
   const auto r = std::from_chars(s.data(), s.data() + s.size(), out);
@@ -443,7 +454,7 @@ FeatureWriter::FeatureWriter(const fs::path& path, FeatureMetadata metadata, Fea
                                      " " + was + ", this run has " + now +
                                      " (delete the folder to start over)");
       };
-      const auto total = j.at("total").get<std::int64_t>(), chunk = j.at("chunk_size").get<std::int64_t>();
+      const auto total = record_int(j.at("total"), pwhere), chunk = record_int(j.at("chunk_size"), pwhere);
       if (total != options_.total) differs("total", std::to_string(total), std::to_string(options_.total));
       if (chunk != options_.chunk_size)
         differs("chunk_size", std::to_string(chunk), std::to_string(options_.chunk_size));
@@ -466,11 +477,11 @@ FeatureWriter::FeatureWriter(const fs::path& path, FeatureMetadata metadata, Fea
         TensorInfo info;
         info.name = t.at("name").get<std::string>();
         info.dtype = parse_dtype(t.at("dtype").get<std::string>());
-        info.sample_shape = t.at("sample_shape").get<std::vector<std::int64_t>>();
+        for (const auto& d : t.at("sample_shape")) info.sample_shape.push_back(record_int(d, pwhere));
         tensors_.push_back(std::move(info));
       }
       for (const auto& c : j.at("done")) {
-        const auto k = c.get<std::int64_t>();
+        const auto k = record_int(c, pwhere);
         if (k < 0 || k >= num_chunks_)
           throw FormatError(pwhere, "chunk " + std::to_string(k) + " out of range");
         // A chunk counts only if all its files survived.

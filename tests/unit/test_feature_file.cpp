@@ -428,6 +428,12 @@ TEST(FeatureWriter, RefusesToMixRunsAndBadChunks) {
   std::ofstream(d / "o.safetensors.partial" / "progress.json")
       << "{\"format\": \"diffprobe.features.partial\"}";
   EXPECT_THROW(FeatureWriter(d / "o.safetensors", meta, opt), FormatError);
+  // Numbers that are not int64 integers (a float was cast with undefined behaviour).
+  for (const char* total : {"1e300", "6.5", "18446744073709551615", "\"6\""}) {
+    std::ofstream(d / "o.safetensors.partial" / "progress.json")
+        << "{\"format\": \"diffprobe.features.partial\", \"total\": " << total << ", \"chunk_size\": 3}";
+    EXPECT_THROW(FeatureWriter(d / "o.safetensors", meta, opt), FormatError) << total;
+  }
   // Bad options.
   EXPECT_THROW(FeatureWriter(d / "p.safetensors", meta, {.total = 0}), ArgumentError);
   EXPECT_THROW(FeatureWriter(d / "p.safetensors", meta, {.total = 5, .chunk_size = 0}), ArgumentError);
