@@ -371,7 +371,9 @@ SweepResult run_sweep(const UNet& model, data::Dataset& train, data::Dataset& te
       return result.cells[a].top1 > result.cells[b].top1;
     });
     order.resize(std::min<std::size_t>(order.size(), static_cast<std::size_t>(options.refine)));
-    std::int64_t done = 0;
+    std::int64_t done = 0, already = 0;
+    for (std::size_t i : order) already += result.cells[i].refined_top1.has_value();
+    report("refine", "", 0, static_cast<std::int64_t>(order.size()), already);
     for (std::size_t i : order) {
       SweepCell& cell = result.cells[i];
       if (!cell.refined_top1) {
@@ -395,7 +397,7 @@ SweepResult run_sweep(const UNet& model, data::Dataset& train, data::Dataset& te
                               cell_json(cell, probe_desc, refine_desc).dump(1) + "\n");
       }
       report("refine", fmt::format("t{}.b{} {}", cell.t, cell.block, cell.pool), ++done,
-             static_cast<std::int64_t>(order.size()), 0);
+             static_cast<std::int64_t>(order.size()), already);
     }
   }
   result.probe_seconds = now_seconds() - t_probe;
