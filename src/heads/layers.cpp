@@ -104,14 +104,14 @@ template <class T> void Param<T>::reset(Rng& rng) {
 
 // ---- Linear --------------------------------------------------------------------------------
 
-template <class T> Linear<T>::Linear(std::int64_t in, std::int64_t out, bool with_bias)
+template <class T> DenseLayer<T>::DenseLayer(std::int64_t in, std::int64_t out, bool with_bias)
     : weight({out, in}, Init::Uniform, 1.0 / std::sqrt(static_cast<double>(in))),
       bias(with_bias ? Param<T>({out}, Init::Uniform, 1.0 / std::sqrt(static_cast<double>(in))) : Param<T>()),
       in_(in),
       out_(out),
       has_bias_(with_bias) {}
 
-template <class T> Buf<T> Linear<T>::forward(Buf<T> x, bool training) {
+template <class T> Buf<T> DenseLayer<T>::forward(Buf<T> x, bool training) {
   if (x.rank() < 1 || x.dim(-1) != in_)
     throw ShapeError("Linear",
                      "expects a last dimension of " + std::to_string(in_) + ", got " + shape_str(x.shape));
@@ -126,7 +126,7 @@ template <class T> Buf<T> Linear<T>::forward(Buf<T> x, bool training) {
   return y;
 }
 
-template <class T> Buf<T> Linear<T>::backward(Buf<T> g) {
+template <class T> Buf<T> DenseLayer<T>::backward(Buf<T> g) {
   if (x_.shape.empty()) no_cache("Linear::backward");
   auto out_shape = x_.shape;
   out_shape.back() = out_;
@@ -141,7 +141,7 @@ template <class T> Buf<T> Linear<T>::backward(Buf<T> g) {
   return dx;
 }
 
-template <class T> void Linear<T>::parameters(const std::string& prefix, std::vector<ParamRef<T>>& out) {
+template <class T> void DenseLayer<T>::parameters(const std::string& prefix, std::vector<ParamRef<T>>& out) {
   out.push_back({join_name(prefix, "weight"), &weight});
   if (has_bias_) out.push_back({join_name(prefix, "bias"), &bias});
 }
@@ -343,7 +343,7 @@ template <class T> void im2col(const T* x, std::int64_t n0, std::int64_t g_count
 
 }  // namespace
 
-template <class T> Conv2d<T>::Conv2d(std::int64_t in, std::int64_t out, int kernel)
+template <class T> ConvLayer<T>::ConvLayer(std::int64_t in, std::int64_t out, int kernel)
     : weight({out, in, kernel, kernel}, Init::Uniform,
              1.0 / std::sqrt(static_cast<double>(in * kernel * kernel))),
       bias({out}, Init::Uniform, 1.0 / std::sqrt(static_cast<double>(in * kernel * kernel))),
@@ -354,7 +354,7 @@ template <class T> Conv2d<T>::Conv2d(std::int64_t in, std::int64_t out, int kern
     throw ConfigError("Conv2d", "kernel must be 1 or 3, got " + std::to_string(kernel));
 }
 
-template <class T> Buf<T> Conv2d<T>::forward(Buf<T> x, bool training) {
+template <class T> Buf<T> ConvLayer<T>::forward(Buf<T> x, bool training) {
   expect_rank("Conv2d", x.shape, 4, "[N, C, H, W]");
   if (x.dim(1) != in_)
     throw ShapeError("Conv2d",
@@ -383,7 +383,7 @@ template <class T> Buf<T> Conv2d<T>::forward(Buf<T> x, bool training) {
   return y;
 }
 
-template <class T> Buf<T> Conv2d<T>::backward(Buf<T> gout) {
+template <class T> Buf<T> ConvLayer<T>::backward(Buf<T> gout) {
   if (x_.shape.empty()) no_cache("Conv2d::backward");
   const std::int64_t n = x_.dim(0), h = x_.dim(2), w = x_.dim(3), hw = h * w, krows = in_ * k_ * k_;
   expect_grad_shape("Conv2d::backward", gout.shape, {n, out_, h, w});
@@ -431,7 +431,7 @@ template <class T> Buf<T> Conv2d<T>::backward(Buf<T> gout) {
   return dx;
 }
 
-template <class T> void Conv2d<T>::parameters(const std::string& prefix, std::vector<ParamRef<T>>& out) {
+template <class T> void ConvLayer<T>::parameters(const std::string& prefix, std::vector<ParamRef<T>>& out) {
   out.push_back({join_name(prefix, "weight"), &weight});
   out.push_back({join_name(prefix, "bias"), &bias});
 }
@@ -746,11 +746,11 @@ template <class T> void Sequential<T>::parameters(const std::string& prefix, std
 
 #define DIFFPROBE_HEADS_INSTANTIATE(T)      \
   template struct Param<T>;                 \
-  template class Linear<T>;                 \
+  template class DenseLayer<T>;             \
   template class ReLU<T>;                   \
   template class GELU<T>;                   \
   template class LayerNorm<T>;              \
-  template class Conv2d<T>;                 \
+  template class ConvLayer<T>;              \
   template class AdaptiveAvgPool2d<T>;      \
   template class GlobalAvgPool<T>;          \
   template class Flatten<T>;                \

@@ -52,9 +52,9 @@ template <class T> class Layer {
 };
 
 /// y = x W^T + b over the last dimension. W [out, in], b [out].
-template <class T> class Linear final : public Layer<T> {
+template <class T> class DenseLayer final : public Layer<T> {
  public:
-  Linear(std::int64_t in, std::int64_t out, bool bias = true);
+  DenseLayer(std::int64_t in, std::int64_t out, bool bias = true);
   Buf<T> forward(Buf<T> x, bool training) override;
   Buf<T> backward(Buf<T> grad_out) override;
   void parameters(const std::string& prefix, std::vector<ParamRef<T>>& out) override;
@@ -105,9 +105,9 @@ template <class T> class LayerNorm final : public Layer<T> {
 
 /// Stride-1 convolution with "same" zero padding (kernel 1 or 3), NCHW, by im2col + GEMM.
 /// W [out, in, k, k], b [out].
-template <class T> class Conv2d final : public Layer<T> {
+template <class T> class ConvLayer final : public Layer<T> {
  public:
-  Conv2d(std::int64_t in, std::int64_t out, int kernel);
+  ConvLayer(std::int64_t in, std::int64_t out, int kernel);
   Buf<T> forward(Buf<T> x, bool training) override;
   Buf<T> backward(Buf<T> grad_out) override;
   void parameters(const std::string& prefix, std::vector<ParamRef<T>>& out) override;
@@ -195,7 +195,7 @@ template <class T> class MultiHeadSelfAttention final : public Layer<T> {
   Buf<T> forward(Buf<T> x, bool training) override;
   Buf<T> backward(Buf<T> grad_out) override;
   void parameters(const std::string& prefix, std::vector<ParamRef<T>>& out) override;
-  Linear<T> qkv, proj;
+  DenseLayer<T> qkv, proj;
 
  private:
   std::int64_t dim_;
@@ -213,9 +213,9 @@ template <class T> class TransformerBlock final : public Layer<T> {
   LayerNorm<T> norm1;
   MultiHeadSelfAttention<T> attn;
   LayerNorm<T> norm2;
-  Linear<T> fc1;
+  DenseLayer<T> fc1;
   GELU<T> act;
-  Linear<T> fc2;
+  DenseLayer<T> fc2;
 };
 
 /// Named layers applied in order.

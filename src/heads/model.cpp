@@ -48,7 +48,7 @@ template <class T> void add_tokenizer(Sequential<T>& s, const Shape& in, const A
   const std::int64_t ph = pooled_side(h, cfg.max_pool), pw = pooled_side(w, cfg.max_pool);
   if (ph != h || pw != w) s.add("pool", std::make_unique<AdaptiveAvgPool2d<T>>(ph, pw));
   s.add("norm", std::make_unique<LayerNorm<T>>(std::vector<std::int64_t>{c, ph, pw}, cfg.norm_eps));
-  s.add("proj", std::make_unique<Conv2d<T>>(c, cfg.dim, 1));
+  s.add("proj", std::make_unique<ConvLayer<T>>(c, cfg.dim, 1));
   s.add("tokens", std::make_unique<ToTokens<T>>());
 }
 
@@ -168,7 +168,7 @@ template <class T> class FusionModel final : public Model<T> {
   ClsToken<T> cls_;
   Sequential<T> blocks_;
   TakeToken<T> take_;
-  Linear<T> head_;
+  DenseLayer<T> head_;
   std::vector<std::int64_t> token_counts_;
   std::int64_t batch_ = 0;
   std::vector<std::vector<std::int64_t>> in_shapes_;
@@ -182,18 +182,18 @@ template <class T> std::unique_ptr<Model<T>> build_model(const HeadSpec& spec) {
   switch (spec.kind) {
     case HeadKind::Linear: {
       s.add("flatten", std::make_unique<Flatten<T>>());
-      s.add("fc", std::make_unique<Linear<T>>(spec.inputs[0].numel(), k));
+      s.add("fc", std::make_unique<DenseLayer<T>>(spec.inputs[0].numel(), k));
       break;
     }
     case HeadKind::MLP: {
       s.add("flatten", std::make_unique<Flatten<T>>());
       std::int64_t prev = spec.inputs[0].numel();
       for (std::size_t i = 0; i < spec.hidden.size(); ++i) {
-        s.add("fc" + std::to_string(i), std::make_unique<Linear<T>>(prev, spec.hidden[i]));
+        s.add("fc" + std::to_string(i), std::make_unique<DenseLayer<T>>(prev, spec.hidden[i]));
         s.add("relu" + std::to_string(i), std::make_unique<ReLU<T>>());
         prev = spec.hidden[i];
       }
-      s.add("fc" + std::to_string(spec.hidden.size()), std::make_unique<Linear<T>>(prev, k));
+      s.add("fc" + std::to_string(spec.hidden.size()), std::make_unique<DenseLayer<T>>(prev, k));
       break;
     }
     case HeadKind::CNN: {
@@ -205,12 +205,12 @@ template <class T> std::unique_ptr<Model<T>> build_model(const HeadSpec& spec) {
         s.add("norm", std::make_unique<LayerNorm<T>>(std::vector<std::int64_t>{in[0], ph, pw}, cfg.norm_eps));
       std::int64_t prev = in[0];
       for (std::size_t i = 0; i < cfg.channels.size(); ++i) {
-        s.add("conv" + std::to_string(i), std::make_unique<Conv2d<T>>(prev, cfg.channels[i], 3));
+        s.add("conv" + std::to_string(i), std::make_unique<ConvLayer<T>>(prev, cfg.channels[i], 3));
         s.add("relu" + std::to_string(i), std::make_unique<ReLU<T>>());
         prev = cfg.channels[i];
       }
       s.add("gap", std::make_unique<GlobalAvgPool<T>>());
-      s.add("head", std::make_unique<Linear<T>>(prev, k));
+      s.add("head", std::make_unique<DenseLayer<T>>(prev, k));
       break;
     }
     case HeadKind::Attention: {
@@ -218,7 +218,7 @@ template <class T> std::unique_ptr<Model<T>> build_model(const HeadSpec& spec) {
       s.add("cls_token", std::make_unique<ClsToken<T>>(spec.attention.dim));
       add_blocks(s, spec.attention);
       s.add("take_cls", std::make_unique<TakeToken<T>>(0));
-      s.add("head", std::make_unique<Linear<T>>(spec.attention.dim, k));
+      s.add("head", std::make_unique<DenseLayer<T>>(spec.attention.dim, k));
       break;
     }
     case HeadKind::Fusion: return std::make_unique<FusionModel<T>>(spec);

@@ -184,7 +184,7 @@ constexpr double kFloatTol = 2e-5;
 // ---- Linear ------------------------------------------------------------------------------------
 
 TEST(HeadsLayers, LinearForwardMatchesReference) {
-  Linear<double> l(5, 3);
+  DenseLayer<double> l(5, 3);
   randomise(l, 1);
   const auto x = random_buf<double>({2, 4, 5}, 2);
   const auto y = l.forward(x, false);
@@ -193,17 +193,18 @@ TEST(HeadsLayers, LinearForwardMatchesReference) {
 }
 
 TEST(HeadsLayers, LinearGradients) {
-  Linear<double> l(5, 3);
+  DenseLayer<double> l(5, 3);
   EXPECT_LT(grad_check(l, random_buf<double>({2, 4, 5}, 3)), kGradTol);
-  Linear<double> nb(4, 6, false);
+  DenseLayer<double> nb(4, 6, false);
   EXPECT_LT(grad_check(nb, random_buf<double>({3, 4}, 4)), kGradTol);
   EXPECT_EQ(params_of(nb).size(), 1u);
-  EXPECT_LT(float_vs_double([](auto t) { return Linear<decltype(t)>(5, 3); }, random_buf<double>({6, 5}, 5)),
-            kFloatTol);
+  EXPECT_LT(
+      float_vs_double([](auto t) { return DenseLayer<decltype(t)>(5, 3); }, random_buf<double>({6, 5}, 5)),
+      kFloatTol);
 }
 
 TEST(HeadsLayers, LinearDefaultInitIsTorchUniform) {
-  Linear<double> l(16, 300);
+  DenseLayer<double> l(16, 300);
   Rng rng(0);
   l.weight.reset(rng);
   l.bias.reset(rng);
@@ -216,7 +217,7 @@ TEST(HeadsLayers, LinearDefaultInitIsTorchUniform) {
 }
 
 TEST(HeadsLayers, LinearRejectsWrongWidthAndBackwardWithoutForward) {
-  Linear<double> l(5, 3);
+  DenseLayer<double> l(5, 3);
   EXPECT_THROW(l.forward(random_buf<double>({2, 4}, 1), false), ShapeError);
   EXPECT_THROW(l.backward(random_buf<double>({2, 3}, 1)), ArgumentError);
   l.forward(random_buf<double>({2, 5}, 1), true);
@@ -298,7 +299,7 @@ TEST(HeadsLayers, LayerNormRejectsWrongTrailingShape) {
 // ---- Conv2d ----------------------------------------------------------------------------------
 
 namespace {
-std::vector<double> ref_conv(const Buf<double>& x, const Conv2d<double>& c, int k) {
+std::vector<double> ref_conv(const Buf<double>& x, const ConvLayer<double>& c, int k) {
   const auto n = x.dim(0), ci = x.dim(1), h = x.dim(2), w = x.dim(3), co = c.weight.shape[0];
   const int pad = k / 2;
   std::vector<double> y(static_cast<std::size_t>(n * co * h * w));
@@ -323,7 +324,7 @@ std::vector<double> ref_conv(const Buf<double>& x, const Conv2d<double>& c, int 
 
 TEST(HeadsLayers, Conv3x3And1x1MatchDirectConvolution) {
   for (int k : {1, 3}) {
-    Conv2d<double> c(3, 4, k);
+    ConvLayer<double> c(3, 4, k);
     randomise(c, 10 + static_cast<std::uint64_t>(k));
     const auto x = random_buf<double>({2, 3, 4, 5}, 12);
     expect_near_all(c.forward(x, false).v, ref_conv(x, c, k), 1e-12);
@@ -332,15 +333,15 @@ TEST(HeadsLayers, Conv3x3And1x1MatchDirectConvolution) {
 
 TEST(HeadsLayers, ConvGradients) {
   for (int k : {1, 3}) {
-    Conv2d<double> c(3, 2, k);
+    ConvLayer<double> c(3, 2, k);
     randomise(c, 20 + static_cast<std::uint64_t>(k));
     EXPECT_LT(grad_check(c, random_buf<double>({2, 3, 3, 4}, 22)), kGradTol) << "kernel " << k;
-    EXPECT_LT(float_vs_double([k](auto t) { return Conv2d<decltype(t)>(3, 5, k); },
+    EXPECT_LT(float_vs_double([k](auto t) { return ConvLayer<decltype(t)>(3, 5, k); },
                               random_buf<double>({2, 3, 4, 4}, 23)),
               kFloatTol);
   }
-  EXPECT_THROW(Conv2d<double>(3, 2, 5), ConfigError);
-  Conv2d<double> c(3, 2, 3);
+  EXPECT_THROW(ConvLayer<double>(3, 2, 5), ConfigError);
+  ConvLayer<double> c(3, 2, 3);
   EXPECT_THROW(c.forward(random_buf<double>({2, 4, 3, 3}, 1), false), ShapeError);
 }
 
@@ -473,8 +474,8 @@ TEST(HeadsLayers, TransformerBlockGradientsAndNames) {
 
 TEST(HeadsLayers, SequentialChainsAndNames) {
   Sequential<double> s;
-  s.add("fc0", std::make_unique<Linear<double>>(4, 6)).add("act", std::make_unique<GELU<double>>());
-  s.add("fc1", std::make_unique<Linear<double>>(6, 3));
+  s.add("fc0", std::make_unique<DenseLayer<double>>(4, 6)).add("act", std::make_unique<GELU<double>>());
+  s.add("fc1", std::make_unique<DenseLayer<double>>(6, 3));
   randomise(s, 50);
   EXPECT_LT(grad_check(s, random_buf<double>({3, 4}, 51)), kGradTol);
   std::vector<ParamRef<double>> p;
