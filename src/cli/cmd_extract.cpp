@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "cli/commands.hpp"
+#include "cli/model_flags.hpp"
 #include "cli/mpi_session.hpp"
 #include "cli/parse_list.hpp"
 #include "cli/progress.hpp"
@@ -72,23 +73,19 @@ bool output_folder_is_shared(const MpiSession& mpi, const std::string& out) {
 
 Runner add_extract(CLI::App& app) {
   struct Opts {
-    std::string weights, preset, config, input, labels,
-        t = "90", blocks = "24", pool = "avg:2", device = "cpu", out, precision = "fp32", dtype = "fp32",
-        preprocess = "adm", augment = "none", shard = "auto";
+    ModelFlags model;
+    std::string input, labels, t = "90", blocks = "24", pool = "avg:2", device = "cpu", out,
+                               precision = "fp32", dtype = "fp32", preprocess = "adm", augment = "none",
+                               shard = "auto";
     std::uint64_t seed = 0, augment_seed = 0;
     int copies = 1;
     bool no_noise = false, keep_parts = false, no_merge = false, check_finite = false;
-    int draws = 1, batch = 16, threads = 0, image_size = 0;
+    int draws = 1, batch = 16, threads = 0;
     std::optional<int> label;
     std::int64_t limit = 0, chunk = 0;
   };
   auto o = std::make_shared<Opts>();
-  app.add_option("--weights", o->weights, "U-Net weights (safetensors, torch zip or legacy)")->required();
-  app.add_option("--preset", o->preset,
-                 "model preset (default: from the file name or metadata, else inferred)");
-  app.add_option("--config", o->config, "model config JSON (official flag names)");
-  app.add_option("--image-size", o->image_size, "image size when the config is inferred from the weights")
-      ->check(at_least(1));
+  o->model.add_to(app);
   app.add_option("--input", o->input,
                  "image folder (one sub-folder per class), .npy [N,C,H,W] or IDX images file")
       ->required();
@@ -133,13 +130,9 @@ Runner add_extract(CLI::App& app) {
   app.add_flag("--keep-parts", o->keep_parts, "keep OUT.parts/ after assembling OUT");
   app.add_flag("--no-merge", o->no_merge, "leave the finished parts for `diffprobe merge`");
   return [o]() {
-    LoadOptions lo;
-    if (!o->preset.empty()) lo.preset = o->preset;
-    if (!o->config.empty()) lo.config = UNetConfig::from_json_file(o->config);
-    if (o->image_size > 0) lo.image_size = o->image_size;
-    if (!fs::exists(o->weights)) throw IoError("--weights", "no such file: " + o->weights);
+    const LoadOptions lo = o->model.checked_load_options();
     if (!fs::exists(o->input)) throw IoError("--input", "no such file or folder: " + o->input);
-    const UNet net = UNet::load(o->weights, lo);
+    const UNet net = UNet::load(o->model.weights, lo);
     MpiSession mpi;
     const LaunchInfo launch = detect_launch();
     Shard shard;
@@ -198,7 +191,7 @@ Runner add_extract(CLI::App& app) {
     jo.shard = shard;
     jo.merge = !o->no_merge && !mpi.active();  // under MPI rank 0 merges once every rank is done
     jo.keep_parts = o->keep_parts;
-    jo.weights = o->weights;
+    jo.weights = o->model.weights;
     const std::int64_t samples = o->limit > 0 ? std::min(o->limit, ds->size()) : ds->size();
     const std::string who = shard.count > 1 ? fmt::format("shard {} ", shard.str()) : std::string();
     fmt::print(stderr, "{}extracting t={} blocks={} pool={} from {} samples{} ({})\n", who, o->t, o->blocks,

@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "cli/commands.hpp"
+#include "cli/model_flags.hpp"
 #include "cli/parse_list.hpp"
 #include "cli/progress.hpp"
 #include "diffprobe/data/open_dataset.hpp"
@@ -42,21 +43,17 @@ std::vector<int> parse_blocks(const std::string& text, int num_blocks) {
 
 Runner add_sweep(CLI::App& app) {
   struct Opts {
-    std::string weights, preset, config, train, train_labels, test, test_labels,
-        t = "10,50,100,200", blocks = "all", pool = "avg:2", head = "linear", probe = "ridge", device = "cpu",
-        precision = "fp32", preprocess = "adm", out;
+    ModelFlags model;
+    std::string train, train_labels, test, test_labels, t = "10,50,100,200", blocks = "all", pool = "avg:2",
+                                                        head = "linear", probe = "ridge", device = "cpu",
+                                                        precision = "fp32", preprocess = "adm", out;
     std::int64_t limit_train = 0, limit_test = 0;
     std::uint64_t seed = 0;
     std::optional<std::uint64_t> test_seed;
-    int batch = 64, threads = 0, image_size = 0, refine = 5;
+    int batch = 64, threads = 0, refine = 5;
   };
   auto o = std::make_shared<Opts>();
-  app.add_option("--weights", o->weights, "U-Net weights (safetensors, torch zip or legacy)")->required();
-  app.add_option("--preset", o->preset,
-                 "model preset (default: from the file name or metadata, else inferred)");
-  app.add_option("--config", o->config, "model config JSON (official flag names)");
-  app.add_option("--image-size", o->image_size, "image size when the config is inferred from the weights")
-      ->check(at_least(1));
+  o->model.add_to(app);
   app.add_option("--train", o->train, "training data: image folder, .npy or IDX images")->required();
   app.add_option("--train-labels", o->train_labels, "labels of --train (IDX or .npy)");
   app.add_option("--test", o->test, "test data: image folder, .npy or IDX images")->required();
@@ -89,15 +86,11 @@ Runner add_sweep(CLI::App& app) {
       ->check(CLI::IsMember({"fp32", "bf16"}));
   app.add_option("--out", o->out, "output folder (features, cells, sweep.csv/json, heatmaps)")->required();
   return [o]() {
-    LoadOptions lo;
-    if (!o->preset.empty()) lo.preset = o->preset;
-    if (!o->config.empty()) lo.config = UNetConfig::from_json_file(o->config);
-    if (o->image_size > 0) lo.image_size = o->image_size;
-    if (!fs::exists(o->weights)) throw IoError("--weights", "no such file: " + o->weights);
+    const LoadOptions lo = o->model.checked_load_options();
     for (const auto* p : {&o->train, &o->test})
       if (!fs::exists(*p))
         throw IoError(p == &o->train ? "--train" : "--test", "no such file or folder: " + *p);
-    const UNet net = UNet::load(o->weights, lo);
+    const UNet net = UNet::load(o->model.weights, lo);
 
     SweepOptions so;
     so.timesteps = parse_int_list(o->t, "--t");
@@ -114,7 +107,7 @@ Runner add_sweep(CLI::App& app) {
     so.threads = o->threads;
     so.probe = parse_sweep_probe(o->probe);
     so.refine = o->refine;
-    so.weights = o->weights;
+    so.weights = o->model.weights;
 
     const auto spec = data::InputSpec::from_shape(net.input_shape(1));
     const auto transform = data::Transform::eval(data::parse_preprocess(o->preprocess));
