@@ -295,13 +295,16 @@ SweepResult run_sweep(const UNet& model, data::Dataset& train, data::Dataset& te
     }
     return std::nullopt;  // another probe's cell, or a damaged file: computed again
   };
-  {
-    std::int64_t finished = 0;
-    for (const PoolSpec& pool : options.pools)
-      for (int t : options.timesteps)
-        for (int b : blocks) finished += read_cell(cell_path(dir, t, b, pool)).has_value();
-    report("probe", "", 0, cells_total, finished);
-  }
+  // Every cell an earlier run finished, read once (in the loop's order) and announced up front.
+  std::vector<std::optional<json>> earlier;
+  std::int64_t finished = 0;
+  for (const PoolSpec& pool : options.pools)
+    for (int t : options.timesteps)
+      for (int b : blocks) {
+        earlier.push_back(read_cell(cell_path(dir, t, b, pool)));
+        finished += earlier.back().has_value();
+      }
+  report("probe", "", 0, cells_total, finished);
   for (const PoolSpec& pool : options.pools) {
     for (int t : options.timesteps) {
       std::optional<Files> files;  // opened only when a cell of this (pool, t) needs computing
@@ -312,7 +315,7 @@ SweepResult run_sweep(const UNet& model, data::Dataset& train, data::Dataset& te
         cell.pool = pool.str();
         cell.alpha = nan();
         const fs::path cp = cell_path(dir, t, b, pool);
-        const auto old = read_cell(cp);
+        const auto& old = earlier[result.cells.size()];
         if (old) {
           cell.top1 = (*old)["top1"].get<double>();
           cell.top5 = (*old)["top5"].get<double>();
