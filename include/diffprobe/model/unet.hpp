@@ -102,9 +102,8 @@ class UNet {
   /// Prepares only the ops a forward to these blocks runs (0 = the final output = everything).
   void prepare(const ExecContext& ctx, std::span<const int> blocks) const;
 
-  struct Impl;
-
  private:
+  struct Impl;  // the configuration, the placed layers and the f32 weights they hold (unet.cpp)
   explicit UNet(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
