@@ -148,9 +148,5 @@ std::size_t CachingAllocator::system_allocations() const noexcept {
   std::lock_guard lock(impl_->mu);
   return impl_->sys_allocs;
 }
-void CachingAllocator::reset_peak() noexcept {
-  std::lock_guard lock(impl_->mu);
-  impl_->peak = impl_->in_use;
-}
 
 }  // namespace diffprobe

@@ -370,9 +370,4 @@ PlannedAllocator::Stats PlannedAllocator::stats() const noexcept {
   return impl_->stats;
 }
 
-void PlannedAllocator::reset_peak() noexcept {
-  std::lock_guard lock(impl_->mu);
-  impl_->stats.peak_bytes_in_use = impl_->stats.bytes_in_use;
-}
-
 }  // namespace diffprobe

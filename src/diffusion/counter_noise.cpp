@@ -49,10 +49,4 @@ void gaussian_noise(const NoiseKey& key, float* out, std::int64_t n) noexcept {
   }
 }
 
-Tensor gaussian_noise(const NoiseKey& key, const Shape& sample_shape) {
-  Tensor t = Tensor::empty(sample_shape);
-  gaussian_noise(key, t.data<float>(), t.numel());
-  return t;
-}
-
 }  // namespace diffprobe

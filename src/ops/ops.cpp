@@ -89,9 +89,9 @@ Device Conv2d::check_operands(const Tensor& x, const Tensor& residual, const Exe
   return dev;
 }
 
-Tensor Conv2d::forward(const Tensor& x, const ExecContext& ctx, const Tensor& residual) const {
-  const Device dev = check_operands(x, residual, ctx);
-  return backend_for(dev, "Conv2d").conv2d(*this, *cache_, x, residual, ctx);
+Tensor Conv2d::forward(const Tensor& x, const ExecContext& ctx) const {
+  const Device dev = check_operands(x, Tensor(), ctx);
+  return backend_for(dev, "Conv2d").conv2d(*this, *cache_, x, Tensor(), ctx);
 }
 
 Tensor Conv2d::forward_add(const Tensor& x, Tensor residual, const ExecContext& ctx) const {

@@ -119,7 +119,7 @@ TEST_P(Conv2dCases, MatchesDoubleReferenceFp32) {
   ConvProblem p(GetParam());
   ExecContext ctx;
   ctx.threads = 2;
-  const Tensor y = p.conv.forward(p.x, ctx, p.res);
+  const Tensor y = p.conv.forward_add(p.x, p.res, ctx);
   EXPECT_EQ(y.shape(), p.conv.output_shape(p.x.shape()));
   EXPECT_EQ(y.layout(), p.x.layout());
   EXPECT_EQ(y.dtype(), DType::F32);
@@ -136,7 +136,7 @@ TEST_P(Conv2dCases, MatchesDoubleReferenceBf16OrIsUnsupported) {
   const Expect expect = expect_bf16();
   Tensor y;
   try {
-    y = p.conv.forward(p.x, ctx, p.res);
+    y = p.conv.forward_add(p.x, p.res, ctx);
   } catch (const UnsupportedError& e) {
     EXPECT_NE(expect, Expect::Yes) << "this CPU has AVX512-BF16 but bf16 failed: " << e.what();
     return;
@@ -187,7 +187,7 @@ TEST(Conv2d, SameOpServesSeveralShapesAndLayouts) {
     EXPECT_LE(worst_relative_error(a.conv.forward(a.x, ctx), a.ref), 1e-4);
     for (const ConvCase& c : others) {
       ConvProblem q(c);  // same seed: same weights as a.conv
-      const double err = worst_relative_error(a.conv.forward(q.x, ctx, q.res), q.ref);
+      const double err = worst_relative_error(a.conv.forward_add(q.x, q.res, ctx), q.ref);
       std::printf("[ conv reuse %s round %d ] worst relative error %.3g\n", case_name(c).c_str(), round, err);
       EXPECT_LE(err, 1e-4);
     }
@@ -199,9 +199,9 @@ TEST(Conv2d, OneAndTwoThreadsAgree) {
   ExecContext one, two;
   one.threads = 1;
   two.threads = 2;
-  const Tensor y1 = p.conv.forward(p.x, one, p.res);
-  const Tensor y2 = p.conv.forward(p.x, two, p.res);
-  const Tensor y1again = p.conv.forward(p.x, one, p.res);
+  const Tensor y1 = p.conv.forward_add(p.x, p.res, one);
+  const Tensor y2 = p.conv.forward_add(p.x, p.res, two);
+  const Tensor y1again = p.conv.forward_add(p.x, p.res, one);
   EXPECT_LE(worst_relative_error(y1, p.ref), 1e-4);
   EXPECT_LE(worst_relative_error(y2, p.ref), 1e-4);
   const std::vector<float> a = y1.to_vector(), b = y2.to_vector(), c = y1again.to_vector();
@@ -224,7 +224,7 @@ TEST(Conv2d, ConcurrentCallsOnOneOp) {
     ctx.threads = 1;
     for (int i = 0; i < 4; ++i) {
       const ConvProblem& p = (i + id) % 2 ? a : b;
-      worst[id] = std::max(worst[id], worst_relative_error(a.conv.forward(p.x, ctx, p.res), p.ref));
+      worst[id] = std::max(worst[id], worst_relative_error(a.conv.forward_add(p.x, p.res, ctx), p.ref));
     }
   };
   std::thread t0(work, 0), t1(work, 1);
@@ -247,8 +247,8 @@ TEST(Conv2d, ForwardAddWritesIntoAResidualNothingElseHolds) {
   ConvProblem p(ConvCase{2, 32, 96, 7, 9, 3, 1, 1, true, true, NHWC, NHWC});
   ExecContext ctx;
   ctx.threads = 2;
-  const std::vector<float> expect = p.conv.forward(p.x, ctx, p.res).to_vector();
-  EXPECT_LE(worst_relative_error(p.conv.forward(p.x, ctx, p.res), p.ref), 1e-4);
+  const std::vector<float> expect = p.conv.forward_add(p.x, p.res, ctx).to_vector();
+  EXPECT_LE(worst_relative_error(p.conv.forward_add(p.x, p.res, ctx), p.ref), 1e-4);
 
   // Sole owner: the output is the residual's buffer, with the same values as forward().
   Tensor sole = p.res.clone();
@@ -321,13 +321,13 @@ TEST(Conv2d, SmallMapsWithManyChannelsRunAsOneMatmulOverAnIm2colCopy) {
     ASSERT_TRUE(cpu::conv2d_uses_im2col(p.conv, p.x.shape(), p.x.layout(), Precision::FP32)) << case_name(c);
     if (prepare) p.conv.prepare(ctx);
     prepare = !prepare;
-    const Tensor y = p.conv.forward(p.x, ctx, p.res);
+    const Tensor y = p.conv.forward_add(p.x, p.res, ctx);
     EXPECT_EQ(y.shape(), p.conv.output_shape(p.x.shape()));
     EXPECT_EQ(y.layout(), Layout::NHWC);
     const double err = worst_relative_error(y, p.ref);
     std::printf("[ conv im2col %s ] worst relative error %.3g\n", case_name(c).c_str(), err);
     EXPECT_LE(err, 1e-4) << case_name(c);
-    EXPECT_EQ(p.conv.forward(p.x, ctx, p.res).to_vector(), y.to_vector());  // the cached plan
+    EXPECT_EQ(p.conv.forward_add(p.x, p.res, ctx).to_vector(), y.to_vector());  // the cached plan
     if (c.residual && c.residual_layout == NHWC) {
       Tensor sole = p.res.clone();
       const void* buffer = sole.raw();
@@ -360,7 +360,7 @@ TEST(Conv2d, PrepareForAShapeThenForward) {
     ConvProblem p(c);
     p.conv.prepare(ctx, p.x.shape());
     p.conv.prepare(ctx, p.x.shape());  // idempotent
-    EXPECT_LE(worst_relative_error(p.conv.forward(p.x, ctx, p.res), p.ref), 1e-4) << case_name(c);
+    EXPECT_LE(worst_relative_error(p.conv.forward_add(p.x, p.res, ctx), p.ref), 1e-4) << case_name(c);
     const std::vector<float> xv = random_values(c.I * 6 * 6, 77);
     const Tensor x = Tensor::from_vector(Shape{1, c.I, 6, 6}, xv, NHWC);
     EXPECT_LE(worst_relative_error(p.conv.forward(x, ctx),
@@ -378,7 +378,7 @@ TEST(Conv2d, PrepareThenForward) {
   ctx.threads = 2;
   p.conv.prepare(ctx);
   p.conv.prepare(ctx);  // idempotent
-  EXPECT_LE(worst_relative_error(p.conv.forward(p.x, ctx, p.res), p.ref), 1e-4);
+  EXPECT_LE(worst_relative_error(p.conv.forward_add(p.x, p.res, ctx), p.ref), 1e-4);
   ExecContext fp16 = ctx;
   fp16.precision = Precision::FP16;
   EXPECT_THROW(p.conv.prepare(fp16), UnsupportedError);
@@ -392,14 +392,14 @@ TEST(Conv2d, OutputsAndScratchComeFromTheContextAllocator) {
   ctx.allocator = &alloc;
   ctx.threads = 2;
   {
-    const Tensor y = p.conv.forward(p.x, ctx, p.res);
+    const Tensor y = p.conv.forward_add(p.x, p.res, ctx);
     EXPECT_GE(alloc.bytes_in_use(), y.nbytes());
     EXPECT_LE(worst_relative_error(y, p.ref), 1e-4);
   }
   EXPECT_EQ(alloc.bytes_in_use(), 0u);
   const std::size_t sys = alloc.system_allocations();
   {
-    const Tensor y = p.conv.forward(p.x, ctx, p.res);  // warm: every block comes from the cache
+    const Tensor y = p.conv.forward_add(p.x, p.res, ctx);  // warm: every block comes from the cache
     EXPECT_LE(worst_relative_error(y, p.ref), 1e-4);
   }
   EXPECT_EQ(alloc.system_allocations(), sys);
@@ -449,9 +449,9 @@ TEST(Conv2d, Errors) {
   EXPECT_THROW(conv.forward(x.to_dtype(DType::BF16), ctx), DTypeError);
   EXPECT_THROW(conv.forward(x.to_dtype(DType::F16), ctx), DTypeError);
   // residual of the wrong shape or dtype
-  EXPECT_THROW(conv.forward(x, ctx, Tensor::zeros(Shape{1, 8, 6, 5})), ShapeError);
-  EXPECT_THROW(conv.forward(x, ctx, Tensor::zeros(Shape{1, 4, 6, 6})), ShapeError);
-  EXPECT_THROW(conv.forward(x, ctx, Tensor::zeros(Shape{1, 8, 6, 6}, DType::BF16)), DTypeError);
+  EXPECT_THROW(conv.forward_add(x, Tensor::zeros(Shape{1, 8, 6, 5}), ctx), ShapeError);
+  EXPECT_THROW(conv.forward_add(x, Tensor::zeros(Shape{1, 4, 6, 6}), ctx), ShapeError);
+  EXPECT_THROW(conv.forward_add(x, Tensor::zeros(Shape{1, 8, 6, 6}, DType::BF16), ctx), DTypeError);
   // even or non-square kernel
   EXPECT_THROW(Conv2d(Tensor::zeros(Shape{8, 4, 2, 2}), Tensor()), ShapeError);
   EXPECT_THROW(Conv2d(Tensor::zeros(Shape{8, 4, 3, 1}), Tensor()), ShapeError);

@@ -96,9 +96,9 @@ TEST(CudaConv2d, MatchesCpuInEveryPrecision) {
         const Shape os = cpu_conv.output_shape(s);
         for (bool with_res : {false, true}) {
           const Tensor res = with_res ? Tensor::from_vector(os, randn(os.numel(), rng), layout) : Tensor{};
-          const std::vector<float> ref = cpu_conv.forward(x, {}, res).to_vector();
+          const std::vector<float> ref = cpu_conv.forward_add(x, res).to_vector();
           for (Precision p : {Precision::FP32, Precision::BF16, Precision::FP16}) {
-            const Tensor y = gpu_conv.forward(gpu(x), gpu_ctx(p), gpu(res));
+            const Tensor y = gpu_conv.forward_add(gpu(x), gpu(res), gpu_ctx(p));
             EXPECT_EQ(y.shape(), os);
             EXPECT_EQ(y.layout(), layout);
             const double e = worst_relative_error(host(y), ref);
@@ -129,10 +129,10 @@ TEST(CudaConv2d, MatchesDoubleReferenceAndRepeats) {
     const Tensor x = gpu(Tensor::from_vector(s, xv, layout));
     const Tensor r = gpu(Tensor::from_vector(os, rv, layout));
     conv.prepare(gpu_ctx());
-    const std::vector<float> first = host(conv.forward(x, gpu_ctx(), r));
+    const std::vector<float> first = host(conv.forward_add(x, r, gpu_ctx()));
     EXPECT_LE(worst_relative_error(first, ref), 1e-4) << layout_name(layout);
     // The second call reuses the cached plan and weights: same bits.
-    const std::vector<float> second = host(conv.forward(x, gpu_ctx(), r));
+    const std::vector<float> second = host(conv.forward_add(x, r, gpu_ctx()));
     EXPECT_EQ(std::memcmp(first.data(), second.data(), first.size() * sizeof(float)), 0)
         << layout_name(layout);
   }

@@ -67,7 +67,6 @@ class CachingAllocator final : public Allocator {
   std::size_t peak_bytes_in_use() const noexcept;
   std::size_t bytes_reserved() const noexcept;      // in use + cached
   std::size_t system_allocations() const noexcept;  // how often the heap was asked
-  void reset_peak() noexcept;
 
  private:
   struct Impl;  // the cache and its lock (allocator.cpp), as PlannedAllocator keeps its plan

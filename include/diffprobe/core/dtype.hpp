@@ -38,11 +38,6 @@ constexpr bool is_floating(DType t) noexcept {
 /// Throws ArgumentError for anything else.
 DType parse_dtype(std::string_view name);
 
-template <class T> constexpr DType dtype_of();
-template <> constexpr DType dtype_of<float>() { return DType::F32; }
-template <> constexpr DType dtype_of<std::int32_t>() { return DType::I32; }
-template <> constexpr DType dtype_of<std::int64_t>() { return DType::I64; }
-
 // IEEE half <-> float, round-to-nearest-even, with subnormals, inf and NaN.
 inline float half_to_float(std::uint16_t h) noexcept {
   const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;

@@ -47,7 +47,6 @@ class PlannedAllocator final : public Allocator {
     std::size_t plain_allocations = 0;  // requests served by the system (first pass, misses)
   };
   Stats stats() const noexcept;
-  void reset_peak() noexcept;
 
  private:
   struct Impl;

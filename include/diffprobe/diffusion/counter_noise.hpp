@@ -4,8 +4,6 @@
 // never depends on batch size, thread count, shard or device.
 #include <cstdint>
 
-#include "diffprobe/core/tensor.hpp"
-
 namespace diffprobe {
 
 struct NoiseKey {
@@ -21,8 +19,5 @@ void philox4x32(const std::uint32_t counter[4], const std::uint32_t key[2], std:
 /// Fills `out` (f32, n values) with standard normal noise for `key`, element i from counter i
 /// (Box-Muller on two 32-bit uniforms in (0, 1]).
 void gaussian_noise(const NoiseKey& key, float* out, std::int64_t n) noexcept;
-
-/// Noise of shape [1, C, H, W] (logical NCHW order, Contiguous) for one sample.
-Tensor gaussian_noise(const NoiseKey& key, const Shape& sample_shape);
 
 }  // namespace diffprobe
