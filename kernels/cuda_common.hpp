@@ -28,6 +28,10 @@ void require_device(int index, const char* where);
 cudaStream_t stream(int index);
 /// The device's caching memory pool (the default allocator of its tensors).
 Allocator& pool(int index);
+/// Synchronous copies of `bytes` bytes between the host and device `index`, and within it.
+void copy_from_host(void* dst, int index, const void* src, std::size_t bytes);
+void copy_to_host(void* dst, const void* src, int index, std::size_t bytes);
+void copy_on_device(void* dst, const void* src, int index, std::size_t bytes);
 
 /// Makes `index` the current device for the scope, restoring the previous one after.
 class DeviceGuard {

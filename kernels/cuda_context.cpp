@@ -1,6 +1,6 @@
-// The CUDA backend's device side of the tensor core: per-device stream and caching memory pool,
-// host <-> device copies (through pinned staging buffers for large ones), and the registration of
-// the device hooks and the op backend at static-initialisation time.
+// The CUDA backend's device state: per-device stream and caching memory pool, and host <-> device
+// copies (through pinned staging buffers for large ones). The Backend object that serves them and
+// the ops to the library, and its registration, are in cuda_backend.cpp.
 //
 // Everything created here (streams, pools, pinned buffers) lives until the process ends and is
 // never destroyed: tensors held in static objects may be released after main returns, and must
@@ -14,7 +14,6 @@
 #include <string>
 #include <unordered_map>
 
-#include "core/device_hooks.hpp"
 #include "cuda_common.hpp"
 #include "cuda_ops.hpp"
 #include "diffprobe_cuda.hpp"
@@ -208,83 +207,30 @@ DeviceState& state(int index) {
   return *s;
 }
 
-// ---- device hooks -----------------------------------------------------------------------------
+}  // namespace
 
-Allocator& hook_allocator(int index) { return state(index).pool; }
+// ---- copies (cuda_common.hpp) -------------------------------------------------------------------
 
-void hook_copy_to_device(void* dst, int index, const void* src, std::size_t bytes) {
+void copy_from_host(void* dst, int index, const void* src, std::size_t bytes) {
   if (bytes == 0) return;
   DeviceState& s = state(index);
   DeviceGuard guard(index);
   s.stager.to_device(static_cast<char*>(dst), static_cast<const char*>(src), bytes, s.stream);
 }
 
-void hook_copy_to_host(void* dst, const void* src, int index, std::size_t bytes) {
+void copy_to_host(void* dst, const void* src, int index, std::size_t bytes) {
   if (bytes == 0) return;
   DeviceState& s = state(index);
   DeviceGuard guard(index);
   s.stager.to_host(static_cast<char*>(dst), static_cast<const char*>(src), bytes, s.stream);
 }
 
-void hook_copy_device(void* dst, const void* src, int index, std::size_t bytes) {
+void copy_on_device(void* dst, const void* src, int index, std::size_t bytes) {
   if (bytes == 0) return;
   DeviceState& s = state(index);
   DeviceGuard guard(index);
   check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, s.stream), "device copy");
 }
-
-int hook_device_count() { return device_count(); }
-
-// ---- the op backend ---------------------------------------------------------------------------
-
-class CudaBackend final : public ops::detail::Backend {
- public:
-  Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tensor& residual,
-                const ExecContext& ctx) override {
-    return cuda::conv2d(op, cache, x, residual, ctx);
-  }
-  void conv2d_prepare(const ops::Conv2d& op, OpCache& cache, const ExecContext& ctx) override {
-    cuda::conv2d_prepare(op, cache, ctx);
-  }
-  Tensor linear(const ops::Linear& op, OpCache& cache, const Tensor& x, bool silu_input,
-                const ExecContext& ctx) override {
-    return cuda::linear(op, cache, x, silu_input, ctx);
-  }
-  void linear_prepare(const ops::Linear& op, OpCache& cache, const ExecContext& ctx) override {
-    cuda::linear_prepare(op, cache, ctx);
-  }
-  Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, const ops::GroupNormArgs& args,
-                    const ExecContext& ctx) override {
-    return cuda::group_norm(x, gamma, beta, args, ctx);
-  }
-  Tensor attention(const Tensor& qkv, int heads, ops::QkvOrder order, const ExecContext& ctx) override {
-    return cuda::attention(qkv, heads, order, ctx);
-  }
-  Tensor silu(const Tensor& x, const ExecContext& ctx) override { return cuda::silu(x, ctx); }
-  Tensor add(const Tensor& a, const Tensor& b, const ExecContext& ctx) override {
-    return cuda::add(a, b, ctx);
-  }
-  Tensor avg_pool2x2(const Tensor& x, const ExecContext& ctx) override { return cuda::avg_pool2x2(x, ctx); }
-  Tensor upsample_nearest2x(const Tensor& x, const ExecContext& ctx) override {
-    return cuda::upsample_nearest2x(x, ctx);
-  }
-  Tensor concat_channels(const Tensor& a, const Tensor& b, const ExecContext& ctx) override {
-    return cuda::concat_channels(a, b, ctx);
-  }
-  Tensor adaptive_pool2d(const Tensor& x, int oh, int ow, bool max, const ExecContext& ctx) override {
-    return cuda::adaptive_pool2d(x, oh, ow, max, ctx);
-  }
-  Tensor timestep_embedding(const Tensor& t, int dim, const ExecContext& ctx) override {
-    return cuda::timestep_embedding(t, dim, ctx);
-  }
-};
-
-// Registration touches no CUDA API: loading the library costs nothing and works without a GPU.
-struct Registrar {
-  Registrar() { diffprobe_cuda_register(); }
-} registrar;
-
-}  // namespace
 
 // ---- cuda_common.hpp --------------------------------------------------------------------------
 
@@ -355,14 +301,3 @@ void release_cached(int device) {
 }
 
 }  // namespace diffprobe::cuda
-
-extern "C" void diffprobe_cuda_register(void) {
-  static diffprobe::cuda::CudaBackend* backend = new diffprobe::cuda::CudaBackend();  // never destroyed
-  auto& hooks = diffprobe::detail::cuda_hooks();
-  hooks.allocator = &diffprobe::cuda::hook_allocator;
-  hooks.copy_to_device = &diffprobe::cuda::hook_copy_to_device;
-  hooks.copy_to_host = &diffprobe::cuda::hook_copy_to_host;
-  hooks.copy_device = &diffprobe::cuda::hook_copy_device;
-  hooks.device_count = &diffprobe::cuda::hook_device_count;
-  diffprobe::ops::detail::cuda_backend_slot() = backend;
-}

@@ -23,6 +23,11 @@ PoolStats pool_stats(int device = 0);
 /// Returns the pool's cached blocks to the driver.
 void release_cached(int device = 0);
 
+/// Registers the CUDA backend with the library. Linking diffprobe::cuda already does this at
+/// static initialisation; the explicit call is for programs that link the library by other means
+/// (or want registration to be visible in their code). Idempotent, touches no CUDA API.
+void register_backend();
+
 }  // namespace diffprobe::cuda
 
 extern "C" {

@@ -8,7 +8,7 @@
 #include <unordered_map>
 
 #include "core/page_mapping.hpp"
-#include "device_hooks.hpp"
+#include "device_backend.hpp"
 #include "diffprobe/core/error.hpp"
 
 namespace diffprobe {
@@ -63,19 +63,12 @@ Allocator& cpu_allocator() noexcept {
 
 Allocator& default_allocator(Device device) {
   if (device.is_cpu()) return cpu_allocator();
-  auto& hooks = detail::cuda_hooks();
-  if (!hooks.allocator)
+  detail::DeviceBackend* backend = detail::device_backend(device.type);
+  if (!backend)
     throw DeviceError("default_allocator",
-                      "device " + device.str() + " requested, but this build has no CUDA backend");
-  return hooks.allocator(device.index);
+                      "device " + device.str() + " requested, but this build has no backend for it");
+  return backend->allocator(device.index);
 }
-
-namespace detail {
-DeviceHooks& cuda_hooks() noexcept {
-  static DeviceHooks hooks;
-  return hooks;
-}
-}  // namespace detail
 
 struct CachingAllocator::Impl {
   std::mutex mu;

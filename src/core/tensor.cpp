@@ -3,7 +3,7 @@
 #include <cstring>
 #include <string>
 
-#include "device_hooks.hpp"
+#include "device_backend.hpp"
 
 namespace diffprobe {
 namespace {
@@ -64,8 +64,7 @@ Tensor Tensor::zeros(const Shape& shape, DType dtype, Layout layout, Device devi
     std::memset(t.raw(), 0, t.nbytes());
   } else {
     Tensor host = zeros(shape, dtype, layout);
-    auto& hooks = detail::cuda_hooks();
-    hooks.copy_to_device(t.raw(), device.index, host.raw(), t.nbytes());
+    detail::device_backend(device.type)->copy_from_host(t.raw(), device.index, host.raw(), t.nbytes());
   }
   return t;
 }
@@ -168,18 +167,18 @@ Tensor Tensor::to_device(Device device) const {
   if (!defined()) throw ArgumentError("Tensor::to_device", "the tensor is undefined");
   const Device from = this->device();
   if (from == device) return clone();
-  auto& hooks = detail::cuda_hooks();
-  if (!hooks.copy_to_device)
-    throw DeviceError("Tensor::to_device",
-                      "cannot move a tensor to " + device.str() + ": this build has no CUDA backend");
-  Tensor out = empty(shape_, dtype_, layout_, device);
-  if (from.is_cpu() && device.is_cuda()) {
-    hooks.copy_to_device(out.raw(), device.index, raw(), nbytes());
-  } else if (from.is_cuda() && device.is_cpu()) {
-    hooks.copy_to_host(out.raw(), raw(), from.index, nbytes());
-  } else {
+  const Device other = from.is_cpu() ? device : from;  // the device that is not the host
+  detail::DeviceBackend* backend = detail::device_backend(other.type);
+  if (!backend)
+    throw DeviceError("Tensor::to_device", "cannot move a tensor to " + device.str() +
+                                               ": this build has no backend for " + other.str());
+  if (!from.is_cpu() && !device.is_cpu())
     throw UnsupportedError("Tensor::to_device", "copies between two GPUs go through the host");
-  }
+  Tensor out = empty(shape_, dtype_, layout_, device);
+  if (from.is_cpu())
+    backend->copy_from_host(out.raw(), device.index, raw(), nbytes());
+  else
+    backend->copy_to_host(out.raw(), raw(), from.index, nbytes());
   return out;
 }
 
@@ -187,7 +186,7 @@ Tensor Tensor::clone(Allocator* alloc) const {
   if (!defined()) throw ArgumentError("Tensor::clone", "the tensor is undefined");
   if (device().is_cpu()) return to_dtype(dtype_, alloc);
   Tensor out = empty(shape_, dtype_, layout_, device(), alloc);
-  detail::cuda_hooks().copy_device(out.raw(), raw(), device().index, nbytes());
+  detail::device_backend(device().type)->copy_on_device(out.raw(), raw(), device().index, nbytes());
   return out;
 }
 

@@ -1,4 +1,7 @@
-// Binds the CPU op implementations into the op layer's Backend interface.
+// The CPU backend: host memory, and the CPU op implementations (oneDNN and our own kernels)
+// bound into the op layer's Backend interface. Always registered.
+#include <cstring>
+
 #include "cpu/cpu_ops.hpp"
 
 namespace diffprobe::ops::detail {
@@ -6,6 +9,14 @@ namespace {
 
 class CpuBackend final : public Backend {
  public:
+  const char* name() const noexcept override { return "cpu"; }
+  int device_count() const noexcept override { return 1; }
+  Allocator& allocator(int) override { return cpu_allocator(); }
+  void copy_from_host(void* dst, int, const void* src, std::size_t bytes) override { copy(dst, src, bytes); }
+  void copy_to_host(void* dst, const void* src, int, std::size_t bytes) override { copy(dst, src, bytes); }
+  void copy_on_device(void* dst, const void* src, int, std::size_t bytes) override { copy(dst, src, bytes); }
+  bool supports(OpKind) const noexcept override { return true; }  // every op, GroupNormAvgPool fused
+
   Tensor conv2d(const Conv2d& op, OpCache& cache, const Tensor& x, const Tensor& residual,
                 const ExecContext& ctx) override {
     return cpu::conv2d(op, cache, x, residual, ctx);
@@ -51,6 +62,11 @@ class CpuBackend final : public Backend {
   }
   Tensor timestep_embedding(const Tensor& t, int dim, const ExecContext& ctx) override {
     return cpu::timestep_embedding(t, dim, ctx);
+  }
+
+ private:
+  static void copy(void* dst, const void* src, std::size_t bytes) {
+    if (bytes) std::memcpy(dst, src, bytes);
   }
 };
 

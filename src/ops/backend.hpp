@@ -1,12 +1,16 @@
 #pragma once
 // The op layer's device dispatch. Public ops (include/diffprobe/ops/) validate their arguments
-// once, then call the backend of the operands' device. The CPU backend (src/cpu/, oneDNN) is
-// always present; the CUDA backend (kernels/) registers itself when it is linked in.
+// once, ask the backend of the operands' device what it supports, then call it. One Backend
+// object per device type serves memory, copies (DeviceBackend) and ops, found through one
+// registry: the CPU backend (src/cpu/, oneDNN) is always registered; the CUDA backend (kernels/)
+// registers itself when it is linked in, or explicitly (diffprobe::cuda::register_backend()).
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 
+#include "core/device_backend.hpp"
 #include "diffprobe/ops/attention.hpp"
 #include "diffprobe/ops/conv2d.hpp"
 #include "diffprobe/ops/elementwise.hpp"
@@ -29,10 +33,30 @@ struct OpCache {
   }
 };
 
+/// The ops (and fused variants) a front end may ask a backend about before choosing how to run.
+enum class OpKind : std::uint8_t {
+  Conv2d,
+  Linear,
+  GroupNorm,
+  GroupNormAvgPool,  // GroupNorm(+SiLU) then a 2x2 average pool in one pass (ResBlock-down)
+  Attention,
+  Silu,
+  Add,
+  AvgPool2x2,
+  UpsampleNearest2x,
+  ConcatChannels,
+  AdaptivePool2d,
+  TimestepEmbedding,
+};
+const char* op_name(OpKind op) noexcept;
+
 /// Arguments arrive validated: shapes agree, dtypes are f32, all operands on this backend's device.
-class Backend {
+class Backend : public diffprobe::detail::DeviceBackend {
  public:
-  virtual ~Backend() = default;
+  /// Whether this backend runs `op` itself. The front end asks instead of testing device types:
+  /// an unsupported fused variant is run as its parts; an unsupported op is an UnsupportedError
+  /// naming the backend. (Precisions are checked by the backend, which knows the hardware.)
+  virtual bool supports(OpKind op) const noexcept = 0;
   virtual Tensor conv2d(const Conv2d& op, OpCache& cache, const Tensor& x, const Tensor& residual,
                         const ExecContext& ctx) = 0;
   /// conv2d with a residual nothing else refers to: a backend may write the output into it.
@@ -64,10 +88,17 @@ class Backend {
 };
 
 Backend& cpu_backend();
-/// Registered by the CUDA backend at static initialisation; nullptr in CPU-only builds.
-Backend*& cuda_backend_slot() noexcept;
 
-/// The backend serving `device`; DeviceError when that device has none in this build.
+/// Makes `backend` the one serving `type` (it must live until the process ends). Registering the
+/// same object again does nothing; replacing a registered backend with another is refused
+/// (ArgumentError), and the CPU's cannot be replaced.
+void register_backend(DeviceType type, Backend& backend);
+
+/// The backend registered for `type`, nullptr when none is.
+Backend* registry_slot(DeviceType type) noexcept;
+/// The backend serving `device`; DeviceError when that device type has none in this build.
 Backend& backend_for(Device device, const char* where);
+/// backend_for(...), then UnsupportedError unless it supports `op`.
+Backend& backend_for(Device device, OpKind op, const char* where);
 
 }  // namespace diffprobe::ops::detail

@@ -24,18 +24,6 @@ Device resolve_device(const Tensor& x, const ExecContext& ctx, const char* where
 
 }  // namespace
 
-Backend*& detail::cuda_backend_slot() noexcept {
-  static Backend* slot = nullptr;
-  return slot;
-}
-
-Backend& detail::backend_for(Device device, const char* where) {
-  if (device.is_cpu()) return cpu_backend();
-  Backend* b = cuda_backend_slot();
-  if (!b) throw DeviceError(where, "no backend for " + device.str() + " in this build (built without CUDA)");
-  return *b;
-}
-
 // ---- Conv2d ---------------------------------------------------------------------------------
 
 Conv2d::Conv2d(Tensor weight, Tensor bias, Conv2dSpec spec)
@@ -91,7 +79,7 @@ Device Conv2d::check_operands(const Tensor& x, const Tensor& residual, const Exe
 
 Tensor Conv2d::forward(const Tensor& x, const ExecContext& ctx) const {
   const Device dev = check_operands(x, Tensor(), ctx);
-  return backend_for(dev, "Conv2d").conv2d(*this, *cache_, x, Tensor(), ctx);
+  return backend_for(dev, OpKind::Conv2d, "Conv2d").conv2d(*this, *cache_, x, Tensor(), ctx);
 }
 
 Tensor Conv2d::forward_add(const Tensor& x, Tensor residual, const ExecContext& ctx) const {
@@ -100,19 +88,20 @@ Tensor Conv2d::forward_add(const Tensor& x, Tensor residual, const ExecContext& 
   // caller's), and the output has the residual's layout: then its buffer becomes the output.
   const bool sole = residual.defined() && residual.storage().use_count() == 1 &&
                     residual.storage()->owns_memory() && residual.layout() == x.layout();
-  if (!sole) return backend_for(dev, "Conv2d").conv2d(*this, *cache_, x, residual, ctx);
-  return backend_for(dev, "Conv2d").conv2d_into_residual(*this, *cache_, x, std::move(residual), ctx);
+  if (!sole) return backend_for(dev, OpKind::Conv2d, "Conv2d").conv2d(*this, *cache_, x, residual, ctx);
+  return backend_for(dev, OpKind::Conv2d, "Conv2d")
+      .conv2d_into_residual(*this, *cache_, x, std::move(residual), ctx);
 }
 
 void Conv2d::prepare(const ExecContext& ctx) const {
   if (!defined()) throw ArgumentError("Conv2d::prepare", "the convolution is undefined");
-  backend_for(ctx.device, "Conv2d::prepare").conv2d_prepare(*this, *cache_, ctx);
+  backend_for(ctx.device, OpKind::Conv2d, "Conv2d::prepare").conv2d_prepare(*this, *cache_, ctx);
 }
 
 void Conv2d::prepare(const ExecContext& ctx, const Shape& input) const {
   if (!defined()) throw ArgumentError("Conv2d::prepare", "the convolution is undefined");
   (void)output_shape(input);  // ShapeError when input is not [N, in_channels, H, W] or too small
-  backend_for(ctx.device, "Conv2d::prepare").conv2d_prepare_for(*this, *cache_, ctx, input);
+  backend_for(ctx.device, OpKind::Conv2d, "Conv2d::prepare").conv2d_prepare_for(*this, *cache_, ctx, input);
 }
 
 // ---- Linear ---------------------------------------------------------------------------------
@@ -137,12 +126,12 @@ Tensor Linear::forward(const Tensor& x, const ExecContext& ctx, bool silu_input)
                                    " features, the weight expects " + std::to_string(in_features()));
   const Device dev = resolve_device(x, ctx, "Linear");
   require_same_device(x, weight_, "Linear", "weight");
-  return backend_for(dev, "Linear").linear(*this, *cache_, x, silu_input, ctx);
+  return backend_for(dev, OpKind::Linear, "Linear").linear(*this, *cache_, x, silu_input, ctx);
 }
 
 void Linear::prepare(const ExecContext& ctx) const {
   if (!defined()) throw ArgumentError("Linear::prepare", "the layer is undefined");
-  backend_for(ctx.device, "Linear::prepare").linear_prepare(*this, *cache_, ctx);
+  backend_for(ctx.device, OpKind::Linear, "Linear::prepare").linear_prepare(*this, *cache_, ctx);
 }
 
 // ---- GroupNorm ------------------------------------------------------------------------------
@@ -176,12 +165,13 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
   if (args.avg_pool2x2 && (x.shape()[2] % 2 != 0 || x.shape()[3] % 2 != 0))
     throw ShapeError(where, "avg_pool2x2 needs even H and W, got " + x.shape().str());
   const Device dev = resolve_device(x, ctx, where);
-  if (args.avg_pool2x2 && !dev.is_cpu()) {  // fused on the CPU only; elsewhere the two ops
+  Backend& backend = backend_for(dev, OpKind::GroupNorm, where);
+  if (args.avg_pool2x2 && !backend.supports(OpKind::GroupNormAvgPool)) {  // then the two ops
     GroupNormArgs plain = args;
     plain.avg_pool2x2 = false;
-    return avg_pool2x2(backend_for(dev, where).group_norm(x, gamma, beta, plain, ctx), ctx);
+    return avg_pool2x2(backend.group_norm(x, gamma, beta, plain, ctx), ctx);
   }
-  return backend_for(dev, where).group_norm(x, gamma, beta, args, ctx);
+  return backend.group_norm(x, gamma, beta, args, ctx);
 }
 
 // ---- Attention ------------------------------------------------------------------------------
@@ -195,7 +185,7 @@ Tensor attention(const Tensor& qkv, int heads, QkvOrder order, const ExecContext
     throw ShapeError(
         where, std::to_string(C3 / 3) + " channels cannot be split into " + std::to_string(heads) + " heads");
   const Device dev = resolve_device(qkv, ctx, where);
-  return backend_for(dev, where).attention(qkv, heads, order, ctx);
+  return backend_for(dev, OpKind::Attention, where).attention(qkv, heads, order, ctx);
 }
 
 double attention_flops(const Shape& s, int heads) {
@@ -208,7 +198,7 @@ double attention_flops(const Shape& s, int heads) {
 
 Tensor silu(const Tensor& x, const ExecContext& ctx) {
   require_f32(x, "silu", "input");
-  return backend_for(resolve_device(x, ctx, "silu"), "silu").silu(x, ctx);
+  return backend_for(resolve_device(x, ctx, "silu"), OpKind::Silu, "silu").silu(x, ctx);
 }
 
 Tensor add(const Tensor& a, const Tensor& b, const ExecContext& ctx) {
@@ -219,19 +209,21 @@ Tensor add(const Tensor& a, const Tensor& b, const ExecContext& ctx) {
     throw ShapeError(
         "add", std::string("layouts differ: ") + layout_name(a.layout()) + " vs " + layout_name(b.layout()));
   require_same_device(a, b, "add", "b");
-  return backend_for(resolve_device(a, ctx, "add"), "add").add(a, b, ctx);
+  return backend_for(resolve_device(a, ctx, "add"), OpKind::Add, "add").add(a, b, ctx);
 }
 
 Tensor avg_pool2x2(const Tensor& x, const ExecContext& ctx) {
   check_image(x, "avg_pool2x2");
   if (x.shape()[2] % 2 || x.shape()[3] % 2)
     throw ShapeError("avg_pool2x2", "H and W must be even, got " + x.shape().str());
-  return backend_for(resolve_device(x, ctx, "avg_pool2x2"), "avg_pool2x2").avg_pool2x2(x, ctx);
+  return backend_for(resolve_device(x, ctx, "avg_pool2x2"), OpKind::AvgPool2x2, "avg_pool2x2")
+      .avg_pool2x2(x, ctx);
 }
 
 Tensor upsample_nearest2x(const Tensor& x, const ExecContext& ctx) {
   check_image(x, "upsample_nearest2x");
-  return backend_for(resolve_device(x, ctx, "upsample_nearest2x"), "upsample_nearest2x")
+  return backend_for(resolve_device(x, ctx, "upsample_nearest2x"), OpKind::UpsampleNearest2x,
+                     "upsample_nearest2x")
       .upsample_nearest2x(x, ctx);
 }
 
@@ -244,7 +236,8 @@ Tensor concat_channels(const Tensor& a, const Tensor& b, const ExecContext& ctx)
     throw ShapeError("concat_channels", "N, H, W must agree: " + sa.str() + " vs " + sb.str());
   if (a.layout() != b.layout()) throw ShapeError("concat_channels", "the two inputs have different layouts");
   require_same_device(a, b, "concat_channels", "b");
-  return backend_for(resolve_device(a, ctx, "concat_channels"), "concat_channels").concat_channels(a, b, ctx);
+  return backend_for(resolve_device(a, ctx, "concat_channels"), OpKind::ConcatChannels, "concat_channels")
+      .concat_channels(a, b, ctx);
 }
 
 static Tensor adaptive(const Tensor& x, int oh, int ow, bool max, const ExecContext& ctx) {
@@ -254,7 +247,8 @@ static Tensor adaptive(const Tensor& x, int oh, int ow, bool max, const ExecCont
     throw ArgumentError(where, "output size " + std::to_string(oh) + "x" + std::to_string(ow) +
                                    " must be within 1.." + std::to_string(x.shape()[2]) + "x" +
                                    std::to_string(x.shape()[3]));
-  return backend_for(resolve_device(x, ctx, where), where).adaptive_pool2d(x, oh, ow, max, ctx);
+  return backend_for(resolve_device(x, ctx, where), OpKind::AdaptivePool2d, where)
+      .adaptive_pool2d(x, oh, ow, max, ctx);
 }
 
 Tensor adaptive_avg_pool2d(const Tensor& x, int oh, int ow, const ExecContext& ctx) {
@@ -268,7 +262,8 @@ Tensor timestep_embedding(const Tensor& t, int dim, const ExecContext& ctx) {
   require_f32(t, "timestep_embedding", "t");
   require_rank(t, 1, "timestep_embedding", "t");
   if (dim < 1) throw ArgumentError("timestep_embedding", "dim must be >= 1, got " + std::to_string(dim));
-  return backend_for(resolve_device(t, ctx, "timestep_embedding"), "timestep_embedding")
+  return backend_for(resolve_device(t, ctx, "timestep_embedding"), OpKind::TimestepEmbedding,
+                     "timestep_embedding")
       .timestep_embedding(t, dim, ctx);
 }
 
