@@ -155,10 +155,11 @@ Runner add_extract(CLI::App& app) {
     else
       PoolSpec::parse(o->pool);
     eo.batch_size = o->batch;
-    eo.device = o->device == "cuda:local" ? Device::cuda(launch.local_rank % std::max(1, cuda_device_count()))
-                                          : parse_device(o->device);
-    eo.threads = o->threads;
-    eo.precision = parse_precision(o->precision.c_str());
+    eo.exec.device = o->device == "cuda:local"
+                         ? Device::cuda(launch.local_rank % std::max(1, cuda_device_count()))
+                         : parse_device(o->device);
+    eo.exec.threads = o->threads;
+    eo.exec.precision = parse_precision(o->precision.c_str());
     eo.check_finite = o->check_finite;
     const FeatureExtractor fx(net, eo);
 

@@ -117,8 +117,8 @@ FeatureSet FeatureExtractor::extract(const Tensor& x0, std::int64_t first_index,
 
   // The memory plan serves one pass at a time: a concurrent call uses the default allocator.
   std::unique_lock<std::mutex> plan(plan_mu_, std::try_to_lock);
-  ExecContext ctx{o.device, o.threads, o.precision,
-                  o.device.is_cpu() && plan.owns_lock() ? &allocator_ : nullptr};
+  ExecContext ctx = o.exec;
+  if (!ctx.allocator && ctx.device.is_cpu() && plan.owns_lock()) ctx.allocator = &allocator_;
   std::vector<float> noise(static_cast<std::size_t>(per));
   for (std::int64_t start = 0; start < N; start += o.batch_size) {
     const std::int64_t n = std::min<std::int64_t>(o.batch_size, N - start);
@@ -155,8 +155,8 @@ FeatureSet FeatureExtractor::extract(const Tensor& x0, std::int64_t first_index,
         std::fill_n(labels.data<std::int64_t>(), n * nT, static_cast<std::int64_t>(*o.label));
       }
       const Tensor xd =
-          o.device.is_cpu() ? xt : xt.to_layout(Layout::NHWC).to_device(o.device);  // NHWC upload
-      const Tensor td = o.device.is_cpu() ? tv : tv.to_device(o.device);
+          o.exec.device.is_cpu() ? xt : xt.to_layout(Layout::NHWC).to_device(o.exec.device);  // NHWC upload
+      const Tensor td = o.exec.device.is_cpu() ? tv : tv.to_device(o.exec.device);
       const auto feats = model_->forward(xd, td, labels, o.blocks, ctx);
       for (const auto& [b, f] : feats) {
         for (std::int64_t ti = 0; ti < nT; ++ti) {

@@ -128,7 +128,7 @@ FeatureMetadata FeatureMetadata::describe(const FeatureExtractor& fx, const fs::
   m.extra["noise_mode"] = o.noise == NoiseMode::Seeded ? "seeded"
                           : o.noise == NoiseMode::None ? "none"
                                                        : "given";
-  m.extra["precision"] = precision_name(o.precision);
+  m.extra["precision"] = precision_name(o.exec.precision);
   if (o.label) m.extra["class_label"] = std::to_string(*o.label);
   if (dataset) {
     m.preprocessing = dataset->describe();

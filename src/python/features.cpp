@@ -207,9 +207,9 @@ block's output. extract(images) returns {(t, block): float32 array}.)doc")
                if (p.kind != PoolKind::None) o.pool = p;
              }
              o.batch_size = batch_size;
-             o.device = parse_device(device);
-             o.threads = threads;
-             o.precision = parse_precision(precision.c_str());
+             o.exec.device = parse_device(device);
+             o.exec.threads = threads;
+             o.exec.precision = parse_precision(precision.c_str());
              PyExtractor e;
              e.model = std::move(model);
              e.fx = std::make_unique<FeatureExtractor>(*e.model, std::move(o));
@@ -268,10 +268,10 @@ block's output. extract(images) returns {(t, block): float32 array}.)doc")
       .def_property_readonly("blocks", [](const PyExtractor& e) { return e.fx->options().blocks; })
       .def_property_readonly("noise_seed", [](const PyExtractor& e) { return e.fx->options().noise_seed; })
       .def_property_readonly("batch_size", [](const PyExtractor& e) { return e.fx->options().batch_size; })
-      .def_property_readonly("threads", [](const PyExtractor& e) { return e.fx->options().threads; })
+      .def_property_readonly("threads", [](const PyExtractor& e) { return e.fx->options().exec.threads; })
       .def_property_readonly(
           "precision",
-          [](const PyExtractor& e) { return std::string(precision_name(e.fx->options().precision)); })
+          [](const PyExtractor& e) { return std::string(precision_name(e.fx->options().exec.precision)); })
       .def_property_readonly("pool", [](const PyExtractor& e) -> py::object {
         if (!e.fx->options().pool) return py::none();
         return py::cast(e.fx->options().pool->str());

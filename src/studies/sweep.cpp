@@ -232,9 +232,9 @@ SweepResult run_sweep(const UNet& model, data::Dataset& train, data::Dataset& te
             split == 0 ? options.noise_seed : options.test_noise_seed.value_or(options.noise_seed + 1);
         if (pool.kind != PoolKind::None) eo.pool = pool;
         eo.batch_size = options.batch_size;
-        eo.device = options.device;
-        eo.threads = options.threads;
-        eo.precision = options.precision;
+        eo.exec.device = options.device;
+        eo.exec.threads = options.threads;
+        eo.exec.precision = options.precision;
         const FeatureExtractor fx(model, eo);
         ExtractionJobOptions jo;
         jo.limit = split == 0 ? options.limit_train : options.limit_test;

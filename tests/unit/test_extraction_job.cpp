@@ -34,7 +34,7 @@ ExtractOptions extract_options() {
   o.blocks = {2, 6};
   o.pool = PoolSpec::parse("avg:2");
   o.batch_size = 8;
-  o.threads = 2;
+  o.exec.threads = 2;
   o.noise_seed = 5;
   return o;
 }

@@ -104,10 +104,10 @@ TEST(FeatureExtractor, FeaturesDoNotDependOnBatchThreadsOrOffset) {
   o.blocks = {5, 9, 12};
   o.noise_seed = 4;
   o.batch_size = 1;
-  o.threads = 1;
+  o.exec.threads = 1;
   const FeatureSet a = FeatureExtractor(net, o).extract(x);
   o.batch_size = 7;
-  o.threads = 2;
+  o.exec.threads = 2;
   const FeatureSet b = FeatureExtractor(net, o).extract(x);
   // Samples 4..8 extracted on their own, as a later shard of the same data set.
   const FeatureSet c = FeatureExtractor(net, o).extract(x.slice_batch(4, 9), 4);
@@ -243,12 +243,12 @@ TEST(FeatureExtractor, ThreadsSharingAModelOrAnExtractorGetTheSameBytes) {
   ExtractOptions a, b;
   a.timesteps = {10, 300};
   a.blocks = {4, 9};
-  a.threads = 1;
+  a.exec.threads = 1;
   b.timesteps = {50};
   b.blocks = {12};
   b.pool = PoolSpec::parse("avg:2");
   b.batch_size = 3;
-  b.threads = 1;
+  b.exec.threads = 1;
   const FeatureExtractor fa(net, a), fb(net, b);
   const Tensor x = random_images(5, net.input_shape(1), 21);
   const auto want_a = fa.extract(x, 3).at(300, 9).to_vector();

@@ -456,7 +456,7 @@ TEST(FeatureFile, MetadataDescribesAnExtraction) {
   o.noise_seed = 77;
   o.noise_draws = 2;
   o.pool = PoolSpec{PoolKind::Average, 2};
-  o.threads = 2;
+  o.exec.threads = 2;
   const FeatureExtractor fx(model, o);
   std::ofstream(d / "w.bin") << "weights bytes";
   io::save_npy(d / "x.npy", random_tensor({2, 3, 16, 16}, 3));

@@ -32,9 +32,10 @@ struct ExtractOptions {
   std::optional<int> label;      // class label for class-conditional models
   std::optional<PoolSpec> pool;  // pool inside the extractor (saves memory on big datasets)
   int batch_size = 16;           // images per U-Net pass (times the number of timesteps)
-  Device device = Device::cpu();
-  int threads = 0;  // <= 0: default_threads()
-  Precision precision = Precision::FP32;
+  /// Where and how the U-Net runs: device, threads (<= 0: default_threads()), precision. Its
+  /// allocator is best left null: the extractor then serves the activations from its own memory
+  /// plan (on the CPU); a given allocator is used instead.
+  ExecContext exec;
   /// Check every feature for NaN / infinity after each pass (NumericError naming the sample, t and
   /// block) instead of writing them. Inputs are always checked.
   bool check_finite = false;
