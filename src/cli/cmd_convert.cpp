@@ -5,6 +5,7 @@
 #include "diffprobe/io/safetensors.hpp"
 #include "diffprobe/io/torch_checkpoint.hpp"
 #include "diffprobe/model/unet.hpp"
+#include "io/atomic_file.hpp"
 
 namespace diffprobe::cli {
 
@@ -25,6 +26,7 @@ Runner add_convert(CLI::App& app) {
       ->check(CLI::ExistingFile);
   app.add_flag("--no-check", o->no_check, "write the tensors without validating them as a U-Net");
   return [o]() {
+    io::detail::check_writable(o->out);  // before reading gigabytes
     io::NamedTensors w = io::load_weights(o->in);
     fmt::print("read {} tensors from {} ({})\n", w.size(), o->in,
                io::weights_format_name(io::detect_weights_format(o->in)));

@@ -10,6 +10,7 @@
 #include "diffprobe/features/feature_file.hpp"
 #include "diffprobe/features/feature_rows.hpp"
 #include "diffprobe/heads/head.hpp"
+#include "io/atomic_file.hpp"
 
 namespace diffprobe::cli {
 
@@ -53,6 +54,9 @@ Runner add_probe(CLI::App& app) {
   app.add_option("--json", o->json, "write the results as JSON");
   app.add_flag("--confusion", o->confusion, "print the confusion matrix");
   return [o]() {
+    // The destinations are checked before training, which can take hours, not after it.
+    if (!o->save.empty()) io::detail::check_writable(o->save);
+    if (!o->json.empty()) io::detail::check_writable(o->json);
     // Features are read from disk batch by batch (FeatureRows), never loaded whole: memory does
     // not grow with the files. A comma-separated list is the parts of a sharded extraction.
     auto paths = [](const std::string& list) {

@@ -14,6 +14,7 @@ namespace diffprobe::cli {
 struct ModelFlags {
   std::string weights, preset, config;
   int image_size = 0;
+  bool no_mmap = false;
 
   void add_to(CLI::App& app) {
     app.add_option("--weights", weights, "U-Net weights (safetensors, torch zip or legacy)")->required();
@@ -22,6 +23,9 @@ struct ModelFlags {
     app.add_option("--config", config, "model config JSON (official flag names)");
     app.add_option("--image-size", image_size, "image size when the config is inferred from the weights")
         ->check(at_least(1));
+    app.add_flag("--no-mmap", no_mmap,
+                 "read the weights file into memory instead of mapping it (a mapped file that is "
+                 "truncated while in use stops the process with SIGBUS)");
   }
 
   /// The load options the flags give (reading --config), after checking that --weights exists.
@@ -30,6 +34,7 @@ struct ModelFlags {
     if (!preset.empty()) lo.preset = preset;
     if (!config.empty()) lo.config = UNetConfig::from_json_file(config);
     if (image_size > 0) lo.image_size = image_size;
+    if (no_mmap) lo.file_access = io::FileAccess::Read;
     if (!std::filesystem::exists(weights)) throw IoError("--weights", "no such file: " + weights);
     return lo;
   }

@@ -20,6 +20,8 @@ AtomicFile::AtomicFile(const std::filesystem::path& target) : target_(target) {
   if (!f_) throw IoError(target_.string(), "cannot create " + temp_.string() + ": " + std::strerror(errno));
 }
 
+void check_writable(const std::filesystem::path& target) { AtomicFile probe(target); }
+
 AtomicFile::~AtomicFile() {
   if (f_) std::fclose(f_);
   if (!done_) {

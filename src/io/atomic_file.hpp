@@ -34,4 +34,9 @@ class AtomicFile {
   std::shared_ptr<void> hash_;  // detail::Sha256 while hashing
 };
 
+/// Whether `target` could be written now: creates (and removes) a temporary file beside it.
+/// IoError naming the target and the reason (read-only file system, missing folder, ...): the
+/// commands call it before hours of work that would end in writing the target.
+void check_writable(const std::filesystem::path& target);
+
 }  // namespace diffprobe::io::detail

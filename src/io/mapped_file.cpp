@@ -12,7 +12,7 @@
 
 namespace diffprobe::io::detail {
 
-std::shared_ptr<MappedFile> MappedFile::open(const std::filesystem::path& path) {
+std::shared_ptr<MappedFile> MappedFile::open(const std::filesystem::path& path, FileAccess access) {
   const std::string name = path.string();
   const int fd = ::open(name.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw IoError(name, std::string("cannot open: ") + std::strerror(errno));
@@ -30,9 +30,11 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::filesystem::path& path) 
   f->name_ = name;
   f->size_ = static_cast<std::size_t>(st.st_size);
 #ifdef DIFFPROBE_FUZZING
-  // Fuzz builds (cmake/diffprobeFuzz.cmake): an exact-size heap copy instead of a mapping, so a
-  // read past the end is an ASan report, not a read of the last page's zero padding.
-  if (f->size_ > 0) {
+  // Fuzz builds (cmake/diffprobeFuzz.cmake) always read: with an exact-size heap copy, a read past
+  // the end is an ASan report, not a read of the last page's zero padding.
+  access = FileAccess::Read;
+#endif
+  if (f->size_ > 0 && access == FileAccess::Read) {
     f->data_ = new std::uint8_t[f->size_];
     std::size_t got = 0;
     while (got < f->size_) {
@@ -40,13 +42,12 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::filesystem::path& path) 
       if (r <= 0) {
         const int e = errno;
         ::close(fd);
-        throw IoError(name, std::string("cannot read: ") + std::strerror(r < 0 ? e : EIO));
+        throw IoError(name, std::string("cannot read: ") +
+                                (r < 0 ? std::strerror(e) : "the file shrank while it was read"));
       }
       got += static_cast<std::size_t>(r);
     }
-  }
-#else
-  if (f->size_ > 0) {
+  } else if (f->size_ > 0) {
     // Writable private pages: copy-on-write, so in-place edits of a loaded tensor are harmless.
     void* p = ::mmap(nullptr, f->size_, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) p = ::mmap(nullptr, f->size_, PROT_READ, MAP_PRIVATE, fd, 0);  // strict overcommit
@@ -56,18 +57,17 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::filesystem::path& path) 
       throw IoError(name, std::string("cannot map: ") + std::strerror(e));
     }
     f->data_ = static_cast<std::uint8_t*>(p);
+    f->mapped_ = true;
   }
-#endif
   ::close(fd);  // the mapping stays valid without the descriptor
   return f;
 }
 
 MappedFile::~MappedFile() {
-#ifdef DIFFPROBE_FUZZING
-  delete[] data_;
-#else
-  if (data_) ::munmap(data_, size_);
-#endif
+  if (mapped_)
+    ::munmap(data_, size_);
+  else
+    delete[] data_;
 }
 
 }  // namespace diffprobe::io::detail

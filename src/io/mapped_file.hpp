@@ -8,12 +8,16 @@
 #include <memory>
 #include <string>
 
+#include "diffprobe/io/file_access.hpp"
+
 namespace diffprobe::io::detail {
 
 class MappedFile {
  public:
-  /// Maps `path`; IoError when it cannot be opened, is not a regular file or cannot be mapped.
-  static std::shared_ptr<MappedFile> open(const std::filesystem::path& path);
+  /// Maps `path` (or, with FileAccess::Read, reads it into an exact-size heap buffer); IoError
+  /// when it cannot be opened, is not a regular file or cannot be mapped or read.
+  static std::shared_ptr<MappedFile> open(const std::filesystem::path& path,
+                                          FileAccess access = FileAccess::Map);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
@@ -27,6 +31,7 @@ class MappedFile {
  private:
   MappedFile() = default;
   std::uint8_t* data_ = nullptr;
+  bool mapped_ = false;  // munmap, else delete[]
   std::size_t size_ = 0;
   std::string name_;
 };

@@ -71,8 +71,8 @@ struct Entry {
 
 }  // namespace
 
-NamedTensors load_safetensors(const std::filesystem::path& path) {
-  const auto file = detail::MappedFile::open(path);
+NamedTensors load_safetensors(const std::filesystem::path& path, FileAccess access) {
+  const auto file = detail::MappedFile::open(path, access);
   const std::string& where = file->name();
   auto fail = [&](const std::string& why) -> FormatError {
     return FormatError(where, "safetensors: " + why);

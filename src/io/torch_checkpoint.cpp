@@ -449,8 +449,8 @@ WeightsFormat detect_weights_format(const std::filesystem::path& path) {
   return WeightsFormat::Unknown;
 }
 
-NamedTensors load_torch_checkpoint(const std::filesystem::path& path) {
-  const auto file = detail::MappedFile::open(path);
+NamedTensors load_torch_checkpoint(const std::filesystem::path& path, FileAccess access) {
+  const auto file = detail::MappedFile::open(path, access);
   const std::uint8_t* d = file->data();
   const std::size_t n = file->size();
   if (n == 0) throw FormatError(file->name(), "the file is empty");
@@ -459,11 +459,11 @@ NamedTensors load_torch_checkpoint(const std::filesystem::path& path) {
   throw FormatError(file->name(), "not a PyTorch checkpoint (neither a zip archive nor a legacy pickle)");
 }
 
-NamedTensors load_weights(const std::filesystem::path& path) {
+NamedTensors load_weights(const std::filesystem::path& path, FileAccess access) {
   switch (detect_weights_format(path)) {
-    case WeightsFormat::Safetensors: return load_safetensors(path);
+    case WeightsFormat::Safetensors: return load_safetensors(path, access);
     case WeightsFormat::TorchZip:
-    case WeightsFormat::TorchLegacy: return load_torch_checkpoint(path);
+    case WeightsFormat::TorchLegacy: return load_torch_checkpoint(path, access);
     case WeightsFormat::Unknown: break;
   }
   throw FormatError(path.string(),

@@ -165,7 +165,7 @@ UNet UNet::random(const UNetConfig& config, std::uint64_t seed) {
 }
 
 UNet UNet::load(const std::filesystem::path& path, const LoadOptions& options) {
-  io::NamedTensors weights = io::load_weights(path);
+  io::NamedTensors weights = io::load_weights(path, options.file_access);
   std::vector<std::string> notes;
   UNetConfig config;
   if (options.config) {

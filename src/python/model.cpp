@@ -75,19 +75,22 @@ raise ConfigError. UNetConfig.preset("256x256_diffusion_uncond"), UNetConfig.pre
   py::class_<UNet, std::shared_ptr<UNet>>(m, "UNet", R"doc(
 The ADM U-Net, run forward only as far as the requested blocks need. UNet.load(path) reads
 safetensors, torch zip or legacy checkpoints; the config comes from `config`, else `preset`, else a
-preset matching the file name, else the file's metadata, else the weights' shapes.)doc")
+preset matching the file name, else the file's metadata, else the weights' shapes. mmap=False
+reads the file into memory instead of mapping it (a mapped file truncated while in use stops the
+process with SIGBUS).)doc")
       .def_static(
           "load",
           [](const std::filesystem::path& path, std::optional<std::string> preset,
-             std::optional<UNetConfig> config, std::optional<int> image_size) {
+             std::optional<UNetConfig> config, std::optional<int> image_size, bool mmap) {
             LoadOptions o;
             o.preset = std::move(preset);
             o.config = std::move(config);
             o.image_size = image_size;
+            o.file_access = mmap ? io::FileAccess::Map : io::FileAccess::Read;
             return without_gil([&] { return std::make_shared<UNet>(UNet::load(path, o)); });
           },
           py::arg("path"), py::arg("preset") = py::none(), py::arg("config") = py::none(),
-          py::arg("image_size") = py::none())
+          py::arg("image_size") = py::none(), py::arg("mmap") = true)
       .def_static(
           "random",
           [](const UNetConfig& config, std::uint64_t seed) {

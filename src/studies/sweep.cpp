@@ -203,8 +203,11 @@ SweepResult run_sweep(const UNet& model, data::Dataset& train, data::Dataset& te
   result.test_samples = n_test;
 
   // ---- Phase 1: features. One job per (pool, split, t); each serves every block. ----
-  fs::create_directories(dir / "features");
-  fs::create_directories(dir / "cells");
+  for (const char* sub : {"features", "cells"}) {
+    std::error_code ec;
+    fs::create_directories(dir / sub, ec);
+    if (ec) throw IoError((dir / sub).string(), "cannot create the folder: " + ec.message());
+  }
   const std::int64_t extract_total =
       static_cast<std::int64_t>(options.pools.size() * options.timesteps.size()) * (n_train + n_test);
   std::int64_t extract_done = 0, extract_resumed = 0;

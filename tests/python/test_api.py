@@ -131,6 +131,14 @@ def test_config_and_model(model):
     assert m2.config == c
 
 
+def test_load_without_mmap_gives_the_same_model(model, model_path, fmnist):
+    read = dp.UNet.load(model_path, mmap=False)
+    x = fmnist["images"][:2]
+    a = dp.FeatureExtractor(model, timesteps=[10], blocks=[5], pool="gap").extract(x)[10, 5]
+    b = dp.FeatureExtractor(read, timesteps=[10], blocks=[5], pool="gap").extract(x)[10, 5]
+    assert (a == b).all()
+
+
 def test_extractor_keeps_model_alive(model_path, fmnist):
     fx = dp.FeatureExtractor(dp.UNet.load(model_path), timesteps=[10], blocks=[3], pool="gap")
     gc.collect()

@@ -1,15 +1,17 @@
 #pragma once
 // safetensors: 8-byte little-endian header length, a JSON header, then the raw data.
-// Loading memory-maps the file: tensors are views of the mapping (no copy) and keep it alive.
+// Loading memory-maps the file: tensors are views of the mapping (no copy) and keep it alive
+// (or, with FileAccess::Read, of a copy read at load).
 #include <filesystem>
 
+#include "diffprobe/io/file_access.hpp"
 #include "diffprobe/io/named_tensors.hpp"
 
 namespace diffprobe::io {
 
 /// Reads a safetensors file. Validates the header strictly (sizes, offsets that tile the data,
 /// dtypes, shapes) and throws FormatError / IoError with the file name on any inconsistency.
-NamedTensors load_safetensors(const std::filesystem::path& path);
+NamedTensors load_safetensors(const std::filesystem::path& path, FileAccess access = FileAccess::Map);
 
 /// Writes `tensors` (CPU; any layout is written in logical NCHW order) with their metadata.
 /// `store` converts floating tensors to f32, f16 or bf16 on the way (integers are kept).

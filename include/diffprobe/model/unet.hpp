@@ -12,6 +12,7 @@
 
 #include "diffprobe/core/context.hpp"
 #include "diffprobe/core/tensor.hpp"
+#include "diffprobe/io/file_access.hpp"
 #include "diffprobe/io/named_tensors.hpp"
 #include "diffprobe/model/unet_config.hpp"
 
@@ -46,6 +47,9 @@ struct LoadOptions {
   std::optional<std::string> preset;  // a preset name (UNetConfig::preset_names())
   std::optional<UNetConfig> config;   // an explicit configuration (wins over preset)
   std::optional<int> image_size;      // when neither is given: the size for shape inference
+  /// Map the weights file (the default; it must then not be truncated while the model lives) or
+  /// read it whole at load (io/file_access.hpp).
+  io::FileAccess file_access = io::FileAccess::Map;
 };
 
 class UNet {
