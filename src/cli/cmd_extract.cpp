@@ -76,7 +76,7 @@ Runner add_extract(CLI::App& app) {
     ModelFlags model;
     std::string input, labels, t = "90", blocks = "24", pool = "avg:2", device = "cpu", out,
                                precision = "fp32", dtype = "fp32", preprocess = "adm", augment = "none",
-                               shard = "auto";
+                               shard = "auto", on_bad_image = "stop";
     std::uint64_t seed = 0, augment_seed = 0;
     int copies = 1;
     bool no_noise = false, keep_parts = false, no_merge = false, check_finite = false;
@@ -127,6 +127,10 @@ Runner add_extract(CLI::App& app) {
                  "launcher's rank and size (mpirun, srun), else the whole output");
   app.add_flag("--check-finite", o->check_finite,
                "stop with an error naming the image, t and block when a feature is NaN or infinite");
+  app.add_option("--on-bad-image", o->on_bad_image,
+                 "an image that cannot be read (corrupt, truncated, empty): stop (default) with an error "
+                 "naming it, or skip it (its row's features are NaN and the file's metadata lists it)")
+      ->check(CLI::IsMember({"stop", "skip"}));
   app.add_flag("--keep-parts", o->keep_parts, "keep OUT.parts/ after assembling OUT");
   app.add_flag("--no-merge", o->no_merge, "leave the finished parts for `diffprobe merge`");
   return [o]() {
@@ -193,6 +197,7 @@ Runner add_extract(CLI::App& app) {
     jo.merge = !o->no_merge && !mpi.active();  // under MPI rank 0 merges once every rank is done
     jo.keep_parts = o->keep_parts;
     jo.weights = o->model.weights;
+    jo.skip_bad_images = o->on_bad_image == "skip";
     const std::int64_t samples = o->limit > 0 ? std::min(o->limit, ds->size()) : ds->size();
     const std::string who = shard.count > 1 ? fmt::format("shard {} ", shard.str()) : std::string();
     fmt::print(stderr, "{}extracting t={} blocks={} pool={} from {} samples{} ({})\n", who, o->t, o->blocks,
@@ -222,6 +227,15 @@ Runner add_extract(CLI::App& app) {
       if (!mpi.active()) throw;
       ok = false;
       error = e.what();
+    }
+    if (ok && !result.skipped.empty()) {
+      fmt::print(
+          stderr,
+          "skipped {} unreadable image{} (features NaN, listed in the file's metadata 'skipped_rows'):\n",
+          result.skipped.size(), result.skipped.size() == 1 ? "" : "s");
+      for (std::size_t i = 0; i < result.skipped.size() && i < 20; ++i)
+        fmt::print(stderr, "  row {}: {}\n", result.skipped[i].row, result.skipped[i].error);
+      if (result.skipped.size() > 20) fmt::print(stderr, "  ... and {} more\n", result.skipped.size() - 20);
     }
     if (ok && result.rows_computed > 0) {
       fmt::print(

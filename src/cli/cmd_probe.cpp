@@ -74,6 +74,12 @@ Runner add_probe(CLI::App& app) {
       if (ftr.back().sample_shape() != fte.back().sample_shape())
         throw ShapeError("--feature", n + " has different shapes in the two files");
     }
+    for (const auto* set : {&ftr, &fte})
+      if ((*set)[0].skipped_rows() > 0)
+        fmt::print(stderr,
+                   "left out {} rows of the {} features whose image could not be read (extract "
+                   "--on-bad-image skip)\n",
+                   (*set)[0].skipped_rows(), set == &ftr ? "training" : "test");
     const auto& ltr = ftr[0].labels();
     const auto& lte = fte[0].labels();
     if (!ltr || !lte) throw ArgumentError("diffprobe probe", "both feature files need labels");

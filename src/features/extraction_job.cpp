@@ -49,6 +49,7 @@ struct Decoded {
   std::int64_t chunk = 0;
   Tensor images;
   std::optional<Tensor> labels;
+  std::vector<SkippedRow> skipped;  // rows (of the output) whose image could not be read
   std::exception_ptr error;
 };
 
@@ -89,10 +90,20 @@ class DecodeQueue {
 
 // Output rows [begin, end) when each of n samples has copies: row r is copy r / n (the
 // transform's epoch) of sample r % n.
-Tensor rows_of(data::Dataset& ds, std::int64_t n, std::int64_t begin, std::int64_t end) {
+// Rows [begin, end) of the output (row r is sample r % n, copy r / n). With `skipped`, images
+// that cannot be read are zeros and listed there by row; else the first is an error.
+Tensor rows_of(data::Dataset& ds, std::int64_t n, std::int64_t begin, std::int64_t end,
+               std::vector<SkippedRow>* skipped) {
+  std::vector<data::Dataset::BadSample> bad;
+  auto note = [&](std::int64_t first_row) {
+    for (const auto& b : bad) skipped->push_back({first_row + b.position, b.error});
+    bad.clear();
+  };
   if (begin / n == (end - 1) / n) {
     ds.set_epoch(begin / n);
-    return ds.images(begin % n, (end - 1) % n + 1);
+    Tensor t = ds.images(begin % n, (end - 1) % n + 1, skipped ? &bad : nullptr);
+    if (skipped) note(begin);
+    return t;
   }
   const auto spec = ds.spec();
   Tensor out = Tensor::empty(Shape{end - begin, spec.channels, spec.size, spec.size}, DType::F32);
@@ -100,7 +111,8 @@ Tensor rows_of(data::Dataset& ds, std::int64_t n, std::int64_t begin, std::int64
   for (std::int64_t r = begin; r < end;) {
     const std::int64_t k = r / n, i0 = r % n, i1 = std::min(n, i0 + (end - r));
     ds.set_epoch(k);
-    const Tensor part = ds.images(i0, i1);
+    const Tensor part = ds.images(i0, i1, skipped ? &bad : nullptr);
+    if (skipped) note(r);
     std::copy_n(part.data<float>(), part.numel(), out.data<float>() + (r - begin) * per);
     r += i1 - i0;
   }
@@ -136,6 +148,7 @@ std::string first_difference(const Strings& was, const Strings& now) {
   for (const auto& [k, v] : was) keys.insert(k);
   for (const auto& [k, v] : now) keys.insert(k);
   for (const auto& k : keys) {
+    if (k == "skipped_rows") continue;  // what a run found, not one of its settings
     const auto a = was.find(k), b = now.find(k);
     if (a == was.end() || b == now.end() || a->second != b->second)
       return fmt::format("metadata '{}' is {} there, this run has {}", k, show(was, k), show(now, k));
@@ -425,6 +438,10 @@ ExtractionResult run_extraction(const FeatureExtractor& fx, data::Dataset& ds, c
   const std::int64_t chunk = o.chunk_size > 0 ? o.chunk_size : 16LL * fx.options().batch_size;
   const std::int64_t num_chunks = (total + chunk - 1) / chunk;
   const bool sharded = o.shard.count > 1;
+  if (sharded && o.skip_bad_images)
+    throw ArgumentError(kWhere,
+                        "skipping unreadable images is not supported with sharding yet: fix or remove "
+                        "the files, or extract in one process");
   if (o.shard.count > num_chunks)
     throw ArgumentError(kWhere,
                         fmt::format("{} shards for {} chunks of {} rows: use fewer shards or smaller chunks",
@@ -529,7 +546,7 @@ ExtractionResult run_extraction(const FeatureExtractor& fx, data::Dataset& ds, c
         Decoded d;
         d.chunk = t.chunk;
         try {
-          d.images = rows_of(ds, samples, t.begin, t.end);
+          d.images = rows_of(ds, samples, t.begin, t.end, o.skip_bad_images ? &d.skipped : nullptr);
           d.labels = labels_of(labels, samples, t.begin, t.end);
         } catch (...) {
           d.error = std::current_exception();
@@ -561,7 +578,18 @@ ExtractionResult run_extraction(const FeatureExtractor& fx, data::Dataset& ds, c
                                                  t.begin, t.end, target.string()));
             });
         r.forward_seconds += since(forward_start);
-        writer.write(t.chunk, features, d.labels);
+        // A skipped image's features are NaN: no consumer mistakes them for a real image's.
+        for (auto& k : d.skipped) {
+          for (const auto& [key, shared] : features.items()) {
+            Tensor f = shared;  // the same storage
+            const std::int64_t per_row = f.numel() / f.dim(0);
+            float* p = f.data<float>() + (k.row - t.begin) * per_row;
+            std::fill_n(p, per_row, std::numeric_limits<float>::quiet_NaN());
+          }
+          r.skipped.push_back(k);
+          k.row -= row0;  // the writer counts its own rows
+        }
+        writer.write(t.chunk, features, d.labels, d.skipped);
         r.rows_computed += t.end - t.begin;
         report(r.rows_resumed + r.rows_computed);
       }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <charconv>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "core/text.hpp"
@@ -22,7 +23,7 @@ constexpr const char* kFormat = "diffprobe.features";
 constexpr const char* kFormatVersion = "1";
 const std::set<std::string> kReservedKeys = {
     "format",     "format_version", "weights_sha256", "config",  "timesteps",  "blocks", "pooling",
-    "noise_seed", "noise_draws",    "preprocessing",  "library", "preprocess", "copies"};
+    "noise_seed", "noise_draws",    "preprocessing",  "library", "preprocess", "copies", "skipped_rows"};
 
 template <class T> bool parse_number(std::string_view s, T& out) {
   const auto r = std::from_chars(s.data(), s.data() + s.size(), out);
@@ -158,6 +159,7 @@ std::map<std::string, std::string> FeatureMetadata::to_strings() const {
   m["preprocess"] = preprocess;
   m["copies"] = std::to_string(copies);
   m["library"] = library.empty() ? detail::library_string() : library;
+  if (!skipped_rows.empty()) m["skipped_rows"] = skipped_rows;
   return m;
 }
 
@@ -194,9 +196,34 @@ FeatureMetadata FeatureMetadata::from_strings(const std::map<std::string, std::s
     throw FormatError(where,
                       "feature file metadata 'copies' is not a positive integer: '" + get("copies") + "'");
   f.library = get("library");
+  f.skipped_rows = get("skipped_rows");
+  (void)diffprobe::skipped_rows(f, where);  // validated now, not where it is first used
   for (const auto& [k, v] : m)
     if (!kReservedKeys.count(k)) f.extra[k] = v;
   return f;
+}
+
+std::vector<SkippedRow> skipped_rows(const FeatureMetadata& m, const std::string& where) {
+  std::vector<SkippedRow> out;
+  if (m.skipped_rows.empty()) return out;
+  try {
+    const auto j = nlohmann::json::parse(m.skipped_rows);
+    for (const auto& e : j.at("rows")) {
+      SkippedRow r;
+      const auto& row = e.at("row");
+      if (!row.is_number_integer() || row.get<std::int64_t>() < 0)
+        throw FormatError(where, "bad row " + row.dump());
+      r.row = row.get<std::int64_t>();
+      r.error = e.at("error").get<std::string>();
+      if (!out.empty() && r.row <= out.back().row) throw FormatError(where, "rows not ascending");
+      out.push_back(std::move(r));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError(where, std::string("malformed metadata 'skipped_rows': ") + e.what());
+  } catch (const FormatError& e) {
+    throw FormatError(where, std::string("malformed metadata 'skipped_rows': ") + e.what());
+  }
+  return out;
 }
 
 }  // namespace diffprobe

@@ -32,6 +32,8 @@ struct FeatureRows::Impl {
   std::size_t row_bytes = 0;
   std::optional<std::vector<std::int64_t>> labels;
   int copies = 1;
+  std::vector<std::int64_t> kept;  // the files' row of each row; empty: all rows, in order
+  std::int64_t skipped = 0;
   ~Impl() {
     for (auto& s : segments)
       if (s.fd >= 0) ::close(s.fd);
@@ -111,12 +113,37 @@ FeatureRows FeatureRows::open(const std::vector<fs::path>& files, const std::str
         has_labels = false;
       }
     }
+    // Rows whose image could not be read (extract --on-bad-image skip) are left out.
+    std::vector<std::int64_t> bad;
+    for (std::size_t i = 0; i < opened.size(); ++i)
+      for (const auto& k : diffprobe::skipped_rows(opened[i].metadata(), files[i].string()))
+        bad.push_back(impl->segments[i].first_row + k.row);
+    if (!bad.empty()) {
+      std::sort(bad.begin(), bad.end());
+      std::size_t next = 0;
+      for (std::int64_t r = 0; r < impl->rows; ++r) {
+        if (next < bad.size() && bad[next] == r) {
+          ++next;
+          continue;
+        }
+        impl->kept.push_back(r);
+      }
+      impl->skipped = static_cast<std::int64_t>(bad.size());
+      if (has_labels) {
+        std::vector<std::int64_t> kept_labels;
+        for (const std::int64_t r : impl->kept) kept_labels.push_back(labels[static_cast<std::size_t>(r)]);
+        labels = std::move(kept_labels);
+      }
+    }
     if (has_labels) impl->labels = std::move(labels);
   }
   return FeatureRows(std::move(impl));
 }
 
-std::int64_t FeatureRows::rows() const noexcept { return impl_->rows; }
+std::int64_t FeatureRows::rows() const noexcept {
+  return impl_->kept.empty() ? impl_->rows : static_cast<std::int64_t>(impl_->kept.size());
+}
+std::int64_t FeatureRows::skipped_rows() const noexcept { return impl_->skipped; }
 const Shape& FeatureRows::sample_shape() const noexcept { return impl_->sample; }
 DType FeatureRows::stored_dtype() const noexcept { return impl_->dtype; }
 const std::optional<std::vector<std::int64_t>>& FeatureRows::labels() const noexcept { return impl_->labels; }
@@ -126,10 +153,11 @@ void FeatureRows::read(std::span<const std::int64_t> idx, float* out) const {
   const Impl& m = *impl_;
   const std::int64_t f = m.sample.numel();
   std::vector<std::uint16_t> half(m.dtype == DType::F32 ? 0 : static_cast<std::size_t>(f));
+  const std::int64_t n = rows();
   for (std::size_t k = 0; k < idx.size(); ++k) {
-    const std::int64_t r = idx[k];
-    if (r < 0 || r >= m.rows)
-      throw ArgumentError("FeatureRows::read", fmt::format("row {} is outside [0, {})", r, m.rows));
+    if (idx[k] < 0 || idx[k] >= n)
+      throw ArgumentError("FeatureRows::read", fmt::format("row {} is outside [0, {})", idx[k], n));
+    const std::int64_t r = m.kept.empty() ? idx[k] : m.kept[static_cast<std::size_t>(idx[k])];
     const auto seg = std::upper_bound(m.segments.begin(), m.segments.end(), r,
                                       [](std::int64_t v, const Segment& s) { return v < s.first_row; }) -
                      1;

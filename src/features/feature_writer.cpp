@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "diffprobe/features/feature_file.hpp"
 #include "diffprobe/io/npy.hpp"
@@ -60,6 +61,7 @@ FeatureWriter::FeatureWriter(const fs::path& path, FeatureMetadata metadata, Fea
     for (const auto& [k, v] : p.metadata)
       if (!now.count(k)) differs("metadata '" + k + "' =", "'" + v + "'", "(absent)");
     for (const auto& t : p.tensors) tensors_.push_back({t.name, t.dtype, t.sample_shape});
+    for (const auto& k : p.skipped) skipped_.push_back({k.row, k.error});
     for (const auto k : p.done) {
       if (k < 0 || k >= num_chunks_)
         throw FormatError(pwhere, "chunk " + std::to_string(k) + " out of range");
@@ -111,14 +113,15 @@ void FeatureWriter::save_progress() const {
   for (const auto& t : tensors_) p.tensors.push_back({t.name, t.dtype, t.sample_shape});
   for (std::int64_t c = 0; c < num_chunks_; ++c)
     if (done_[static_cast<std::size_t>(c)]) p.done.push_back(c);
+  for (const auto& k : skipped_) p.skipped.push_back({k.row, k.error});
   const std::string text = p.to_json();
   io::detail::AtomicFile f(partial_ / "progress.json");
   f.write(text.data(), text.size());
   f.commit();
 }
 
-void FeatureWriter::write(std::int64_t chunk, const FeatureSet& features,
-                          const std::optional<Tensor>& labels) {
+void FeatureWriter::write(std::int64_t chunk, const FeatureSet& features, const std::optional<Tensor>& labels,
+                          const std::vector<SkippedRow>& skipped) {
   const char* where = "FeatureWriter::write";
   const auto [begin, end] = chunk_range(chunk);
   const std::int64_t rows = end - begin;
@@ -158,8 +161,17 @@ void FeatureWriter::write(std::int64_t chunk, const FeatureSet& features,
                                             dtype_name(infos[i].dtype), dtype_name(tensors_[i].dtype)));
     }
   }
+  for (const auto& k : skipped)
+    if (k.row < begin || k.row >= end)
+      throw ArgumentError(
+          where, fmt::format("skipped row {} is not in chunk {} [{}, {})", k.row, chunk, begin, end));
   for (std::size_t i = 0; i < infos.size(); ++i) io::save_npy(chunk_file(chunk, infos[i].name), data[i]);
   if (tensors_.empty()) tensors_ = infos;
+  // This chunk's skipped rows replace any an earlier write of it recorded.
+  std::erase_if(skipped_, [&](const SkippedRow& k) { return k.row >= begin && k.row < end; });
+  skipped_.insert(skipped_.end(), skipped.begin(), skipped.end());
+  std::sort(skipped_.begin(), skipped_.end(),
+            [](const SkippedRow& a, const SkippedRow& b) { return a.row < b.row; });
   done_[static_cast<std::size_t>(chunk)] = true;
   save_progress();  // last: a chunk counts only once every file of it is in place
 }
@@ -196,10 +208,16 @@ void FeatureWriter::finish() {
       f.write(s.raw(), s.nbytes());
     }
   };
+  FeatureMetadata meta = metadata_;
+  if (!skipped_.empty()) {
+    nlohmann::json rows = nlohmann::json::array();
+    for (const auto& k : skipped_) rows.push_back({{"row", k.row}, {"error", k.error}});
+    meta.skipped_rows = nlohmann::json{{"rows", rows}}.dump();
+  }
   if (options_.checksum_key.empty())
-    io::detail::write_safetensors(path_, metadata_.to_strings(), entries, write_data);
+    io::detail::write_safetensors(path_, meta.to_strings(), entries, write_data);
   else
-    io::detail::write_safetensors_with_checksum(path_, metadata_.to_strings(), options_.checksum_key, entries,
+    io::detail::write_safetensors_with_checksum(path_, meta.to_strings(), options_.checksum_key, entries,
                                                 write_data);
   std::error_code ec;
   fs::remove_all(partial_, ec);  // the final file is in place; a leftover folder is harmless

@@ -37,6 +37,11 @@ std::string WriterProgress::to_json() const {
         {{"name", t.name}, {"dtype", std::string(dtype_name(t.dtype))}, {"sample_shape", t.sample_shape}});
   j["tensors"] = std::move(ts);
   j["done"] = done;
+  if (!skipped.empty()) {  // absent when none: records of runs without skips are unchanged
+    Json s = Json::array();
+    for (const auto& k : skipped) s.push_back({{"row", k.row}, {"error", k.error}});
+    j["skipped"] = std::move(s);
+  }
   return j.dump(1);
 }
 
@@ -66,6 +71,9 @@ WriterProgress WriterProgress::from_json(const std::string& text, const std::str
       p.tensors.push_back(std::move(info));
     }
     for (const auto& c : j.at("done")) p.done.push_back(record_int(c, where));
+    if (j.contains("skipped"))
+      for (const auto& k : j.at("skipped"))
+        p.skipped.push_back({record_int(k.at("row"), where), k.at("error").get<std::string>()});
     return p;
   } catch (const Json::exception& e) {
     throw FormatError(where,

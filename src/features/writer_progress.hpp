@@ -24,6 +24,11 @@ struct WriterProgress {
   std::map<std::string, std::string> metadata;
   std::vector<ChunkTensor> tensors;  // empty until the first chunk is written
   std::vector<std::int64_t> done;    // ascending
+  struct Skipped {
+    std::int64_t row = 0;
+    std::string error;
+  };
+  std::vector<Skipped> skipped;  // rows of done chunks whose image could not be read
 
   std::string to_json() const;
   /// FormatError at `where` for text that is not JSON, not a progress record, or malformed (a

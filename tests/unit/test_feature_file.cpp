@@ -13,6 +13,7 @@
 #include "diffprobe/core/error.hpp"
 #include "diffprobe/data/npy_dataset.hpp"
 #include "diffprobe/features/feature_file.hpp"
+#include "diffprobe/features/feature_rows.hpp"
 #include "diffprobe/io/npy.hpp"
 #include "diffprobe/io/safetensors.hpp"
 #include "diffprobe/model/unet.hpp"
@@ -374,6 +375,55 @@ TEST(FeatureWriter, ResumedRunIsIdenticalToUninterrupted) {
   const FeatureFile f = FeatureFile::open(d / "out.safetensors");
   EXPECT_EQ(f.size(), 11);
   EXPECT_EQ(f.feature("t90.b19").dtype(), DType::F16);
+  fs::remove_all(d);
+}
+
+TEST(FeatureWriter, SkippedRowsSurviveResumeAndAreLeftOutByFeatureRows) {
+  const fs::path d = temp_dir("skipped");
+  const FeatureMetadata meta = sample_metadata();
+  const FeatureWriterOptions opt{.total = 6, .chunk_size = 2, .labels = true};
+  auto write_chunk = [](FeatureWriter& w, std::int64_t c, std::vector<SkippedRow> skipped) {
+    const auto [b, e] = w.chunk_range(c);
+    w.write(c, sample_features(b, e), labels_of(e - b, b), skipped);
+  };
+  {
+    FeatureWriter w(d / "out.safetensors", meta, opt);
+    write_chunk(w, 0, {{1, "a/b.png: truncated"}});
+    write_chunk(w, 2, {});
+    EXPECT_THROW(write_chunk(w, 2, {{1, "row 1 is not in chunk 2"}}), ArgumentError);
+  }  // "killed"
+  {
+    FeatureWriter w(d / "out.safetensors", meta, opt);
+    EXPECT_EQ(w.pending(), (std::vector<std::int64_t>{1}));
+    write_chunk(w, 1, {{2, "c.jpg: empty"}, {3, "d.jpg: not an image"}});
+    w.finish();
+  }
+  const FeatureFile f = FeatureFile::open(d / "out.safetensors");
+  const auto rows = skipped_rows(f.metadata(), "test");
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(rows[0], (SkippedRow{1, "a/b.png: truncated"}));
+  EXPECT_EQ(rows[2], (SkippedRow{3, "d.jpg: not an image"}));
+  // Without skips the metadata has no such key: files of ordinary runs are unchanged.
+  EXPECT_EQ(sample_metadata().to_strings().count("skipped_rows"), 0u);
+  // FeatureRows leaves rows 1, 2, 3 out, with their labels.
+  const FeatureRows r = FeatureRows::open({d / "out.safetensors"}, "t150.b24");
+  EXPECT_EQ(r.rows(), 3);
+  EXPECT_EQ(r.skipped_rows(), 3);
+  EXPECT_EQ(*r.labels(), (std::vector<std::int64_t>{0, 4, 5}));
+  std::vector<float> got(static_cast<std::size_t>(r.rows() * r.row_size()));
+  r.read_range(0, r.rows(), got.data());
+  const FeatureSet all = sample_features(0, 6);
+  const std::vector<float> want_all = all.at(150, 24).to_vector();
+  std::vector<float> want;
+  for (const std::int64_t row : {0, 4, 5})
+    want.insert(want.end(), want_all.begin() + row * 5, want_all.begin() + (row + 1) * 5);
+  EXPECT_EQ(got, want);
+  // A malformed list is refused when the file is opened.
+  FeatureMetadata bad = meta;
+  bad.skipped_rows = R"({"rows": [{"row": 3, "error": "x"}, {"row": 1, "error": "y"}]})";
+  EXPECT_THROW(FeatureMetadata::from_strings(bad.to_strings(), "test"), FormatError);
+  bad.skipped_rows = R"({"rows": [{"row": 1e300, "error": "x"}]})";
+  EXPECT_THROW(FeatureMetadata::from_strings(bad.to_strings(), "test"), FormatError);
   fs::remove_all(d);
 }
 

@@ -33,11 +33,21 @@ class Dataset {
   /// The geometry applied to decoded images; std::nullopt for data stored as model inputs (.npy).
   virtual std::optional<Transform> transform() const { return std::nullopt; }
 
+  /// A sample that could not be read (a corrupt, truncated or empty file), and why.
+  struct BadSample {
+    std::int64_t position = 0;  // in the batch asked for
+    std::int64_t index = 0;     // in the data set
+    std::string error;          // the error's message (it names the file)
+  };
+
   /// Samples [begin, end): f32 [end - begin, C, S, S], NCHW contiguous, values in [-1, 1]
-  /// (NpyDataset: as stored). ArgumentError when the range is outside [0, N].
-  Tensor images(std::int64_t begin, std::int64_t end) const;
+  /// (NpyDataset: as stored). ArgumentError when the range is outside [0, N]. A sample that
+  /// cannot be read is an error naming it (the first in the batch), unless `bad` is given: its
+  /// slot is then zeros and it is listed there (a diffprobe::Error of the decoder only; anything
+  /// else, e.g. std::bad_alloc, still propagates).
+  Tensor images(std::int64_t begin, std::int64_t end, std::vector<BadSample>* bad = nullptr) const;
   /// The samples at `indices` (any order, repeats allowed), e.g. a shuffled mini-batch.
-  Tensor images_at(std::span<const std::int64_t> indices) const;
+  Tensor images_at(std::span<const std::int64_t> indices, std::vector<BadSample>* bad = nullptr) const;
 
   /// The epoch that keys random augmentation (datasets without augmentation ignore it).
   void set_epoch(std::int64_t epoch) noexcept { epoch_ = epoch; }

@@ -24,6 +24,7 @@
 #include "diffprobe/core/dtype.hpp"
 #include "diffprobe/data/dataset.hpp"
 #include "diffprobe/features/feature_extractor.hpp"
+#include "diffprobe/features/feature_file.hpp"
 
 namespace diffprobe {
 
@@ -66,21 +67,27 @@ struct ExtractionJobOptions {
   bool merge = true;              // sharded: assemble OUT when this shard finds every part finished
   bool keep_parts = false;        // keep OUT.parts after assembling OUT
   std::filesystem::path weights;  // hashed into the metadata when given
+  /// An image that cannot be read (corrupt, truncated, empty file) is skipped instead of stopping
+  /// the run: its row stays (row r is still sample r), its features are NaN, and the file lists it
+  /// in its metadata (FeatureMetadata::skipped_rows; FeatureRows leaves such rows out). Not with
+  /// sharding yet (ArgumentError).
+  bool skip_bad_images = false;
   std::map<std::string, std::string> extra_metadata;           // recorded verbatim (not "part.*")
   std::function<void(const ExtractionProgress&)> on_progress;  // after every batch
   const std::atomic<bool>* cancel = nullptr;  // true: stop after the current batch (CancelledError)
 };
 
 struct ExtractionResult {
-  std::filesystem::path output;    // OUT when it is finished, else this shard's part
-  bool complete = false;           // OUT exists
-  bool merged = false;             // this call assembled OUT from the parts
-  std::int64_t rows_total = 0;     // of OUT
-  std::int64_t rows_computed = 0;  // by this call
-  std::int64_t rows_resumed = 0;   // finished by an earlier run
-  double seconds = 0;              // wall time of the call
-  double forward_seconds = 0;      // the extractor busy
-  double wait_seconds = 0;         // the extractor waiting for decoded images
+  std::filesystem::path output;     // OUT when it is finished, else this shard's part
+  bool complete = false;            // OUT exists
+  bool merged = false;              // this call assembled OUT from the parts
+  std::int64_t rows_total = 0;      // of OUT
+  std::int64_t rows_computed = 0;   // by this call
+  std::int64_t rows_resumed = 0;    // finished by an earlier run
+  double seconds = 0;               // wall time of the call
+  double forward_seconds = 0;       // the extractor busy
+  double wait_seconds = 0;          // the extractor waiting for decoded images
+  std::vector<SkippedRow> skipped;  // images skipped by this call (skip_bad_images), by output row
 };
 
 /// Extracts `dataset` with `extractor` into `out` (a feature file), as this options' shard.

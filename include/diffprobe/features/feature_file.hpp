@@ -44,10 +44,14 @@ struct FeatureMetadata {
   std::string pooling = "none";  // PoolSpec::str() or "none"
   std::uint64_t noise_seed = 0;
   int noise_draws = 1;
-  std::string preprocessing;                 // data::Dataset::describe()
-  std::string preprocess;                    // "adm", "torchvision", or "" (arrays given as inputs)
-  int copies = 1;                            // augmented copies per sample: N = copies x samples
-  std::string library;                       // "diffprobe <version>"; filled in on write when empty
+  std::string preprocessing;  // data::Dataset::describe()
+  std::string preprocess;     // "adm", "torchvision", or "" (arrays given as inputs)
+  int copies = 1;             // augmented copies per sample: N = copies x samples
+  std::string library;        // "diffprobe <version>"; filled in on write when empty
+  /// Rows whose image could not be read and was skipped (extract --on-bad-image skip): a JSON
+  /// object {"rows": [{"row": R, "error": "..."}, ...]} (rows ascending); their features are NaN.
+  /// Empty (and not written) when none.
+  std::string skipped_rows;
   std::map<std::string, std::string> extra;  // anything else (keys must not clash with the above)
 
   /// What an extraction with `fx` records: config, t and block lists, pooling, noise seed and
@@ -113,6 +117,15 @@ class FeatureFile {
   std::int64_t n_ = 0;
 };
 
+/// A row left out of a chunk because its image could not be read (see FeatureMetadata::skipped_rows).
+struct SkippedRow {
+  std::int64_t row = 0;  // in the file being written
+  std::string error;
+  friend bool operator==(const SkippedRow&, const SkippedRow&) = default;
+};
+/// The rows listed in `metadata.skipped_rows` (FormatError naming `where` when malformed).
+std::vector<SkippedRow> skipped_rows(const FeatureMetadata& metadata, const std::string& where);
+
 struct FeatureWriterOptions {
   std::int64_t total = 0;          // N: samples in the finished file
   std::int64_t chunk_size = 1024;  // samples per chunk (the last one may be shorter)
@@ -145,7 +158,10 @@ class FeatureWriter {
   /// with rows = the chunk's size; every chunk must hold the same names, per-sample shapes and
   /// dtypes as the first (ShapeError / DTypeError / ArgumentError otherwise); labels i64 [rows]
   /// exactly when options.labels.
-  void write(std::int64_t chunk, const FeatureSet& features, const std::optional<Tensor>& labels = {});
+  /// `skipped`: rows of this chunk whose image could not be read (their features are NaN); the
+  /// finished file lists them in its metadata (skipped_rows).
+  void write(std::int64_t chunk, const FeatureSet& features, const std::optional<Tensor>& labels = {},
+             const std::vector<SkippedRow>& skipped = {});
   /// Assembles the final file and removes the partial folder; ArgumentError naming the missing
   /// chunks when some are not done.
   void finish();
@@ -168,6 +184,7 @@ class FeatureWriter {
   std::int64_t num_chunks_ = 0;
   std::vector<TensorInfo> tensors_;  // fixed by the first chunk written
   std::vector<bool> done_;
+  std::vector<SkippedRow> skipped_;  // ascending rows, of the chunks done
 };
 
 }  // namespace diffprobe

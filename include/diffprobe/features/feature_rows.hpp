@@ -28,6 +28,9 @@ class FeatureRows {
   ~FeatureRows();
 
   std::int64_t rows() const noexcept;
+  /// Rows of the files left out because their image could not be read (their features are NaN;
+  /// FeatureMetadata::skipped_rows): rows() and labels() count without them.
+  std::int64_t skipped_rows() const noexcept;
   /// Per-row shape ([C, H, W] or [D]).
   const Shape& sample_shape() const noexcept;
   std::int64_t row_size() const noexcept { return sample_shape().numel(); }
