@@ -371,7 +371,12 @@ block's output. extract(images) returns {(t, block): float32 array}.)doc")
       .def_readonly("rows_resumed", &ExtractionResult::rows_resumed)
       .def_readonly("seconds", &ExtractionResult::seconds)
       .def_readonly("forward_seconds", &ExtractionResult::forward_seconds)
-      .def_readonly("wait_seconds", &ExtractionResult::wait_seconds);
+      .def_readonly("wait_seconds", &ExtractionResult::wait_seconds)
+      .def_property_readonly("skipped", [](const ExtractionResult& r) {
+        std::vector<std::pair<std::int64_t, std::string>> out;
+        for (const auto& k : r.skipped) out.emplace_back(k.row, k.error);
+        return out;
+      });
 
   m.def(
       "run_extraction",
@@ -379,7 +384,7 @@ block's output. extract(images) returns {(t, block): float32 array}.)doc")
          const py::object& labels, std::int64_t limit, std::int64_t chunk_size, const std::string& store,
          const py::object& shard, int prefetch, bool merge, bool keep_parts,
          std::optional<std::filesystem::path> weights, std::map<std::string, std::string> metadata,
-         const std::string& preprocess, const py::object& progress, int threads) {
+         const std::string& preprocess, const py::object& progress, int threads, bool skip_bad_images) {
         const Shape in = e.fx->input_spec();
         const int C = static_cast<int>(in[1]), S = static_cast<int>(in[2]);
         std::shared_ptr<data::Dataset> ds;
@@ -409,6 +414,7 @@ block's output. extract(images) returns {(t, block): float32 array}.)doc")
         o.prefetch = prefetch;
         o.merge = merge;
         o.keep_parts = keep_parts;
+        o.skip_bad_images = skip_bad_images;
         if (weights) o.weights = *weights;
         o.extra_metadata = std::move(metadata);
         // Ctrl-C, a raising callback or one returning False set `cancel`: the job stops after the
@@ -452,12 +458,14 @@ block's output. extract(images) returns {(t, block): float32 array}.)doc")
       py::arg("shard") = py::none(), py::arg("prefetch") = 2, py::arg("merge") = true,
       py::arg("keep_parts") = false, py::arg("weights") = py::none(),
       py::arg("metadata") = std::map<std::string, std::string>{}, py::arg("preprocess") = "auto",
-      py::arg("progress") = py::none(), py::arg("threads") = 0,
+      py::arg("progress") = py::none(), py::arg("threads") = 0, py::arg("skip_bad_images") = false,
       R"doc(data set -> features -> feature file `out`, resumable (what `diffprobe extract` runs).
 data: a path (image folder, .npy, IDX; `labels` a path), a Dataset, or a NumPy array (float32 model
 inputs or uint8 images; `labels` an integer array). progress(p: ExtractionProgress) is called after
 every batch; returning False cancels (CancelledError, finished chunks kept). Ctrl-C likewise stops
-after the batch and raises KeyboardInterrupt.)doc");
+after the batch and raises KeyboardInterrupt. skip_bad_images: an image that cannot be read keeps its
+row with NaN features and is listed in the file's metadata and the result's `skipped` (row, error)
+instead of stopping the run (extract --on-bad-image skip).)doc");
 
   m.def("merge_parts", &merge_parts, py::arg("out"), py::arg("keep_parts") = false);
   m.def("complete_parts", &complete_parts, py::arg("out"));

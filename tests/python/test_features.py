@@ -111,3 +111,29 @@ def test_save_and_read_feature_files(model, fmnist, tmp_path):
     ff = dp.FeatureFile.open(tmp_path / "f32.safetensors")
     assert ff.metadata.timesteps == [10] and ff.metadata.pooling == "avg:2"
     assert np.array_equal(ff[10, 9], f[10, 9])
+
+
+def test_run_extraction_skips_unreadable_images(model, tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, size=(8, 8), dtype=np.uint8)
+    import zlib, struct
+
+    def png(a):  # a minimal grey PNG, no PIL needed
+        raw = b"".join(b"\x00" + bytes(row) for row in a)
+        def chunk(t, d):
+            return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+        ihdr = struct.pack(">IIBBBBB", a.shape[1], a.shape[0], 8, 0, 0, 0, 0)
+        return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    (tmp_path / "imgs" / "a" / "0.png").write_bytes(png(arr))
+    (tmp_path / "imgs" / "a" / "1.png").write_bytes(b"")
+    (tmp_path / "imgs" / "b" / "2.png").write_bytes(png(arr.T))
+    fx = dp.FeatureExtractor(model, timesteps=[10], blocks=[3], pool="gap")
+    with pytest.raises(dp.FormatError, match="1.png"):
+        dp.run_extraction(fx, tmp_path / "imgs", tmp_path / "stop.safetensors")
+    r = dp.run_extraction(fx, tmp_path / "imgs", tmp_path / "skip.safetensors", skip_bad_images=True)
+    assert [row for row, _ in r.skipped] == [1] and "1.png" in r.skipped[0][1]
+    f = dp.FeatureFile.open(tmp_path / "skip.safetensors")
+    x = f.feature("t10.b3")
+    assert np.isnan(x[1]).all() and np.isfinite(x[0]).all() and np.isfinite(x[2]).all()

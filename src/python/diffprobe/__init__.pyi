@@ -227,6 +227,7 @@ class ExtractionResult:
     seconds: float
     forward_seconds: float
     wait_seconds: float
+    skipped: list[tuple[int, str]]
 
 def run_extraction(extractor: FeatureExtractor, data: Union[PathLike, Dataset, np.ndarray], out: PathLike, *,
                    labels: Union[None, PathLike, npt.ArrayLike] = None, limit: int = 0, chunk_size: int = 0,
@@ -234,7 +235,7 @@ def run_extraction(extractor: FeatureExtractor, data: Union[PathLike, Dataset, n
                    keep_parts: bool = False, weights: Optional[PathLike] = None,
                    metadata: Mapping[str, str] = ..., preprocess: str = "auto",
                    progress: Optional[Callable[[ExtractionProgress], Optional[bool]]] = None,
-                   threads: int = 0) -> ExtractionResult: ...
+                   threads: int = 0, skip_bad_images: bool = False) -> ExtractionResult: ...
 def merge_parts(out: PathLike, keep_parts: bool = False) -> bool: ...
 def complete_parts(out: PathLike) -> list[os.PathLike[str]]: ...
 
