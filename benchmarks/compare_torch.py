@@ -45,6 +45,46 @@ def measured(cmd, env=None):
     return p.stdout, rss
 
 
+def cpu_info():
+    """The CPU every figure is about (BENCHMARK.md: name the CPU): model, family/model/stepping,
+    the ISA extensions that decide which kernels run, and the cores Linux reports."""
+    info = {"model_name": "", "vendor": "", "family": None, "model": None, "stepping": None, "isa": [],
+            "logical_cpus": os.cpu_count()}
+    wanted = ["sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+              "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "sha_ni"]
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if ":" not in line:
+                    if info["model_name"]:
+                        break  # the first processor's block is enough
+                    continue
+                k, v = (x.strip() for x in line.split(":", 1))
+                if k == "model name":
+                    info["model_name"] = v
+                elif k == "vendor_id":
+                    info["vendor"] = v
+                elif k == "cpu family":
+                    info["family"] = int(v)
+                elif k == "model":
+                    info["model"] = int(v)
+                elif k == "stepping":
+                    info["stepping"] = int(v) if v.isdigit() else v
+                elif k == "flags":
+                    flags = set(v.split())
+                    info["isa"] = [w for w in wanted if w in flags]
+    except OSError:
+        pass
+    # AMD family 25 (0x19) is Zen 3 (models 0x00-0x0f, 0x20-0x5f) or Zen 4 (0x10-0x1f, 0x60-0xaf);
+    # family 26 (0x1a) is Zen 5. The name is a hint; the ISA list is what decides.
+    fam, mod = info["family"], info["model"]
+    if info["vendor"] == "AuthenticAMD" and fam is not None and mod is not None:
+        info["generation"] = ("Zen 5" if fam == 26 else
+                              "Zen 4" if fam == 25 and (0x10 <= mod <= 0x1f or 0x60 <= mod <= 0xaf) else
+                              "Zen 3" if fam == 25 else "")
+    return info
+
+
 def preset_config(cli, preset):
     out = subprocess.run([cli, "info", "--preset", preset], stdout=subprocess.PIPE, text=True, check=True).stdout
     start, end = out.index("\n{") + 1, out.index("\n}") + 2
@@ -228,13 +268,16 @@ def main():
 
     cfg = preset_config(args.cli, args.preset)
     st, pt, x = make_files(args, cfg)
+    cpu = cpu_info()
+    print(f"CPU: {cpu['model_name']} (family {cpu['family']}, model {cpu['model']}"
+          f"{', ' + cpu['generation'] if cpu.get('generation') else ''}); ISA {' '.join(cpu['isa'])}", flush=True)
     peak = peak_gflops(args)
     print(f"measured fp32 FMA peak, {args.threads} threads: {peak:.1f} GFLOP/s", flush=True)
     # Loading alone: peak RSS of `diffprobe info --weights` (maps the file, builds the model).
     _, load_rss_st = measured([args.cli, "info", "--weights", st, "--preset", args.preset])
     _, load_rss_pt = measured([args.cli, "info", "--weights", pt, "--preset", args.preset])
     model_mib = os.path.getsize(st) / 2 ** 20
-    results = {"preset": args.preset, "threads": args.threads, "repeats": args.repeats, "t": args.t,
+    results = {"cpu": cpu, "preset": args.preset, "threads": args.threads, "repeats": args.repeats, "t": args.t,
                "fma_peak_gflops": peak, "model_mib": model_mib,
                "load_rss_mib": {"safetensors": load_rss_st, "torch_zip": load_rss_pt}, "rows": []}
     print(f"model {model_mib:.0f} MiB; diffprobe load peak RSS: safetensors {load_rss_st:.0f} MiB "

@@ -168,7 +168,8 @@ void FeatureWriter::write(std::int64_t chunk, const FeatureSet& features, const 
   for (std::size_t i = 0; i < infos.size(); ++i) io::save_npy(chunk_file(chunk, infos[i].name), data[i]);
   if (tensors_.empty()) tensors_ = infos;
   // This chunk's skipped rows replace any an earlier write of it recorded.
-  std::erase_if(skipped_, [&](const SkippedRow& k) { return k.row >= begin && k.row < end; });
+  const std::int64_t first = begin, last = end;  // a lambda cannot capture structured bindings in clang 14
+  std::erase_if(skipped_, [&](const SkippedRow& k) { return k.row >= first && k.row < last; });
   skipped_.insert(skipped_.end(), skipped.begin(), skipped.end());
   std::sort(skipped_.begin(), skipped_.end(),
             [](const SkippedRow& a, const SkippedRow& b) { return a.row < b.row; });

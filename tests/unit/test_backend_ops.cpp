@@ -303,8 +303,11 @@ std::vector<OpCase> make_cases() {
     cases.push_back(std::move(c));
   }
   // Linear: the timestep-embedding MLP's and ResBlocks' emb projection shapes, odd sizes.
-  for (const auto& [N, I, O, act] : std::vector<std::tuple<int, int, int, bool>>{
+  for (const auto& row : std::vector<std::tuple<int, int, int, bool>>{
            {1, 7, 5, false}, {3, 128, 512, true}, {2, 33, 65, false}, {5, 64, 1, true}}) {
+    // Plain copies: the lambdas below capture them (clang 14 cannot capture structured bindings).
+    const int N = std::get<0>(row), I = std::get<1>(row), O = std::get<2>(row);
+    const bool act = std::get<3>(row);
     OpCase c;
     c.name = "linear_" + std::to_string(N) + "x" + std::to_string(I) + "_to" + std::to_string(O) +
              (act ? "_silu" : "");
@@ -443,7 +446,8 @@ std::vector<OpCase> make_cases() {
           }
           return y;
         });
-    for (const auto& [oh, ow] : std::vector<std::pair<int, int>>{{1, 1}, {4, 3}, {5, 7}}) {
+    for (const auto& size : std::vector<std::pair<int, int>>{{1, 1}, {4, 3}, {5, 7}}) {
+      const int oh = size.first, ow = size.second;
       const Shape p{2, 6, 10, 7};
       for (const bool max : {false, true})
         add_case(

@@ -373,3 +373,36 @@ TEST(DataImage, AJpegWhoseDataSegmentEndsEarlyIsAnErrorNotGreyPadding) {
   j.insert(j.end(), {0xff, 0xd9});
   EXPECT_THROW((void)decode_image(j, "cut.jpg"), FormatError);
 }
+
+// A camera's photo carries its orientation in EXIF (APP1) instead of rotated pixels. PIL's
+// Image.open, and so torchvision's ImageFolder loader and guided-diffusion's load_data, ignore
+// it (only ImageOps.exif_transpose applies it), and the paper's features were computed that way:
+// diffprobe decodes the stored pixels as they are, whatever the tag says.
+TEST(DataImage, ExifOrientationIsIgnoredLikePil) {
+  const fs::path d = temp_dir("exif");
+  Image img = Image::blank(21, 13, 3);
+  for (std::size_t i = 0; i < img.samples.size(); ++i)
+    img.samples[i] = static_cast<std::uint16_t>((i * 37) % 256);
+  write_jpeg(d / "plain.jpg", img, 95);
+  std::ifstream in(d / "plain.jpg", std::ios::binary);
+  std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), {});
+  ASSERT_GE(bytes.size(), 4u);
+  ASSERT_EQ(bytes[0], 0xFF);
+  ASSERT_EQ(bytes[1], 0xD8);
+  for (const std::uint8_t orientation : {3, 6, 8}) {  // 180°, 90° CW, 90° CCW
+    // APP1: "Exif\0\0", a big-endian TIFF header, one IFD entry: Orientation (0x0112), SHORT, 1.
+    const std::vector<std::uint8_t> app1 = {0xFF, 0xE1, 0x00,        0x22, 'E',  'x',  'i',  'f',  0,
+                                            0,    'M',  'M',         0x00, 0x2A, 0x00, 0x00, 0x00, 0x08,
+                                            0x00, 0x01, 0x01,        0x12, 0x00, 0x03, 0x00, 0x00, 0x00,
+                                            0x01, 0x00, orientation, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00};
+    std::vector<std::uint8_t> tagged(bytes.begin(), bytes.begin() + 2);
+    tagged.insert(tagged.end(), app1.begin(), app1.end());
+    tagged.insert(tagged.end(), bytes.begin() + 2, bytes.end());
+    const Image a = decode_image(bytes, "plain.jpg");
+    const Image b = decode_image(tagged, "rotated.jpg");
+    EXPECT_EQ(b.width, a.width) << "orientation " << int(orientation);
+    EXPECT_EQ(b.height, a.height);
+    EXPECT_EQ(b.samples, a.samples);
+  }
+  fs::remove_all(d);
+}
