@@ -24,8 +24,6 @@ using detail::check_for_save;
 using detail::CheckedTensors;
 using detail::list_names;
 
-std::string join_ints(const std::vector<int>& v) { return detail::join(v); }
-
 void save_checked(const fs::path& path, const CheckedTensors& c, const FeatureMetadata& metadata,
                   DType store) {
   if (!is_floating(store))
@@ -100,8 +98,8 @@ FeatureFile FeatureFile::open(const fs::path& path) {
                                    std::string(dtype_name(t.dtype())));
     if ((!ts.empty() && !ts.count(tb.first)) || (!bs.empty() && !bs.count(tb.second)))
       throw FormatError(where, "feature '" + name + "' is not among the metadata's timesteps (" +
-                                   join_ints(f.metadata_.timesteps) + ") and blocks (" +
-                                   join_ints(f.metadata_.blocks) + ")");
+                                   detail::join(f.metadata_.timesteps) + ") and blocks (" +
+                                   detail::join(f.metadata_.blocks) + ")");
     check_n(name, t);
     f.names_.push_back(name);
   }
@@ -110,6 +108,10 @@ FeatureFile FeatureFile::open(const fs::path& path) {
   if (!f.metadata_.extra.count("part.rows") && n % f.metadata_.copies != 0)
     throw FormatError(where, fmt::format("{} rows are not {} copies of the same samples (metadata 'copies')",
                                          n, f.metadata_.copies));
+  for (const auto& k : f.metadata_.skipped_rows)
+    if (k.row >= n)
+      throw FormatError(where,
+                        fmt::format("metadata 'skipped_rows' lists row {} of a file of {} rows", k.row, n));
   f.n_ = n;
   return f;
 }

@@ -30,8 +30,6 @@ template <class T> bool parse_number(std::string_view s, T& out) {
   return r.ec == std::errc() && r.ptr == s.data() + s.size() && !s.empty();
 }
 
-std::string join_ints(const std::vector<int>& v) { return detail::join(v); }
-
 std::vector<int> parse_ints(const std::string& s, const std::string& key, const std::string& where) {
   std::vector<int> out;
   if (s.empty()) return out;
@@ -42,6 +40,36 @@ std::vector<int> parse_ints(const std::string& s, const std::string& key, const 
       throw FormatError(
           where, "feature file metadata '" + key + "' is not a comma-separated integer list: '" + s + "'");
     out.push_back(static_cast<int>(*v));
+  }
+  return out;
+}
+
+// 'skipped_rows': {"rows": [{"error": "...", "row": R}, ...]}, rows ascending and non-negative.
+std::string skipped_rows_json(const std::vector<SkippedRow>& rows) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const auto& k : rows) list.push_back({{"row", k.row}, {"error", k.error}});
+  return nlohmann::json{{"rows", list}}.dump();
+}
+
+std::vector<SkippedRow> parse_skipped_rows(const std::string& text, const std::string& where) {
+  std::vector<SkippedRow> out;
+  if (text.empty()) return out;
+  try {
+    const auto j = nlohmann::json::parse(text);
+    for (const auto& e : j.at("rows")) {
+      SkippedRow r;
+      const auto& row = e.at("row");
+      if (!row.is_number_integer() || row.get<std::int64_t>() < 0)
+        throw FormatError(where, "bad row " + row.dump());
+      r.row = row.get<std::int64_t>();
+      r.error = e.at("error").get<std::string>();
+      if (!out.empty() && r.row <= out.back().row) throw FormatError(where, "rows not ascending");
+      out.push_back(std::move(r));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError(where, std::string("malformed metadata 'skipped_rows': ") + e.what());
+  } catch (const FormatError& e) {
+    throw FormatError(where, std::string("malformed metadata 'skipped_rows': ") + e.what());
   }
   return out;
 }
@@ -150,8 +178,8 @@ std::map<std::string, std::string> FeatureMetadata::to_strings() const {
   m["format_version"] = kFormatVersion;
   m["weights_sha256"] = weights_sha256;
   m["config"] = config_json;
-  m["timesteps"] = join_ints(timesteps);
-  m["blocks"] = join_ints(blocks);
+  m["timesteps"] = detail::join(timesteps);
+  m["blocks"] = detail::join(blocks);
   m["pooling"] = pooling;
   m["noise_seed"] = std::to_string(noise_seed);
   m["noise_draws"] = std::to_string(noise_draws);
@@ -159,7 +187,7 @@ std::map<std::string, std::string> FeatureMetadata::to_strings() const {
   m["preprocess"] = preprocess;
   m["copies"] = std::to_string(copies);
   m["library"] = library.empty() ? detail::library_string() : library;
-  if (!skipped_rows.empty()) m["skipped_rows"] = skipped_rows;
+  if (!skipped_rows.empty()) m["skipped_rows"] = skipped_rows_json(skipped_rows);
   return m;
 }
 
@@ -196,34 +224,10 @@ FeatureMetadata FeatureMetadata::from_strings(const std::map<std::string, std::s
     throw FormatError(where,
                       "feature file metadata 'copies' is not a positive integer: '" + get("copies") + "'");
   f.library = get("library");
-  f.skipped_rows = get("skipped_rows");
-  (void)diffprobe::skipped_rows(f, where);  // validated now, not where it is first used
+  f.skipped_rows = parse_skipped_rows(get("skipped_rows"), where);
   for (const auto& [k, v] : m)
     if (!kReservedKeys.count(k)) f.extra[k] = v;
   return f;
-}
-
-std::vector<SkippedRow> skipped_rows(const FeatureMetadata& m, const std::string& where) {
-  std::vector<SkippedRow> out;
-  if (m.skipped_rows.empty()) return out;
-  try {
-    const auto j = nlohmann::json::parse(m.skipped_rows);
-    for (const auto& e : j.at("rows")) {
-      SkippedRow r;
-      const auto& row = e.at("row");
-      if (!row.is_number_integer() || row.get<std::int64_t>() < 0)
-        throw FormatError(where, "bad row " + row.dump());
-      r.row = row.get<std::int64_t>();
-      r.error = e.at("error").get<std::string>();
-      if (!out.empty() && r.row <= out.back().row) throw FormatError(where, "rows not ascending");
-      out.push_back(std::move(r));
-    }
-  } catch (const nlohmann::json::exception& e) {
-    throw FormatError(where, std::string("malformed metadata 'skipped_rows': ") + e.what());
-  } catch (const FormatError& e) {
-    throw FormatError(where, std::string("malformed metadata 'skipped_rows': ") + e.what());
-  }
-  return out;
 }
 
 }  // namespace diffprobe

@@ -32,8 +32,8 @@ struct FeatureRows::Impl {
   std::size_t row_bytes = 0;
   std::optional<std::vector<std::int64_t>> labels;
   int copies = 1;
-  std::vector<std::int64_t> kept;  // the files' row of each row; empty: all rows, in order
-  std::int64_t skipped = 0;
+  std::int64_t skipped = 0;        // rows left out (their image could not be read)
+  std::vector<std::int64_t> kept;  // with skipped > 0: the files' row of each row
   ~Impl() {
     for (auto& s : segments)
       if (s.fd >= 0) ::close(s.fd);
@@ -116,7 +116,7 @@ FeatureRows FeatureRows::open(const std::vector<fs::path>& files, const std::str
     // Rows whose image could not be read (extract --on-bad-image skip) are left out.
     std::vector<std::int64_t> bad;
     for (std::size_t i = 0; i < opened.size(); ++i)
-      for (const auto& k : diffprobe::skipped_rows(opened[i].metadata(), files[i].string()))
+      for (const auto& k : opened[i].metadata().skipped_rows)
         bad.push_back(impl->segments[i].first_row + k.row);
     if (!bad.empty()) {
       std::sort(bad.begin(), bad.end());
@@ -140,9 +140,7 @@ FeatureRows FeatureRows::open(const std::vector<fs::path>& files, const std::str
   return FeatureRows(std::move(impl));
 }
 
-std::int64_t FeatureRows::rows() const noexcept {
-  return impl_->kept.empty() ? impl_->rows : static_cast<std::int64_t>(impl_->kept.size());
-}
+std::int64_t FeatureRows::rows() const noexcept { return impl_->rows - impl_->skipped; }
 std::int64_t FeatureRows::skipped_rows() const noexcept { return impl_->skipped; }
 const Shape& FeatureRows::sample_shape() const noexcept { return impl_->sample; }
 DType FeatureRows::stored_dtype() const noexcept { return impl_->dtype; }
@@ -157,7 +155,7 @@ void FeatureRows::read(std::span<const std::int64_t> idx, float* out) const {
   for (std::size_t k = 0; k < idx.size(); ++k) {
     if (idx[k] < 0 || idx[k] >= n)
       throw ArgumentError("FeatureRows::read", fmt::format("row {} is outside [0, {})", idx[k], n));
-    const std::int64_t r = m.kept.empty() ? idx[k] : m.kept[static_cast<std::size_t>(idx[k])];
+    const std::int64_t r = m.skipped > 0 ? m.kept[static_cast<std::size_t>(idx[k])] : idx[k];
     const auto seg = std::upper_bound(m.segments.begin(), m.segments.end(), r,
                                       [](std::int64_t v, const Segment& s) { return v < s.first_row; }) -
                      1;

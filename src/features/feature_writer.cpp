@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <fstream>
-#include <nlohmann/json.hpp>
 
 #include "diffprobe/features/feature_file.hpp"
 #include "diffprobe/io/npy.hpp"
@@ -210,11 +209,7 @@ void FeatureWriter::finish() {
     }
   };
   FeatureMetadata meta = metadata_;
-  if (!skipped_.empty()) {
-    nlohmann::json rows = nlohmann::json::array();
-    for (const auto& k : skipped_) rows.push_back({{"row", k.row}, {"error", k.error}});
-    meta.skipped_rows = nlohmann::json{{"rows", rows}}.dump();
-  }
+  meta.skipped_rows = skipped_;
   if (options_.checksum_key.empty())
     io::detail::write_safetensors(path_, meta.to_strings(), entries, write_data);
   else

@@ -60,11 +60,7 @@ Reach reach_of(std::span<const int> blocks, int num_blocks, const char* where) {
 // ---- Construction ----------------------------------------------------------------------------
 
 std::vector<WeightSpec> unet_weight_specs(const UNetConfig& c) {
-  detail::UNetArchitecture a = detail::build_unet_architecture(c);
-  std::vector<WeightSpec> specs;
-  detail::WeightTable declare(specs);
-  a.weights(declare);
-  return specs;
+  return detail::build_unet_architecture(c).weight_specs();
 }
 
 std::int64_t unet_num_parameters(const UNetConfig& config) {
@@ -119,9 +115,7 @@ UNet UNet::from_weights(const UNetConfig& config, const io::NamedTensors& weight
   auto impl = std::make_unique<Impl>();
   impl->config = config;
   impl->arch = detail::build_unet_architecture(config);
-  std::vector<WeightSpec> specs;
-  detail::WeightTable declare(specs);
-  impl->arch.weights(declare);
+  const auto specs = impl->arch.weight_specs();
   validate_state_dict(specs, weights);
   for (const auto& s : specs) {
     Tensor t = f32_contiguous(weights.at(s.name));
@@ -216,8 +210,8 @@ int parse_block(const std::string& text) {
 std::vector<BlockInfo> UNet::block_infos() const { return unet_block_infos(impl_->config); }
 
 std::vector<BlockInfo> unet_block_infos(const UNetConfig& config) {
-  const detail::UNetArchitecture a = detail::build_unet_architecture(config);
-  const auto specs = unet_weight_specs(config);
+  detail::UNetArchitecture a = detail::build_unet_architecture(config);
+  const auto specs = a.weight_specs();  // one architecture serves the specs and the shape walk
   auto params_under = [&](const std::string& prefix) {
     std::int64_t n = 0;
     for (const auto& s : specs)

@@ -41,6 +41,13 @@ struct UNetArchitecture {
   /// Declares (and, when the table holds weights, binds) every state-dict entry, in the order the
   /// official code registers them.
   void weights(WeightTable& table);
+  /// Every state-dict entry, declared only (call it before binding: it leaves the ops unbound).
+  std::vector<WeightSpec> weight_specs() {
+    std::vector<WeightSpec> specs;
+    WeightTable declare(specs);
+    weights(declare);
+    return specs;
+  }
   /// The one shape walk (batch 1, the configured image size): visit(block, layer, input shape)
   /// for each layer of blocks 1..last in forward order, output blocks seeing their skip
   /// concatenated, then the output head as block 0 when `with_out`.

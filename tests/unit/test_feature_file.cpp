@@ -399,7 +399,7 @@ TEST(FeatureWriter, SkippedRowsSurviveResumeAndAreLeftOutByFeatureRows) {
     w.finish();
   }
   const FeatureFile f = FeatureFile::open(d / "out.safetensors");
-  const auto rows = skipped_rows(f.metadata(), "test");
+  const auto& rows = f.metadata().skipped_rows;
   ASSERT_EQ(rows.size(), 3u);
   EXPECT_EQ(rows[0], (SkippedRow{1, "a/b.png: truncated"}));
   EXPECT_EQ(rows[2], (SkippedRow{3, "d.jpg: not an image"}));
@@ -418,12 +418,32 @@ TEST(FeatureWriter, SkippedRowsSurviveResumeAndAreLeftOutByFeatureRows) {
   for (const std::int64_t row : {0, 4, 5})
     want.insert(want.end(), want_all.begin() + row * 5, want_all.begin() + (row + 1) * 5);
   EXPECT_EQ(got, want);
-  // A malformed list is refused when the file is opened.
-  FeatureMetadata bad = meta;
-  bad.skipped_rows = R"({"rows": [{"row": 3, "error": "x"}, {"row": 1, "error": "y"}]})";
-  EXPECT_THROW(FeatureMetadata::from_strings(bad.to_strings(), "test"), FormatError);
-  bad.skipped_rows = R"({"rows": [{"row": 1e300, "error": "x"}]})";
-  EXPECT_THROW(FeatureMetadata::from_strings(bad.to_strings(), "test"), FormatError);
+  // The stored text, and its round trip.
+  EXPECT_EQ(f.metadata().to_strings().at("skipped_rows"),
+            R"({"rows":[{"error":"a/b.png: truncated","row":1},{"error":"c.jpg: empty","row":2},)"
+            R"({"error":"d.jpg: not an image","row":3}]})");
+  EXPECT_EQ(FeatureMetadata::from_strings(f.metadata().to_strings(), "test"), f.metadata());
+  // A malformed list is refused when the metadata is read.
+  auto bad = meta.to_strings();
+  bad["skipped_rows"] = R"({"rows": [{"row": 3, "error": "x"}, {"row": 1, "error": "y"}]})";
+  EXPECT_THROW(FeatureMetadata::from_strings(bad, "test"), FormatError);
+  bad["skipped_rows"] = R"({"rows": [{"row": 1e300, "error": "x"}]})";
+  EXPECT_THROW(FeatureMetadata::from_strings(bad, "test"), FormatError);
+  // A row past the file's end is refused when the file is opened.
+  FeatureMetadata past = meta;
+  past.skipped_rows = {{6, "x"}};
+  save_features(d / "past.safetensors", sample_features(0, 6), labels_of(6), past);
+  EXPECT_THROW(FeatureFile::open(d / "past.safetensors"), FormatError);
+  // Every row skipped: FeatureRows has none left.
+  {
+    FeatureWriter w(d / "all.safetensors", meta, {.total = 2, .chunk_size = 2, .labels = true});
+    w.write(0, sample_features(0, 2), labels_of(2), {{0, "x"}, {1, "y"}});
+    w.finish();
+  }
+  const FeatureRows none = FeatureRows::open({d / "all.safetensors"}, "t150.b24");
+  EXPECT_EQ(none.rows(), 0);
+  EXPECT_EQ(none.skipped_rows(), 2);
+  EXPECT_TRUE(none.labels()->empty());
   fs::remove_all(d);
 }
 

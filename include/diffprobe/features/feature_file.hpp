@@ -36,6 +36,13 @@ std::pair<int, int> parse_feature_name(const std::string& name);
 /// SHA-256 of a file in lowercase hex (the weights fingerprint); IoError when unreadable.
 std::string file_sha256(const std::filesystem::path& path);
 
+/// A row whose image could not be read and was skipped (extract --on-bad-image skip).
+struct SkippedRow {
+  std::int64_t row = 0;  // in the file being written
+  std::string error;
+  friend bool operator==(const SkippedRow&, const SkippedRow&) = default;
+};
+
 struct FeatureMetadata {
   std::string weights_sha256;    // of the weights file
   std::string config_json;       // UNetConfig::to_json()
@@ -48,10 +55,10 @@ struct FeatureMetadata {
   std::string preprocess;     // "adm", "torchvision", or "" (arrays given as inputs)
   int copies = 1;             // augmented copies per sample: N = copies x samples
   std::string library;        // "diffprobe <version>"; filled in on write when empty
-  /// Rows whose image could not be read and was skipped (extract --on-bad-image skip): a JSON
-  /// object {"rows": [{"row": R, "error": "..."}, ...]} (rows ascending); their features are NaN.
-  /// Empty (and not written) when none.
-  std::string skipped_rows;
+  /// Rows whose image could not be read and was skipped, ascending; their features are NaN.
+  /// Stored as the JSON object {"rows": [{"error": "...", "row": R}, ...]} under 'skipped_rows'
+  /// (not written when empty; from_strings refuses a malformed or unordered list).
+  std::vector<SkippedRow> skipped_rows;
   std::map<std::string, std::string> extra;  // anything else (keys must not clash with the above)
 
   /// What an extraction with `fx` records: config, t and block lists, pooling, noise seed and
@@ -116,15 +123,6 @@ class FeatureFile {
   FeatureMetadata metadata_;
   std::int64_t n_ = 0;
 };
-
-/// A row left out of a chunk because its image could not be read (see FeatureMetadata::skipped_rows).
-struct SkippedRow {
-  std::int64_t row = 0;  // in the file being written
-  std::string error;
-  friend bool operator==(const SkippedRow&, const SkippedRow&) = default;
-};
-/// The rows listed in `metadata.skipped_rows` (FormatError naming `where` when malformed).
-std::vector<SkippedRow> skipped_rows(const FeatureMetadata& metadata, const std::string& where);
 
 struct FeatureWriterOptions {
   std::int64_t total = 0;          // N: samples in the finished file
