@@ -10,9 +10,11 @@
 // --allocator=caching uses the size-bucketed CachingAllocator instead of the memory plan
 // (FeatureExtractor's), --allocator=heap passes no allocator (ExecContext's default: plain heap
 // memory), to compare them.
-// Counters peak_before / peak_after / peak_GFLOP/s and of_peak: the fp32 FMA limit (GFLOP/s)
-// measured just before and just after the timed passes, their mean, and the achieved GFLOP/s as
-// a fraction of that mean.
+// Counters peak_before / peak_after / peak_GFLOP/s and of_peak: the limit of the precision that
+// runs (GFLOP/s; fma_peak.hpp: the fp32 FMA loop for fp32, the bf16 dot-product loop for bf16
+// where the CPU has AVX512_BF16) measured just before and just after the timed passes, their
+// mean, and the achieved GFLOP/s as a fraction of that mean; peak_kind says which (0 fp32,
+// 1 bf16).
 // Counters prepare_ms and first_pass_ms: UNet::prepare (packing the weights of the blocks that
 // run) and the first forward (primitives created, memory plan recorded), once per repetition.
 // --per-block adds counters b<k>_ms: each block's own time within the forward (block callback).
@@ -127,7 +129,10 @@ void run_forward(benchmark::State& state, int block, std::int64_t batch, int thr
   // The FMA limit measured right before and right after the timed passes (fma_peak.hpp): on a
   // shared VM the limit itself drifts (380-440 GFLOP/s within an hour on 2 threads), so a
   // fraction of peak is best taken against the limit of the same minutes.
-  const double peak_before = bench::fma_peak_gflops(threads, kPeakCalls);
+  const bench::PeakKind peak_kind =
+      precision == Precision::BF16 && bench::peak_supported(bench::PeakKind::BF16) ? bench::PeakKind::BF16
+                                                                                   : bench::PeakKind::FP32;
+  const double peak_before = bench::peak_gflops(peak_kind, threads, kPeakCalls);
   const double faults_before = minor_faults();
   const auto loop_start = clock::now();
   for (auto _ : state) {
@@ -146,7 +151,7 @@ void run_forward(benchmark::State& state, int block, std::int64_t batch, int thr
   }
   const double loop_seconds = std::chrono::duration<double>(clock::now() - loop_start).count();
   const double faults = minor_faults() - faults_before;
-  const double peak_after = bench::fma_peak_gflops(threads, kPeakCalls);
+  const double peak_after = bench::peak_gflops(peak_kind, threads, kPeakCalls);
   const double peak = 0.5 * (peak_before + peak_after);
   const double flop = gflop_to(net, block) * 1e9 * static_cast<double>(batch);
   state.counters["prepare_ms"] = prepare_ms;
@@ -154,6 +159,7 @@ void run_forward(benchmark::State& state, int block, std::int64_t batch, int thr
   state.counters["peak_GFLOP/s"] = peak;
   state.counters["peak_before"] = peak_before;
   state.counters["peak_after"] = peak_after;
+  state.counters["peak_kind"] = static_cast<double>(peak_kind);
   state.counters["of_peak"] = flop * static_cast<double>(state.iterations()) / loop_seconds / 1e9 / peak;
   state.counters["GFLOP/s"] =
       benchmark::Counter(flop, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);

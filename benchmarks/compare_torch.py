@@ -18,6 +18,14 @@ checks that both computed the same block output, and writes --out (JSON). "1st":
 forward of each process (ours: primitives created and the memory plan recorded; PyTorch: its
 warm-up run), what a one-off call costs. With --per-block it also times each block inside the
 forward and plots them (--plot PNG).
+
+The second baseline, ONNX Runtime (CPU, all graph optimisations; --baselines torch,ort): the same
+reference model with the same weights, exported per (block, batch) by torch.onnx.export (opset 17;
+the exported graph stops at the requested block, as the others do) and run by npm's
+onnxruntime-node (benchmarks/onnx/run_ort.js). Install it once with
+  (cd benchmarks/onnx && npm ci --ignore-scripts)
+(--ignore-scripts: the package's post-install step only downloads GPU binaries; the CPU library
+ships inside the package). Its time, ratio and error go into every row beside PyTorch's.
 """
 import argparse
 import json
@@ -163,6 +171,62 @@ def torch_worker(a):
                       "torch": torch.__version__, "blas": torch.__config__.show()}))
 
 
+def export_worker(a):
+    """torch.onnx.export of the reference model up to a.block at batch a.batch (own process)."""
+    import torch
+    from adm_unet import build_unet
+    cfg = json.loads(a.config)
+    model = build_unet(cfg)
+    model.load_state_dict(torch.load(a.weights, map_location="cpu"))
+    model.eval()
+    block = a.block
+
+    class UpToBlock(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x, t, y=None):
+            return self.m.forward_blocks(x, t, y, blocks=[block])[block]
+
+    n, c, s = a.batch, cfg["in_channels"], cfg["image_size"]
+    x = torch.zeros(n, c, s, s)
+    # The tracer records timestep-derived values as constants (adm_unet's torch.as_tensor), so
+    # the graph is exported at the timestep it is timed at (the file name carries it).
+    t = torch.full((n,), float(a.t))
+    names = ["x", "t"]
+    inputs = (x, t)
+    if cfg.get("class_cond"):
+        inputs = (x, t, torch.zeros(n, dtype=torch.int64))
+        names.append("y")
+    with torch.no_grad():
+        torch.onnx.export(UpToBlock(model), inputs, a.out + ".tmp", input_names=names, output_names=["out"],
+                          opset_version=17, do_constant_folding=True)
+    os.replace(a.out + ".tmp", a.out)
+
+
+def onnx_model(args, cfg, pt, block, batch):
+    """The exported model for (block, batch), made once into --work."""
+    path = os.path.join(args.work, f"{args.preset}_b{block}_n{batch}_t{args.t:g}.onnx")
+    if not os.path.exists(path):
+        print(f"exporting {os.path.basename(path)} ...", flush=True)
+        subprocess.run(["/usr/bin/python3", os.path.abspath(__file__), "_export", "--config", json.dumps(cfg),
+                        "--weights", pt, "--block", str(block), "--batch", str(batch), "--t", str(args.t), "--out", path],
+                       check=True)
+    return path
+
+
+def run_ort(args, cfg, pt, x, block, batch, dump):
+    model = onnx_model(args, cfg, pt, block, batch)
+    cmd = ["node", os.path.join(ROOT, "benchmarks", "onnx", "run_ort.js"), "--model", model, "--input", x,
+           "--batch", str(batch), "--t", str(args.t), "--threads", str(args.threads), "--repeats",
+           str(args.repeats), "--dump", dump]
+    if cfg.get("class_cond"):
+        cmd += ["--labels", str(cfg.get("num_classes") or 1000)]
+    out, rss = measured(cmd)
+    return json.loads(out.strip().splitlines()[-1]), rss
+
+
 def run_torch(args, cfg, pt, x, block, batch, dump):
     cmd = ["/usr/bin/python3", os.path.abspath(__file__), "_torch", "--config", json.dumps(cfg), "--weights", pt,
            "--input", x, "--block", str(block), "--batch", str(batch), "--threads", str(args.threads),
@@ -218,12 +282,19 @@ def pooled_cosine(a, b, p=2):
 
 
 def peak_gflops(args):
+    """The machine's limits on --threads threads (benchmarks/bench_peak), GFLOP/s by precision:
+    "fp32" (FMA) always, "bf16" (vdpbf16ps) and "int8" (vpdpbusd, OP/s) where the CPU has them."""
     out, _ = measured([args.peak, f"--threads={args.threads}", "--benchmark_format=json",
                        "--benchmark_repetitions=5"])
-    runs = [b for b in json.loads(out)["benchmarks"] if b.get("run_type") == "iteration"]
+    runs = [b for b in json.loads(out)["benchmarks"] if b.get("run_type") == "iteration" and not b.get("error_occurred")]
     # The median (the JSON holds the counter in FLOP/s): on the shared VMs a single repetition
     # has been seen reporting 1.8x the physical limit (a clock glitch), so never the max.
-    return statistics.median(b["GFLOP/s"] for b in runs) / 1e9
+    peaks = {}
+    for kind, prefix in (("fp32", "fma_peak/"), ("bf16", "bf16_dot_peak/"), ("int8", "int8_dot_peak/")):
+        rates = [b["GFLOP/s"] for b in runs if b["name"].startswith(prefix)]
+        if rates:
+            peaks[kind] = statistics.median(rates) / 1e9
+    return peaks
 
 
 def main():
@@ -238,6 +309,16 @@ def main():
         p.add_argument("--per-block", action="store_true")
         torch_worker(p.parse_args())
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "_export":
+        p = argparse.ArgumentParser()
+        p.add_argument("_export")
+        for k in ("--config", "--weights", "--out"):
+            p.add_argument(k, default="")
+        for k in ("--block", "--batch"):
+            p.add_argument(k, type=int)
+        p.add_argument("--t", type=float, default=90)
+        export_worker(p.parse_args())
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     build = os.path.join(ROOT, "build", "release")
     p.add_argument("--preset", default="256x256_diffusion_uncond")
@@ -246,6 +327,8 @@ def main():
     p.add_argument("--pairs", default=None,
                    help="explicit block:batch pairs instead of blocks x batch, e.g. 24:1,out:1,24:8")
     p.add_argument("--precision", default="fp32,bf16")
+    p.add_argument("--baselines", default="torch",
+                   help="torch, or torch,ort to add ONNX Runtime (benchmarks/onnx, see above)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--t", type=float, default=90)
@@ -271,25 +354,37 @@ def main():
     cpu = cpu_info()
     print(f"CPU: {cpu['model_name']} (family {cpu['family']}, model {cpu['model']}"
           f"{', ' + cpu['generation'] if cpu.get('generation') else ''}); ISA {' '.join(cpu['isa'])}", flush=True)
-    peak = peak_gflops(args)
-    print(f"measured fp32 FMA peak, {args.threads} threads: {peak:.1f} GFLOP/s", flush=True)
+    peaks = peak_gflops(args)
+    peak = peaks["fp32"]
+    print(f"measured limits, {args.threads} threads: " +
+          ", ".join(f"{k} {v:.1f} G{'OP' if k == 'int8' else 'FLOP'}/s" for k, v in peaks.items()), flush=True)
+    baselines = args.baselines.split(",")
     # Loading alone: peak RSS of `diffprobe info --weights` (maps the file, builds the model).
     _, load_rss_st = measured([args.cli, "info", "--weights", st, "--preset", args.preset])
     _, load_rss_pt = measured([args.cli, "info", "--weights", pt, "--preset", args.preset])
     model_mib = os.path.getsize(st) / 2 ** 20
     results = {"cpu": cpu, "preset": args.preset, "threads": args.threads, "repeats": args.repeats, "t": args.t,
-               "fma_peak_gflops": peak, "model_mib": model_mib,
+               "fma_peak_gflops": peak, "peaks_gflops": peaks, "model_mib": model_mib,
+               "baselines": baselines,
                "load_rss_mib": {"safetensors": load_rss_st, "torch_zip": load_rss_pt}, "rows": []}
     print(f"model {model_mib:.0f} MiB; diffprobe load peak RSS: safetensors {load_rss_st:.0f} MiB "
           f"({load_rss_st / model_mib:.2f}x), torch zip {load_rss_pt:.0f} MiB ({load_rss_pt / model_mib:.2f}x)")
     hdr = f"{'block':>5} {'batch':>5} {'prec':>5} {'ours s':>8} {'torch s':>8} {'speedup':>7} {'GFLOP/s':>8} " \
           f"{'of peak':>7} {'of adj.':>7} {'RSS ours':>9} {'RSS torch':>9} {'RSS ratio':>9} {'1st ours':>8} " \
-          f"{'1st torch':>9}  check"
+          f"{'1st torch':>9}" + (f" {'ORT s':>8} {'vs ORT':>7} {'RSS ORT':>8}" if "ort" in baselines else "") + \
+          "  check"
     print(hdr, flush=True)
     for block, batch in pairs:
         td = os.path.join(args.work, f"torch_b{block}_n{batch}.npy")
         tr, trss = run_torch(args, cfg, pt, x, block, batch, td)
         tmed = statistics.median(tr["times"])
+        ort = None
+        if "ort" in baselines:
+            odump = os.path.join(args.work, f"ort_b{block}_n{batch}.npy")
+            orr_, orss_ = run_ort(args, cfg, pt, x, block, batch, odump)
+            ort = {"s": statistics.median(orr_["times"]), "times": orr_["times"], "rss_mib": orss_,
+                   "first_s": orr_["first_s"], "load_s": orr_["load_s"], "version": orr_["ort"],
+                   "rel_err_vs_torch": rel_err(odump, td)}
         fp32_dump = None
         for prec in precisions:
             od = os.path.join(args.work, f"ours_{prec}_b{block}_n{batch}.npy")
@@ -307,9 +402,11 @@ def main():
                     check += f", pooled cos vs fp32 {cos:.5f}"
                 except ValueError:
                     pass
+            prec_peak = peaks.get(prec, peak)  # the limit of the precision that ran
             row = {"block": block, "batch": batch, "precision": prec, "ours_s": omed, "torch_s": tmed,
                    "speedup": tmed / omed, "gflop": work, "ours_gflops": work / omed,
-                   "torch_gflops": work / tmed, "fraction_of_peak": work / omed / peak,
+                   "torch_gflops": work / tmed, "fraction_of_peak": work / omed / prec_peak,
+                   "peak_kind": prec if prec in peaks else "fp32",
                    "fraction_of_adjacent_peak": statistics.median(orr["of_adjacent_peak"]),
                    "adjacent_peaks": orr["adjacent_peaks"],
                    "ours_rss_mib": orss, "torch_rss_mib": trss, "rss_ratio": orss / trss,
@@ -318,12 +415,19 @@ def main():
                    "ours_live_mib": orr["live_mib"],
                    "ours_per_block_ms": orr["per_block_ms"], "torch_per_block_ms": tr["per_block_ms"],
                    "ours_first_s": orr["first_s"], "torch_first_s": tr.get("first_s")}
+            if ort:
+                row.update({"ort_s": ort["s"], "speedup_vs_ort": ort["s"] / omed, "ort_times": ort["times"],
+                            "ort_rss_mib": ort["rss_mib"], "ort_first_s": ort["first_s"],
+                            "ort_load_s": ort["load_s"], "ort_version": ort["version"],
+                            "ort_rel_err_vs_torch": ort["rel_err_vs_torch"]})
             results["rows"].append(row)
             print(f"{block if block else 'out':>5} {batch:>5} {prec:>5} {omed:8.3f} {tmed:8.3f} "
-                  f"{tmed / omed:6.2f}x {work / omed:8.1f} {work / omed / peak:6.1%} "
+                  f"{tmed / omed:6.2f}x {work / omed:8.1f} {work / omed / prec_peak:6.1%} "
                   f"{row['fraction_of_adjacent_peak']:6.1%} {orss:8.0f}M "
-                  f"{trss:8.0f}M {orss / trss:8.2f}x {orr['first_s']:8.3f} {tr.get('first_s') or float('nan'):9.3f}  "
-                  f"{check}", flush=True)
+                  f"{trss:8.0f}M {orss / trss:8.2f}x {orr['first_s']:8.3f} {tr.get('first_s') or float('nan'):9.3f}"
+                  + (f" {ort['s']:8.3f} {ort['s'] / omed:6.2f}x {ort['rss_mib']:7.0f}M" if ort else "")
+                  + f"  {check}" + (f"; ORT rel.err vs torch {ort['rel_err_vs_torch']:.1e}" if ort else ""),
+                  flush=True)
     results["torch_blas"] = "OpenBLAS" if "openblas" in tr.get("blas", "").lower() else tr.get("blas", "")[:200]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     json.dump(results, open(args.out, "w"), indent=1)
