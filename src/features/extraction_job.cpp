@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <future>
 #include <mutex>
 #include <regex>
 #include <set>
@@ -555,6 +556,7 @@ ExtractionResult run_extraction(const FeatureExtractor& fx, data::Dataset& ds, c
         if (!queue.push(std::move(d)) || failed) return;
       }
     });
+    std::future<void> pending_write;  // the previous chunk's FeatureWriter::write
     try {
       for (const Todo& t : todo) {
         if (cancelled())
@@ -589,11 +591,25 @@ ExtractionResult run_extraction(const FeatureExtractor& fx, data::Dataset& ds, c
           r.skipped.push_back(k);
           k.row -= row0;  // the writer counts its own rows
         }
-        writer.write(t.chunk, features, d.labels, d.skipped);
+        // The chunk's files are written (and synced) while the next chunk is computed: at most
+        // one write in flight, so at most two chunks' features are held. A failed write (a full
+        // disk) surfaces here, at the next chunk, or at the end.
+        if (pending_write.valid()) pending_write.get();
+        pending_write =
+            std::async(std::launch::async,
+                       [&writer, chunk = t.chunk, f = features, labels = std::move(d.labels),
+                        skipped = std::move(d.skipped)] { writer.write(chunk, f, labels, skipped); });
         r.rows_computed += t.end - t.begin;
         report(r.rows_resumed + r.rows_computed);
       }
+      if (pending_write.valid()) pending_write.get();
     } catch (...) {
+      // Chunks already computed are still written (a cancelled run keeps them); an error of that
+      // write is dropped in favour of the one being thrown.
+      if (pending_write.valid()) try {
+          pending_write.get();
+        } catch (...) {
+        }
       queue.stop();
       decoder.join();
       throw;

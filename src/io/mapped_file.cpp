@@ -5,12 +5,42 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
+#include <utility>
+#include <vector>
 
 #include "diffprobe/core/error.hpp"
 
 namespace diffprobe::io::detail {
+
+namespace {
+// The live mappings: [begin, end) byte ranges, few (one per loaded file).
+std::mutex g_mappings_mu;
+std::vector<std::pair<std::uintptr_t, std::uintptr_t>>& mappings() {
+  static std::vector<std::pair<std::uintptr_t, std::uintptr_t>> m;
+  return m;
+}
+}  // namespace
+
+bool in_file_mapping(const void* p, std::size_t bytes) noexcept {
+  const auto b = reinterpret_cast<std::uintptr_t>(p), e = b + bytes;
+  std::lock_guard lock(g_mappings_mu);
+  return std::any_of(mappings().begin(), mappings().end(),
+                     [&](const auto& m) { return b >= m.first && e <= m.second; });
+}
+
+void release_file_pages(const void* p, std::size_t bytes) noexcept {
+  if (!in_file_mapping(p, bytes)) return;
+  static const std::uintptr_t page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto b = reinterpret_cast<std::uintptr_t>(p);
+  const std::uintptr_t first = (b + page - 1) / page * page, last = (b + bytes) / page * page;
+  // MADV_PAGEOUT keeps the contents of every page: clean file pages are dropped and read again,
+  // pages a caller wrote (copy-on-write, anonymous) stay or go to swap. A hint: errors ignored.
+  if (last > first) (void)::madvise(reinterpret_cast<void*>(first), last - first, MADV_PAGEOUT);
+}
 
 std::shared_ptr<MappedFile> MappedFile::open(const std::filesystem::path& path, FileAccess access) {
   const std::string name = path.string();
@@ -58,15 +88,23 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::filesystem::path& path, 
     }
     f->data_ = static_cast<std::uint8_t*>(p);
     f->mapped_ = true;
+    const auto b = reinterpret_cast<std::uintptr_t>(p);
+    std::lock_guard lock(g_mappings_mu);
+    mappings().emplace_back(b, b + f->size_);
   }
   ::close(fd);  // the mapping stays valid without the descriptor
   return f;
 }
 
 MappedFile::~MappedFile() {
-  if (mapped_)
+  if (mapped_) {
+    {
+      const auto b = reinterpret_cast<std::uintptr_t>(data_);
+      std::lock_guard lock(g_mappings_mu);
+      std::erase(mappings(), std::make_pair(b, b + size_));
+    }
     ::munmap(data_, size_);
-  else
+  } else
     delete[] data_;
 }
 

@@ -12,6 +12,16 @@
 
 namespace diffprobe::io::detail {
 
+/// Whether [p, p + bytes) lies inside a live file mapping made by MappedFile::open (not a heap
+/// copy): its pages are clean file pages the kernel can drop and read again.
+bool in_file_mapping(const void* p, std::size_t bytes) noexcept;
+
+/// Hands back this process's pages of [p, p + bytes) when that range lies inside a file mapping
+/// (in_file_mapping), so that memory that was only read (e.g. checked) is not counted twice
+/// once copied elsewhere; they are read again from the file (or the page cache) on the next
+/// touch. Does nothing otherwise: anonymous memory is never advised here.
+void release_file_pages(const void* p, std::size_t bytes) noexcept;
+
 class MappedFile {
  public:
   /// Maps `path` (or, with FileAccess::Read, reads it into an exact-size heap buffer); IoError

@@ -13,6 +13,7 @@
 #include "diffprobe/diffusion/counter_noise.hpp"
 #include "diffprobe/io/torch_checkpoint.hpp"
 #include "diffprobe/ops/elementwise.hpp"
+#include "io/mapped_file.hpp"
 #include "model/unet_architecture.hpp"
 
 namespace diffprobe {
@@ -71,6 +72,10 @@ std::int64_t unet_num_parameters(const UNetConfig& config) {
 
 namespace {
 
+// Weights this large are handed back to the kernel after their finiteness check (smaller ones are
+// not worth a system call).
+constexpr std::size_t kReleaseBytes = std::size_t{1} << 20;
+
 void validate_state_dict(const std::vector<WeightSpec>& specs, const io::NamedTensors& w) {
   std::vector<std::string> missing, misshaped, unexpected;
   std::set<std::string> known;
@@ -126,6 +131,10 @@ UNet UNet::from_weights(const UNetConfig& config, const io::NamedTensors& weight
         throw NumericError("UNet::from_weights",
                            "weight '" + s.name + "' holds " + (std::isnan(v[i]) ? "NaN" : "an infinity") +
                                " at index " + std::to_string(i) + " of " + t.shape().str());
+    // Checking read every page of a memory-mapped checkpoint; hand them back, so that loading
+    // does not hold the whole file resident (only the blocks a forward prepares read it again,
+    // and their packed copies are what stays). 2.12 -> 0.02 GB after loading the 256x256 model.
+    if (t.nbytes() >= kReleaseBytes) io::detail::release_file_pages(v, t.nbytes());
     impl->parameters += t.numel();
     impl->weights.set(s.name, t);
   }

@@ -11,6 +11,7 @@
 #include "diffprobe/io/safetensors.hpp"
 #include "diffprobe/io/torch_checkpoint.hpp"
 #include "diffprobe/model/unet.hpp"
+#include "io/mapped_file.hpp"  // in_file_mapping, release_file_pages
 
 namespace fs = std::filesystem;
 using namespace diffprobe;
@@ -81,4 +82,44 @@ TEST(FileAccess, UNetLoadsTheSameEitherWay) {
   const Tensor x = Tensor::zeros(a.input_shape(1));
   const Tensor t = Tensor::from_vector(Shape{1}, std::vector<float>{10.0f});
   EXPECT_EQ(a.forward(x, t).to_vector(), b.forward(x, t).to_vector());
+}
+
+// Pages handed back after the load-time finiteness check (UNet::from_weights) must be those of a
+// file mapping only, and handing them back must not change what the tensors hold.
+TEST(FileAccess, OnlyFileMappedPagesAreHandedBackAndTheirValuesStay) {
+  const fs::path p = write_file("release.safetensors");
+  const double want = sum(io::load_safetensors(p, io::FileAccess::Read).at("w"));
+  {
+    const io::NamedTensors mapped = io::load_safetensors(p, io::FileAccess::Map);
+    const Tensor& w = mapped.at("w");
+    EXPECT_TRUE(io::detail::in_file_mapping(w.raw(), w.nbytes()));
+    EXPECT_FALSE(io::detail::in_file_mapping(w.raw(), w.nbytes() + (std::size_t{64} << 20)));  // runs past it
+    EXPECT_EQ(sum(w), want);  // every page touched
+    io::detail::release_file_pages(w.raw(), w.nbytes());
+    EXPECT_EQ(sum(w), want);  // read again from the file
+  }
+  const io::NamedTensors read = io::load_safetensors(p, io::FileAccess::Read);
+  EXPECT_FALSE(io::detail::in_file_mapping(read.at("w").raw(), read.at("w").nbytes()));
+  // Anonymous memory is never advised: a heap tensor written in place keeps its values.
+  Tensor heap = Tensor::from_vector(Shape{1 << 20}, std::vector<float>(1 << 20, 3.0f));
+  io::detail::release_file_pages(heap.raw(), heap.nbytes());
+  EXPECT_EQ(sum(heap), 3.0 * (1 << 20));
+  // A mapping that is gone is no longer one.
+  const void* gone = nullptr;
+  {
+    const io::NamedTensors t = io::load_safetensors(p, io::FileAccess::Map);
+    gone = t.at("w").raw();
+  }
+  EXPECT_FALSE(io::detail::in_file_mapping(gone, 4));
+}
+
+// A tensor edited in place after loading (copy-on-write pages) keeps the edit when its pages are
+// handed back: only clean file pages are dropped.
+TEST(FileAccess, EditedMappedTensorKeepsItsEditAfterPagesAreHandedBack) {
+  const fs::path p = write_file("edited.safetensors");
+  const io::NamedTensors t = io::load_safetensors(p, io::FileAccess::Map);
+  Tensor w = t.at("w");
+  w.data<float>()[12345] = -7.0f;
+  io::detail::release_file_pages(w.raw(), w.nbytes());
+  EXPECT_EQ(w.data<float>()[12345], -7.0f);
 }

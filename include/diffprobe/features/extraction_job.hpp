@@ -50,7 +50,8 @@ struct LaunchInfo {
 LaunchInfo detect_launch();
 
 struct ExtractionProgress {
-  std::int64_t rows_done = 0;     // this shard's rows finished, resumed ones included
+  std::int64_t rows_done = 0;     // this shard's rows computed, resumed ones included (the latest
+                                  // chunk's files are written while the next one is computed)
   std::int64_t rows_total = 0;    // this shard's rows
   std::int64_t rows_resumed = 0;  // found finished from an earlier run
   double seconds = 0;             // since the call started
