@@ -6,11 +6,17 @@
 //   bench_conv --benchmark_filter=small3x3   a measured-not-built alternative: the 3x3
 //                                   convolutions of 8x8 and 4x4 maps as oneDNN's direct convolution
 //                                   vs one oneDNN matmul over an im2col copy (docs/performance.md)
+//   bench_conv --benchmark_filter=int8   a measured-not-built alternative (issue 21's int8 mode):
+//                                   oneDNN's int8 convolution (s8 activations with one scale per
+//                                   tensor, s8 weights with one scale per output channel, f32 out,
+//                                   VNNI) against its fp32 and bf16 ones on the same shape, with the
+//                                   int8 and bf16 outputs' error relative to fp32 (docs/performance.md)
 // Google Benchmark's own flags (--benchmark_filter=..., --benchmark_format=json) work as usual.
 #include <benchmark/benchmark.h>
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <oneapi/dnnl/dnnl.hpp>
@@ -70,6 +76,108 @@ void run_conv(benchmark::State& state, ConvBench b, Precision precision) {
   state.counters["GFLOP/s"] = benchmark::Counter(
       1e-9 * conv.flops(x.shape()) * static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
   state.SetLabel(std::string(precision_name(precision)) + " " + layout_name(b.layout));
+}
+
+// ---- int8 through oneDNN directly (not a diffprobe precision yet) ----------------------------
+// What an int8 mode would run: the f32 input quantised to s8 by a reorder with scale 127/max|x|
+// (one scale per tensor), weights to s8 with one scale per output channel (max|w_o|/127), the
+// convolution's output scales their products (fixed when the primitive is created: oneDNN 2.6's
+// brgemm convolutions refuse runtime scales), f32 output. oneDNN 2.x adds the bias before the
+// output scale (dst = scale * (acc + bias)), so the bias is divided by the scale first. The timed
+// loop holds the input quantisation and the convolution; counters: GFLOP/s (of the fp32 count)
+// and err = max |y - y_fp32| / max |y_fp32| (0 for the fp32 row).
+void run_onednn_precision(benchmark::State& state, std::int64_t C, std::int64_t O, std::int64_t S,
+                          std::int64_t K, int kind /* 0 fp32, 1 bf16, 2 int8 */) {
+  using dnnl::memory;
+  using tag = memory::format_tag;
+  using dt = memory::data_type;
+  omp_set_num_threads(g_threads);
+  const dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  dnnl::stream strm(eng);
+  const memory::dim pad = K / 2;
+  const memory::dims sd{1, C, S, S}, wd{O, C, K, K}, dd{1, O, S, S};
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd;
+  std::vector<float> x(static_cast<std::size_t>(C * S * S)), w(static_cast<std::size_t>(O * C * K * K)),
+      b(static_cast<std::size_t>(O));
+  for (auto& v : x) v = nd(rng);
+  for (auto& v : w) v = nd(rng) / std::sqrt(static_cast<float>(C * K * K));
+  for (auto& v : b) v = 0.1f * nd(rng);
+  const std::int64_t per_o = C * K * K;
+  float xmax = 0;
+  for (float v : x) xmax = std::max(xmax, std::fabs(v));
+  const float sx = xmax / 127.0f;
+  std::vector<float> scales(static_cast<std::size_t>(O)), inv_w(static_cast<std::size_t>(O)), bias(b);
+  for (std::int64_t o = 0; o < O; ++o) {
+    float m = 0;
+    for (std::int64_t k = 0; k < per_o; ++k)
+      m = std::max(m, std::fabs(w[static_cast<std::size_t>(o * per_o + k)]));
+    const float sw = m / 127.0f;
+    scales[static_cast<std::size_t>(o)] = sx * sw;
+    inv_w[static_cast<std::size_t>(o)] = 1.0f / sw;
+    if (kind == 2) bias[static_cast<std::size_t>(o)] /= scales[static_cast<std::size_t>(o)];
+  }
+  auto conv_out = [&](int k, std::vector<float>& y, benchmark::State* timed) {
+    const dt src_t = k == 0 ? dt::f32 : k == 1 ? dt::bf16 : dt::s8;
+    const dt wei_t = k == 0 ? dt::f32 : k == 1 ? dt::bf16 : dt::s8;
+    dnnl::primitive_attr attr;
+    if (k == 2) attr.set_output_scales(2, scales);
+    const memory::desc src_md(sd, src_t, tag::nhwc), wei_md(wd, wei_t, tag::any),
+        dst_md(dd, dt::f32, tag::nhwc), bias_md({O}, dt::f32, tag::x);
+    const dnnl::convolution_forward::primitive_desc pd({dnnl::prop_kind::forward_inference,
+                                                        dnnl::algorithm::convolution_direct,
+                                                        src_md,
+                                                        wei_md,
+                                                        bias_md,
+                                                        dst_md,
+                                                        {1, 1},
+                                                        {pad, pad},
+                                                        {pad, pad}},
+                                                       attr, eng);
+    memory user_x({sd, dt::f32, tag::nhwc}, eng, x.data()), user_w({wd, dt::f32, tag::oihw}, eng, w.data());
+    memory src(pd.src_desc(), eng), wei(pd.weights_desc(), eng), dst(pd.dst_desc(), eng, y.data()),
+        bias_m(pd.bias_desc(), eng, k == 2 ? bias.data() : b.data());
+    dnnl::primitive_attr wq;
+    if (k == 2) wq.set_output_scales(1, inv_w);
+    dnnl::reorder(user_w, wei, wq).execute(strm, user_w, wei);
+    dnnl::primitive_attr xq;
+    if (k == 2) xq.set_output_scales(0, {1.0f / sx});
+    const dnnl::reorder to_src(user_x, src, xq);
+    const dnnl::convolution_forward conv(pd);
+    const std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_BIAS, bias_m}, {DNNL_ARG_DST, dst}};
+    auto once = [&] {
+      if (k != 0) to_src.execute(strm, user_x, src);
+      conv.execute(strm, args);
+    };
+    if (k == 0) dnnl::reorder(user_x, src).execute(strm, user_x, src);
+    once();
+    strm.wait();
+    if (timed) {
+      for (auto _ : *timed) {
+        once();
+        strm.wait();
+      }
+      timed->SetLabel(pd.impl_info_str());
+    }
+  };
+  std::vector<float> ref(static_cast<std::size_t>(O * S * S)), y(ref.size());
+  try {
+    conv_out(0, ref, nullptr);
+    conv_out(kind, y, &state);
+  } catch (const dnnl::error& e) {
+    state.SkipWithError(e.what());
+    return;
+  }
+  double err = 0, big = 0;
+  for (std::size_t i = 0; i < y.size(); ++i) {
+    err = std::max(err, static_cast<double>(std::fabs(y[i] - ref[i])));
+    big = std::max(big, static_cast<double>(std::fabs(ref[i])));
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      2e-9 * static_cast<double>(O * S * S * per_o) * static_cast<double>(state.iterations()),
+      benchmark::Counter::kIsRate);
+  state.counters["err"] = err / big;
 }
 
 void run_linear(benchmark::State& state, std::int64_t rows, std::int64_t in, std::int64_t out,
@@ -237,6 +345,23 @@ void register_all(bool large) {
     convs.push_back({512, 512, 64, 3, 1, Layout::NHWC, false});  // blocks 8-9, 28-30
     convs.push_back({512, 512, 64, 3, 1, Layout::NHWC, true});
   }
+  struct Int8Shape {
+    std::int64_t c, o, s, k;
+  };
+  for (const Int8Shape& sh :
+       {Int8Shape{256, 256, 64, 3}, Int8Shape{512, 512, 32, 3}, Int8Shape{1024, 1024, 16, 3},
+        Int8Shape{1024, 1024, 8, 3}, Int8Shape{512, 1536, 32, 1}, Int8Shape{128, 128, 256, 3}})
+    for (int kind : {0, 1, 2}) {
+      const std::string name = "int8/conv" + std::to_string(sh.k) + "x" + std::to_string(sh.k) + "/" +
+                               std::to_string(sh.c) + "to" + std::to_string(sh.o) + "/" +
+                               std::to_string(sh.s) + "x" + std::to_string(sh.s) + "/" +
+                               (kind == 0   ? "fp32"
+                                : kind == 1 ? "bf16"
+                                            : "int8");
+      benchmark::RegisterBenchmark(name.c_str(), run_onednn_precision, sh.c, sh.o, sh.s, sh.k, kind)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+    }
   for (const Precision p : {Precision::FP32, Precision::BF16}) {
     for (const ConvBench& b : convs) {
       const std::string name = "conv" + std::to_string(b.k) + "x" + std::to_string(b.k) + "/" +
