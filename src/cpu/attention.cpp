@@ -14,6 +14,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/bf16.hpp"
 #include "cpu/cpu_ops.hpp"
 #include "cpu/simd.hpp"
 #include "diffprobe/core/threads.hpp"
@@ -144,12 +145,12 @@ float softmax_row_generic(float* s, i64 n, float scale) {
 
 // Where channel `c` of role r (0 q, 1 k, 2 v) of head h sits in the qkv tensor, and the strides of
 // its [token, channel] view.
-struct QkvView {
-  const float* base;  // sample n
+template <class In> struct QkvView {
+  const In* base;  // sample n
   i64 C, d, T;
   bool nhwc, legacy;
 
-  const float* at(i64 h, int role) const {
+  const In* at(i64 h, int role) const {
     const i64 o = legacy ? h * 3 * d + role * d : role * C + h * d;
     return base + (nhwc ? o : o * T);
   }
@@ -158,52 +159,55 @@ struct QkvView {
 };
 
 // dst[t, i] = src(token t0 + t, channel i) for t < m, i < d; dst row stride ldd.
-void gather_rows(const QkvView& v, const float* src, i64 t0, i64 m, float* dst, i64 ldd) {
+template <class In>
+void gather_rows(const QkvView<In>& v, const In* src, i64 t0, i64 m, float* dst, i64 ldd) {
   const i64 ts = v.token_stride(), cs = v.channel_stride();
   if (cs == 1) {
-    for (i64 t = 0; t < m; ++t) std::copy(src + (t0 + t) * ts, src + (t0 + t) * ts + v.d, dst + t * ldd);
+    for (i64 t = 0; t < m; ++t) {
+      const In* r = src + (t0 + t) * ts;
+#pragma omp simd
+      for (i64 i = 0; i < v.d; ++i) dst[t * ldd + i] = to_f32(r[i]);
+    }
   } else {
     for (i64 i = 0; i < v.d; ++i)
-      for (i64 t = 0; t < m; ++t) dst[t * ldd + i] = src[i * cs + (t0 + t) * ts];
+      for (i64 t = 0; t < m; ++t) dst[t * ldd + i] = to_f32(src[i * cs + (t0 + t) * ts]);
   }
 }
 
 // dst[i, t] = src(token t, channel i): the transposed view, row stride ldd.
-void gather_cols(const QkvView& v, const float* src, float* dst, i64 ldd) {
+template <class In> void gather_cols(const QkvView<In>& v, const In* src, float* dst, i64 ldd) {
   const i64 ts = v.token_stride(), cs = v.channel_stride();
   if (ts == 1) {
-    for (i64 i = 0; i < v.d; ++i) std::copy(src + i * cs, src + i * cs + v.T, dst + i * ldd);
+    for (i64 i = 0; i < v.d; ++i) {
+      const In* r = src + i * cs;
+#pragma omp simd
+      for (i64 t = 0; t < v.T; ++t) dst[i * ldd + t] = to_f32(r[t]);
+    }
   } else {
     for (i64 t = 0; t < v.T; ++t)
-      for (i64 i = 0; i < v.d; ++i) dst[i * ldd + t] = src[t * ts + i * cs];
+      for (i64 i = 0; i < v.d; ++i) dst[i * ldd + t] = to_f32(src[t * ts + i * cs]);
   }
 }
 
-}  // namespace
-
-Tensor attention(const Tensor& qkv, int heads, ops::QkvOrder order, const ExecContext& ctx) {
-  ThreadScope scope(ctx.threads);
+template <class In, class Out> void attention_impl(const Tensor& qkv, Tensor& out, int heads,
+                                                   ops::QkvOrder order, int threads, Allocator* alloc) {
   const Shape& s = qkv.shape();
   const i64 N = s[0], C = s[1] / 3, T = s[2] * s[3], nh = heads, d = C / nh;
   const bool nhwc = qkv.layout() == Layout::NHWC;
-  Tensor out =
-      Tensor::empty(Shape{N, C, s[2], s[3]}, DType::F32, qkv.layout(), Device::cpu(), out_allocator(ctx));
-  if (out.numel() == 0) return out;
-
-  const float* src = qkv.data<float>();
-  float* dst = out.data<float>();
+  const In* src = elems<const In>(qkv);
+  Out* dst = elems<Out>(out);
   const i64 Tp = round16(T), Tl = row_stride(T), dp = round16(d);
   const i64 pack_size = d * Tl + T * dp;
   const bool avx = simd::use_avx512();
   (void)avx;  // unused where the AVX-512 kernels are not compiled
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
   auto view_of = [&](i64 n) {
-    return QkvView{src + n * 3 * C * T, C, d, T, nhwc, order == ops::QkvOrder::Legacy};
+    return QkvView<In>{src + n * 3 * C * T, C, d, T, nhwc, order == ops::QkvOrder::Legacy};
   };
 
   // K^T [d, Tp] (row stride Tl) and V [T, dp] of every (sample, head), zero padded.
-  Tensor packs = Tensor::empty(Shape{N * nh, pack_size}, DType::F32, Layout::Contiguous, Device::cpu(),
-                               out_allocator(ctx));
+  Tensor packs =
+      Tensor::empty(Shape{N * nh, pack_size}, DType::F32, Layout::Contiguous, Device::cpu(), alloc);
   float* pk = packs.data<float>();
   const i64 tq = std::min(kQueryTile, T), ntiles = (T + tq - 1) / tq;
   // Each thread's tiles (queries, scores, outputs, row sums) come from the context's allocator
@@ -211,8 +215,8 @@ Tensor attention(const Tensor& qkv, int heads, ops::QkvOrder order, const ExecCo
   // kernel zero-fills page by page) on every call.
   const i64 q_size = round16(tq * d), sc_size = round16(tq * Tl), o_size = round16(tq * dp);
   const i64 per_thread = q_size + sc_size + o_size + round16(tq);
-  Tensor tiles = Tensor::empty(Shape{scope.threads(), per_thread}, DType::F32, Layout::Contiguous,
-                               Device::cpu(), out_allocator(ctx));
+  Tensor tiles =
+      Tensor::empty(Shape{threads, per_thread}, DType::F32, Layout::Contiguous, Device::cpu(), alloc);
   // One parallel region for both phases: a fork/join costs more than the packing of a small image.
 #pragma omp parallel
   {
@@ -257,17 +261,33 @@ Tensor attention(const Tensor& qkv, int heads, ops::QkvOrder order, const ExecCo
       for (i64 t = 0; t < m; ++t) rsum[t] = 1.0f / rsum[t];
       if (nhwc) {
         for (i64 t = 0; t < m; ++t) {
-          float* y = dst + (n * T + t0 + t) * C + h * d;
-          for (i64 i = 0; i < d; ++i) y[i] = o[t * dp + i] * rsum[t];
+          Out* y = dst + (n * T + t0 + t) * C + h * d;
+          for (i64 i = 0; i < d; ++i) y[i] = from_f32<Out>(o[t * dp + i] * rsum[t]);
         }
       } else {
         for (i64 i = 0; i < d; ++i) {
-          float* y = dst + (n * C + h * d + i) * T + t0;
-          for (i64 t = 0; t < m; ++t) y[t] = o[t * dp + i] * rsum[t];
+          Out* y = dst + (n * C + h * d + i) * T + t0;
+          for (i64 t = 0; t < m; ++t) y[t] = from_f32<Out>(o[t * dp + i] * rsum[t]);
         }
       }
     }
   }
+}
+
+}  // namespace
+
+Tensor attention(const Tensor& qkv, int heads, ops::QkvOrder order, const ExecContext& ctx) {
+  ThreadScope scope(ctx.threads);
+  const Shape& s = qkv.shape();
+  Tensor out = Tensor::empty(Shape{s[0], s[1] / 3, s[2], s[3]}, ctx.activations, qkv.layout(), Device::cpu(),
+                             out_allocator(ctx));
+  if (out.numel() == 0) return out;
+  dispatch_activation(qkv.dtype(), "attention", [&](auto in_t) {
+    dispatch_activation(out.dtype(), "attention", [&](auto out_t) {
+      attention_impl<decltype(in_t), decltype(out_t)>(qkv, out, heads, order, scope.threads(),
+                                                      out_allocator(ctx));
+    });
+  });
   return out;
 }
 

@@ -16,6 +16,7 @@ class CpuBackend final : public Backend {
   void copy_to_host(void* dst, const void* src, int, std::size_t bytes) override { copy(dst, src, bytes); }
   void copy_on_device(void* dst, const void* src, int, std::size_t bytes) override { copy(dst, src, bytes); }
   bool supports(OpKind) const noexcept override { return true; }  // every op, GroupNormAvgPool fused
+  bool supports_activations(DType d) const noexcept override { return d == DType::F32 || d == DType::BF16; }
 
   Tensor conv2d(const Conv2d& op, OpCache& cache, const Tensor& x, const Tensor& residual,
                 const ExecContext& ctx) override {

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu/bf16.hpp"
 #include "cpu/cpu_ops.hpp"
 #include "cpu/simd.hpp"
 #include "diffprobe/core/threads.hpp"
@@ -34,21 +35,22 @@ constexpr i64 kPlaneBlock = 512;
 // ---- statistics kernels -------------------------------------------------------------------------
 
 // a1[c] += x[c] - k[c]; a2[c] += (x[c] - k[c])^2 for one NHWC pixel.
-DIFFPROBE_INLINE void pixel_sums_body(const float* x, const float* k, float* a1, float* a2, i64 C) {
+template <class In>
+DIFFPROBE_INLINE void pixel_sums_body(const In* x, const float* k, float* a1, float* a2, i64 C) {
 #pragma omp simd
   for (i64 c = 0; c < C; ++c) {
-    const float d = x[c] - k[c];
+    const float d = to_f32(x[c]) - k[c];
     a1[c] += d;
     a2[c] += d * d;
   }
 }
 
 // Sums of (x - k) and (x - k)^2 over a contiguous run of n values (fp32, n small).
-DIFFPROBE_INLINE void run_sums_body(const float* x, i64 n, float k, float& s1, float& s2) {
+template <class In> DIFFPROBE_INLINE void run_sums_body(const In* x, i64 n, float k, float& s1, float& s2) {
   float a1 = 0.0f, a2 = 0.0f;
 #pragma omp simd reduction(+ : a1, a2)
   for (i64 i = 0; i < n; ++i) {
-    const float d = x[i] - k;
+    const float d = to_f32(x[i]) - k;
     a1 += d;
     a2 += d * d;
   }
@@ -57,8 +59,9 @@ DIFFPROBE_INLINE void run_sums_body(const float* x, i64 n, float k, float& s1, f
 }
 
 // Per-channel double sums over pixels [p0, p1) of one NHWC sample.
-DIFFPROBE_INLINE void nhwc_chunk_sums_body(const float* xs, i64 p0, i64 p1, i64 C, const float* k, float* a1,
-                                           float* a2, double* d1, double* d2) {
+template <class In> DIFFPROBE_INLINE void nhwc_chunk_sums_body(const In* xs, i64 p0, i64 p1, i64 C,
+                                                               const float* k, float* a1, float* a2,
+                                                               double* d1, double* d2) {
   std::fill(d1, d1 + C, 0.0);
   std::fill(d2, d2 + C, 0.0);
   for (i64 b = p0; b < p1; b += kBlockPixels) {
@@ -74,8 +77,8 @@ DIFFPROBE_INLINE void nhwc_chunk_sums_body(const float* xs, i64 p0, i64 p1, i64 
   }
 }
 
-void nhwc_chunk_sums_generic(const float* xs, i64 p0, i64 p1, i64 C, const float* k, float* a1, float* a2,
-                             double* d1, double* d2) {
+template <class In> void nhwc_chunk_sums_generic(const In* xs, i64 p0, i64 p1, i64 C, const float* k,
+                                                 float* a1, float* a2, double* d1, double* d2) {
   nhwc_chunk_sums_body(xs, p0, p1, C, k, a1, a2, d1, d2);
 }
 #if DIFFPROBE_HAVE_AVX512
@@ -92,8 +95,8 @@ DIFFPROBE_AVX512 inline void add_to_doubles(double* d, __m512 s, __mmask16 m) {
 // a load and a store of each accumulator per element): channels [c0, c0 + 16 * NV) of the
 // pixels [b, e), added into d1/d2. Only the last vector of a row with C % 16 != 0 is masked
 // (masked loads in the main loop run about half as fast on this Zen 5).
-template <int NV, bool kMaskLast>
-DIFFPROBE_AVX512 void nhwc_block_sums_avx512(const float* xs, i64 b, i64 e, i64 C, i64 c0, __mmask16 last,
+template <int NV, bool kMaskLast, class In>
+DIFFPROBE_AVX512 void nhwc_block_sums_avx512(const In* xs, i64 b, i64 e, i64 C, i64 c0, __mmask16 last,
                                              const float* k, double* d1, double* d2) {
   __m512 kv[NV], s1[NV], s2[NV];
   for (int v = 0; v < NV; ++v) {
@@ -103,10 +106,9 @@ DIFFPROBE_AVX512 void nhwc_block_sums_avx512(const float* xs, i64 b, i64 e, i64 
     s2[v] = _mm512_setzero_ps();
   }
   for (i64 p = b; p < e; ++p) {
-    const float* xp = xs + p * C + c0;
+    const In* xp = xs + p * C + c0;
     for (int v = 0; v < NV; ++v) {
-      const __m512 x = (kMaskLast && v == NV - 1) ? _mm512_maskz_loadu_ps(last, xp + 16 * v)
-                                                  : _mm512_loadu_ps(xp + 16 * v);
+      const __m512 x = (kMaskLast && v == NV - 1) ? simd::load(xp + 16 * v, last) : simd::load(xp + 16 * v);
       const __m512 d = _mm512_sub_ps(x, kv[v]);
       s1[v] = _mm512_add_ps(s1[v], d);
       s2[v] = _mm512_fmadd_ps(d, d, s2[v]);
@@ -119,8 +121,8 @@ DIFFPROBE_AVX512 void nhwc_block_sums_avx512(const float* xs, i64 b, i64 e, i64 
   }
 }
 
-template <bool kMaskLast>
-DIFFPROBE_AVX512 void nhwc_group_sums_avx512(int nv, const float* xs, i64 b, i64 e, i64 C, i64 c0,
+template <bool kMaskLast, class In>
+DIFFPROBE_AVX512 void nhwc_group_sums_avx512(int nv, const In* xs, i64 b, i64 e, i64 C, i64 c0,
                                              __mmask16 last, const float* k, double* d1, double* d2) {
   switch (nv) {
     case 1: nhwc_block_sums_avx512<1, kMaskLast>(xs, b, e, C, c0, last, k, d1, d2); break;
@@ -134,8 +136,9 @@ DIFFPROBE_AVX512 void nhwc_group_sums_avx512(int nv, const float* xs, i64 b, i64
   }
 }
 
-DIFFPROBE_AVX512 void nhwc_chunk_sums_avx512(const float* xs, i64 p0, i64 p1, i64 C, const float* k,
-                                             float* /*a1*/, float* /*a2*/, double* d1, double* d2) {
+template <class In> DIFFPROBE_AVX512 void nhwc_chunk_sums_avx512(const In* xs, i64 p0, i64 p1, i64 C,
+                                                                 const float* k, float* /*a1*/, float* /*a2*/,
+                                                                 double* d1, double* d2) {
   std::fill(d1, d1 + C, 0.0);
   std::fill(d2, d2 + C, 0.0);
   constexpr i64 kGroup = 8 * 16;  // channels per register set: 8 vectors each of k, s1, s2
@@ -148,20 +151,21 @@ DIFFPROBE_AVX512 void nhwc_chunk_sums_avx512(const float* xs, i64 p0, i64 p1, i6
       const int nv = static_cast<int>((rem + 15) / 16);
       const i64 tail = rem - 16 * (nv - 1);
       if (tail == 16)
-        nhwc_group_sums_avx512<false>(nv, xs, b, e, C, c0, 0xffff, k, d1, d2);
+        nhwc_group_sums_avx512<false, In>(nv, xs, b, e, C, c0, 0xffff, k, d1, d2);
       else
-        nhwc_group_sums_avx512<true>(nv, xs, b, e, C, c0, simd::tail_mask(tail), k, d1, d2);
+        nhwc_group_sums_avx512<true, In>(nv, xs, b, e, C, c0, simd::tail_mask(tail), k, d1, d2);
     }
   }
 }
 #else
-void nhwc_chunk_sums_avx512(const float* xs, i64 p0, i64 p1, i64 C, const float* k, float* a1, float* a2,
-                            double* d1, double* d2) {
+template <class In> void nhwc_chunk_sums_avx512(const In* xs, i64 p0, i64 p1, i64 C, const float* k,
+                                                float* a1, float* a2, double* d1, double* d2) {
   nhwc_chunk_sums_body(xs, p0, p1, C, k, a1, a2, d1, d2);
 }
 #endif
 
-DIFFPROBE_INLINE void plane_sums_body(const float* x, i64 n, float k, double& s1, double& s2) {
+template <class In>
+DIFFPROBE_INLINE void plane_sums_body(const In* x, i64 n, float k, double& s1, double& s2) {
   double t1 = 0.0, t2 = 0.0;
   for (i64 b = 0; b < n; b += kPlaneBlock) {
     float a1, a2;
@@ -173,10 +177,11 @@ DIFFPROBE_INLINE void plane_sums_body(const float* x, i64 n, float k, double& s1
   s2 = t2;
 }
 
-void plane_sums_generic(const float* x, i64 n, float k, double& s1, double& s2) {
+template <class In> void plane_sums_generic(const In* x, i64 n, float k, double& s1, double& s2) {
   plane_sums_body(x, n, k, s1, s2);
 }
-DIFFPROBE_AVX512 void plane_sums_avx512(const float* x, i64 n, float k, double& s1, double& s2) {
+template <class In>
+DIFFPROBE_AVX512 void plane_sums_avx512(const In* x, i64 n, float k, double& s1, double& s2) {
   plane_sums_body(x, n, k, s1, s2);
 }
 
@@ -193,42 +198,46 @@ DIFFPROBE_INLINE float affine(float x, const Affine& f, i64 c) {
   return ((x - f.m_hi[c]) - f.m_lo[c]) * f.a[c] + f.b[c];
 }
 
-void apply_pixel_generic(const float* x, float* y, const Affine& f, i64 C, bool silu) {
+template <class In, class Out>
+void apply_pixel_generic(const In* x, Out* y, const Affine& f, i64 C, bool silu) {
   if (silu) {
-    for (i64 c = 0; c < C; ++c) y[c] = simd::silu(affine(x[c], f, c));
+    for (i64 c = 0; c < C; ++c) y[c] = from_f32<Out>(simd::silu(affine(to_f32(x[c]), f, c)));
   } else {
 #pragma omp simd
-    for (i64 c = 0; c < C; ++c) y[c] = affine(x[c], f, c);
+    for (i64 c = 0; c < C; ++c) y[c] = from_f32<Out>(affine(to_f32(x[c]), f, c));
   }
 }
 
 // The portable pooled apply: the same affine per value, avg_pool2x2's order.
-void apply_pool_row_generic(const float* r0, const float* r1, float* y, i64 OW, const Affine& f, i64 C,
-                            bool silu) {
+template <class In, class Out>
+void apply_pool_row_generic(const In* r0, const In* r1, Out* y, i64 OW, const Affine& f, i64 C, bool silu) {
   for (i64 ow = 0; ow < OW; ++ow)
     for (i64 c = 0; c < C; ++c) {
-      const auto one = [&](float x) { return silu ? simd::silu(affine(x, f, c)) : affine(x, f, c); };
-      const float* p0 = r0 + 2 * ow * C + c;
-      const float* p1 = r1 + 2 * ow * C + c;
-      y[ow * C + c] = ((one(p0[0]) + one(p0[C])) + (one(p1[0]) + one(p1[C]))) * 0.25f;
+      const auto one = [&](In v) {
+        const float x = to_f32(v);
+        return silu ? simd::silu(affine(x, f, c)) : affine(x, f, c);
+      };
+      const In* p0 = r0 + 2 * ow * C + c;
+      const In* p1 = r1 + 2 * ow * C + c;
+      y[ow * C + c] = from_f32<Out>(((one(p0[0]) + one(p0[C])) + (one(p1[0]) + one(p1[C]))) * 0.25f);
     }
 }
 
-void apply_plane_generic(const float* x, float* y, float m_hi, float m_lo, float a, float b, i64 n,
-                         bool silu) {
+template <class In, class Out>
+void apply_plane_generic(const In* x, Out* y, float m_hi, float m_lo, float a, float b, i64 n, bool silu) {
   if (silu) {
-    for (i64 i = 0; i < n; ++i) y[i] = simd::silu(((x[i] - m_hi) - m_lo) * a + b);
+    for (i64 i = 0; i < n; ++i) y[i] = from_f32<Out>(simd::silu(((to_f32(x[i]) - m_hi) - m_lo) * a + b));
   } else {
 #pragma omp simd
-    for (i64 i = 0; i < n; ++i) y[i] = ((x[i] - m_hi) - m_lo) * a + b;
+    for (i64 i = 0; i < n; ++i) y[i] = from_f32<Out>(((to_f32(x[i]) - m_hi) - m_lo) * a + b);
   }
 }
 
 #if DIFFPROBE_HAVE_AVX512
 // The affine (and SiLU) of one vector of channels starting at c (full: the row's main loop).
-template <bool kSilu>
-DIFFPROBE_AVX512 inline __m512 apply_vector_avx512(const float* x, const Affine& f, i64 c) {
-  __m512 v = _mm512_sub_ps(_mm512_loadu_ps(x), _mm512_loadu_ps(f.m_hi + c));
+template <bool kSilu, class In>
+DIFFPROBE_AVX512 inline __m512 apply_vector_avx512(const In* x, const Affine& f, i64 c) {
+  __m512 v = _mm512_sub_ps(simd::load(x), _mm512_loadu_ps(f.m_hi + c));
   v = _mm512_sub_ps(v, _mm512_loadu_ps(f.m_lo + c));
   v = _mm512_fmadd_ps(v, _mm512_loadu_ps(f.a + c), _mm512_loadu_ps(f.b + c));
   if constexpr (kSilu) v = simd::silu512(v);
@@ -236,9 +245,9 @@ DIFFPROBE_AVX512 inline __m512 apply_vector_avx512(const float* x, const Affine&
 }
 
 // The same on the lanes of k (a row's last, partial vector).
-template <bool kSilu>
-DIFFPROBE_AVX512 inline __m512 apply_vector_avx512(const float* x, __mmask16 k, const Affine& f, i64 c) {
-  __m512 v = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x), _mm512_maskz_loadu_ps(k, f.m_hi + c));
+template <bool kSilu, class In>
+DIFFPROBE_AVX512 inline __m512 apply_vector_avx512(const In* x, __mmask16 k, const Affine& f, i64 c) {
+  __m512 v = _mm512_sub_ps(simd::load(x, k), _mm512_maskz_loadu_ps(k, f.m_hi + c));
   v = _mm512_sub_ps(v, _mm512_maskz_loadu_ps(k, f.m_lo + c));
   v = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(k, f.a + c), _mm512_maskz_loadu_ps(k, f.b + c));
   if constexpr (kSilu) v = simd::silu512(v);
@@ -246,32 +255,33 @@ DIFFPROBE_AVX512 inline __m512 apply_vector_avx512(const float* x, __mmask16 k, 
 }
 
 // One NHWC pixel through the affine (and SiLU).
-template <bool kSilu>
-DIFFPROBE_AVX512 void apply_pixel_avx512(const float* x, float* y, const Affine& f, i64 C) {
+template <bool kSilu, class In, class Out>
+DIFFPROBE_AVX512 void apply_pixel_avx512(const In* x, Out* y, const Affine& f, i64 C) {
   i64 c = 0;
-  for (; c + 16 <= C; c += 16) _mm512_storeu_ps(y + c, apply_vector_avx512<kSilu>(x + c, f, c));
+  for (; c + 16 <= C; c += 16) simd::store(y + c, apply_vector_avx512<kSilu>(x + c, f, c));
   if (c < C) {
     const __mmask16 k = simd::tail_mask(C - c);
-    _mm512_mask_storeu_ps(y + c, k, apply_vector_avx512<kSilu>(x + c, k, f, c));
+    simd::store(y + c, apply_vector_avx512<kSilu>(x + c, k, f, c), k);
   }
 }
 
 // One output row of the pooled apply (avg_pool2x2 after the affine and SiLU): r0, r1 are input
 // rows 2*oh and 2*oh + 1. Each input value goes through apply_pixel_avx512's vector helper and
 // the four are averaged in avg_pool2x2's order, so the result is bitwise that of the two ops.
-template <bool kSilu> DIFFPROBE_AVX512 void apply_pool_row_avx512(const float* r0, const float* r1, float* y,
-                                                                  i64 OW, const Affine& f, i64 C) {
+template <bool kSilu, class In, class Out>
+DIFFPROBE_AVX512 void apply_pool_row_avx512(const In* r0, const In* r1, Out* y, i64 OW, const Affine& f,
+                                            i64 C) {
   const __m512 quarter = _mm512_set1_ps(0.25f);
   for (i64 ow = 0; ow < OW; ++ow) {
-    const float *p0 = r0 + 2 * ow * C, *p1 = r1 + 2 * ow * C;
-    float* yo = y + ow * C;
+    const In *p0 = r0 + 2 * ow * C, *p1 = r1 + 2 * ow * C;
+    Out* yo = y + ow * C;
     i64 c = 0;
     for (; c + 16 <= C; c += 16) {
       const __m512 top = _mm512_add_ps(apply_vector_avx512<kSilu>(p0 + c, f, c),
                                        apply_vector_avx512<kSilu>(p0 + C + c, f, c));
       const __m512 bottom = _mm512_add_ps(apply_vector_avx512<kSilu>(p1 + c, f, c),
                                           apply_vector_avx512<kSilu>(p1 + C + c, f, c));
-      _mm512_storeu_ps(yo + c, _mm512_mul_ps(_mm512_add_ps(top, bottom), quarter));
+      simd::store(yo + c, _mm512_mul_ps(_mm512_add_ps(top, bottom), quarter));
     }
     if (c < C) {
       const __mmask16 k = simd::tail_mask(C - c);
@@ -279,50 +289,42 @@ template <bool kSilu> DIFFPROBE_AVX512 void apply_pool_row_avx512(const float* r
                                        apply_vector_avx512<kSilu>(p0 + C + c, k, f, c));
       const __m512 bottom = _mm512_add_ps(apply_vector_avx512<kSilu>(p1 + c, k, f, c),
                                           apply_vector_avx512<kSilu>(p1 + C + c, k, f, c));
-      _mm512_mask_storeu_ps(yo + c, k, _mm512_mul_ps(_mm512_add_ps(top, bottom), quarter));
+      simd::store(yo + c, _mm512_mul_ps(_mm512_add_ps(top, bottom), quarter), k);
     }
   }
 }
 
-template <bool kSilu> DIFFPROBE_AVX512 void apply_plane_avx512(const float* x, float* y, float m_hi,
-                                                               float m_lo, float a, float b, i64 n) {
+template <bool kSilu, class In, class Out> DIFFPROBE_AVX512 void apply_plane_avx512(const In* x, Out* y,
+                                                                                    float m_hi, float m_lo,
+                                                                                    float a, float b, i64 n) {
   const __m512 vm = _mm512_set1_ps(m_hi), vl = _mm512_set1_ps(m_lo), va = _mm512_set1_ps(a),
                vb = _mm512_set1_ps(b);
   i64 i = 0;
   for (; i + 16 <= n; i += 16) {
-    __m512 v = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm), vl), va, vb);
+    __m512 v = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_sub_ps(simd::load(x + i), vm), vl), va, vb);
     if constexpr (kSilu) v = simd::silu512(v);
-    _mm512_storeu_ps(y + i, v);
+    simd::store(y + i, v);
   }
   if (i < n) {
     const __mmask16 k = simd::tail_mask(n - i);
-    __m512 v = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), vm), vl), va, vb);
+    __m512 v = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_sub_ps(simd::load(x + i, k), vm), vl), va, vb);
     if constexpr (kSilu) v = simd::silu512(v);
-    _mm512_mask_storeu_ps(y + i, k, v);
+    simd::store(y + i, v, k);
   }
 }
 #endif
 
-}  // namespace
-
-Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, const ops::GroupNormArgs& args,
-                  const ExecContext& ctx) {
-  ThreadScope scope(ctx.threads);
+template <class In, class Out> void group_norm_impl(const Tensor& x, Tensor& out, const Tensor& gamma,
+                                                    const Tensor& beta, const ops::GroupNormArgs& args,
+                                                    Allocator* alloc) {
   const Shape& s = x.shape();
   const i64 N = s[0], C = s[1], HW = s[2] * s[3], G = args.groups, cg = C / G;
   const bool nhwc = x.layout() == Layout::NHWC;
-  if (args.avg_pool2x2 && !nhwc) {  // fused for NHWC (the U-Net's layout); NCHW: the two ops
-    ops::GroupNormArgs plain = args;
-    plain.avg_pool2x2 = false;
-    return cpu::avg_pool2x2(cpu::group_norm(x, gamma, beta, plain, ctx), ctx);
-  }
   const bool pool = args.avg_pool2x2;
   const i64 H = s[2], W = s[3], OH = pool ? H / 2 : H, OW = pool ? W / 2 : W;
-  Tensor out = Tensor::empty(Shape{N, C, OH, OW}, DType::F32, x.layout(), Device::cpu(), out_allocator(ctx));
-  if (x.numel() == 0) return out;
-
-  const float* xp = x.data<float>();
-  float* yp = out.data<float>();
+  (void)OW;
+  const In* xp = elems<const In>(x);
+  Out* yp = elems<Out>(out);
   const float* gp = gamma.data<float>();
   const float* bp = beta.data<float>();
   const float* pb = args.pre_bias.defined() ? args.pre_bias.data<float>() : nullptr;
@@ -332,7 +334,7 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
   // Per-(sample, channel) shift: the channel's first value.
   std::vector<float> shift(static_cast<std::size_t>(N * C));
   for (i64 n = 0; n < N; ++n)
-    for (i64 c = 0; c < C; ++c) shift[n * C + c] = xp[nhwc ? n * HW * C + c : (n * C + c) * HW];
+    for (i64 c = 0; c < C; ++c) shift[n * C + c] = to_f32(xp[nhwc ? n * HW * C + c : (n * C + c) * HW]);
 
   std::vector<double> s1(static_cast<std::size_t>(N * C)), s2(static_cast<std::size_t>(N * C));
   // NHWC: pixel chunks of at least ~16K values, each giving per-channel sums, merged in chunk
@@ -345,7 +347,7 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
   // From the context's allocator (2 MB at batch 8 of 256x256x256: malloc would map it afresh, and
   // the kernel zero-fill it page by page, on every call); every chunk writes all of its part.
   const Tensor part_store = Tensor::empty(Shape{nhwc ? N * nchunks * C * 4 : 0}, DType::F32,
-                                          Layout::Contiguous, Device::cpu(), out_allocator(ctx));
+                                          Layout::Contiguous, Device::cpu(), alloc);
   double* const part = nhwc ? reinterpret_cast<double*>(part_store.raw()) : nullptr;
   std::vector<float> am(static_cast<std::size_t>(N * C)), al(am.size()), aa(am.size()), ab(am.size());
   const bool silu = args.silu;
@@ -360,7 +362,7 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
         const i64 n = item / nchunks, p0 = (item % nchunks) * chunk, p1 = std::min(HW, p0 + chunk);
         double* d1 = part + item * C * 2;
         double* d2 = d1 + C;
-        const float* xs = xp + n * HW * C;
+        const In* xs = xp + n * HW * C;
         if (avx)
           nhwc_chunk_sums_avx512(xs, p0, p1, C, shift.data() + n * C, a1.data(), a2.data(), d1, d2);
         else
@@ -423,9 +425,9 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
 #pragma omp for schedule(static)
       for (i64 row = 0; row < N * OH; ++row) {
         const i64 n = row / OH, oh = row % OH;
-        const float* r0 = xp + (n * H + 2 * oh) * W * C;
-        const float* r1 = r0 + W * C;
-        float* yr = yp + row * OW * C;
+        const In* r0 = xp + (n * H + 2 * oh) * W * C;
+        const In* r1 = r0 + W * C;
+        Out* yr = yp + row * OW * C;
         const Affine f{am.data() + n * C, al.data() + n * C, aa.data() + n * C, ab.data() + n * C};
 #if DIFFPROBE_HAVE_AVX512
         if (avx) {
@@ -442,8 +444,8 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
 #pragma omp for schedule(static)
       for (i64 row = 0; row < N * HW; ++row) {
         const i64 n = row / HW;
-        const float* xr = xp + row * C;
-        float* yr = yp + row * C;
+        const In* xr = xp + row * C;
+        Out* yr = yp + row * C;
         const Affine f{am.data() + n * C, al.data() + n * C, aa.data() + n * C, ab.data() + n * C};
 #if DIFFPROBE_HAVE_AVX512
         if (avx) {
@@ -459,8 +461,8 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
     } else {
 #pragma omp for schedule(static)
       for (i64 nc = 0; nc < N * C; ++nc) {
-        const float* xr = xp + nc * HW;
-        float* yr = yp + nc * HW;
+        const In* xr = xp + nc * HW;
+        Out* yr = yp + nc * HW;
 #if DIFFPROBE_HAVE_AVX512
         if (avx) {
           if (silu)
@@ -474,6 +476,29 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
       }
     }
   }
+}
+
+}  // namespace
+
+Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, const ops::GroupNormArgs& args,
+                  const ExecContext& ctx) {
+  ThreadScope scope(ctx.threads);
+  const Shape& s = x.shape();
+  if (args.avg_pool2x2 &&
+      x.layout() != Layout::NHWC) {  // fused for NHWC (the U-Net's layout); NCHW: the two ops
+    ops::GroupNormArgs plain = args;
+    plain.avg_pool2x2 = false;
+    return cpu::avg_pool2x2(cpu::group_norm(x, gamma, beta, plain, ctx), ctx);
+  }
+  const bool pool = args.avg_pool2x2;
+  const Shape out_shape{s[0], s[1], pool ? s[2] / 2 : s[2], pool ? s[3] / 2 : s[3]};
+  Tensor out = Tensor::empty(out_shape, ctx.activations, x.layout(), Device::cpu(), out_allocator(ctx));
+  if (x.numel() == 0) return out;
+  dispatch_activation(x.dtype(), "group_norm", [&](auto in_t) {
+    dispatch_activation(out.dtype(), "group_norm", [&](auto out_t) {
+      group_norm_impl<decltype(in_t), decltype(out_t)>(x, out, gamma, beta, args, out_allocator(ctx));
+    });
+  });
   return out;
 }
 

@@ -32,6 +32,11 @@ inline dnnl::memory::data_type compute_type(Precision p) {
   return p == Precision::BF16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
 }
 
+/// The oneDNN data type of an activation dtype (f32 or bf16).
+inline dnnl::memory::data_type data_type(DType d) {
+  return d == DType::BF16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
+}
+
 /// Translates a oneDNN failure into our error hierarchy (unimplemented -> UnsupportedError).
 [[noreturn]] void rethrow(const dnnl::error& e, const char* where, const std::string& what);
 

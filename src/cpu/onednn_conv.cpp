@@ -59,11 +59,11 @@ dnnl::primitive_attr attr_with_sum(bool sum) {
 // Activations stay in the caller's layout (NHWC: oneDNN's fast brgemm path; NCHW: its gemm
 // path), so no activation reorders are needed besides the bf16 conversion of the input.
 ConvPd make_pd(const ops::Conv2d& op, const Shape& in, Layout layout, bool sum, Precision p,
-               const memory::desc& weights) {
+               const memory::desc& weights, dt dst_type = dt::f32) {
   const Shape out = op.output_shape(in);
   const memory::dim s = op.spec().stride, pad = op.spec().padding;
   const memory::desc src(dims4(in), onednn::compute_type(p), layout_tag(layout));
-  const memory::desc dst(dims4(out), dt::f32, layout_tag(layout));
+  const memory::desc dst(dims4(out), dst_type, layout_tag(layout));
   const dnnl::primitive_attr attr = attr_with_sum(sum);
   constexpr auto kind = dnnl::prop_kind::forward_inference;
   constexpr auto alg = dnnl::algorithm::convolution_direct;
@@ -145,16 +145,18 @@ struct ConvPlan {
   bool im2col = false;      // src is then one image's im2col copy, compute_dst its dst as [H*W, O]
   memory weights;           // packed; shared with the other plans of this precision
   memory::desc user_src, src, dst, compute_dst, bias, scratchpad;
-  std::optional<onednn::WithScratch<dnnl::reorder>> to_bf16;        // f32 input -> bf16 src
+  std::optional<onednn::WithScratch<dnnl::reorder>> to_src;         // input -> src's dtype (f32 <-> bf16)
   std::optional<onednn::WithScratch<dnnl::reorder>> copy_residual;  // residual -> dst
   memory::desc residual;
   std::size_t scratch_bytes = 0;
 };
 
 std::shared_ptr<ConvPlan> make_plan(const ops::Conv2d& op, onednn::PackedWeights& packed, const Shape& in,
-                                    Layout layout, const Tensor& residual, Precision p) {
+                                    Layout layout, DType in_type, const Tensor& residual, Precision p,
+                                    DType out_type) {
   auto plan = std::make_shared<ConvPlan>();
-  if (conv2d_uses_im2col(op, in, layout, p)) {
+  const dt dst_type = onednn::data_type(out_type);
+  if (conv2d_uses_im2col(op, in, layout, p)) {  // (f32 in and out: see conv2d)
     const MatmulPd pd = make_im2col_pd(op, in, residual.defined());
     plan->compute = dnnl::matmul(pd);
     plan->im2col = true;
@@ -167,22 +169,22 @@ std::shared_ptr<ConvPlan> make_plan(const ops::Conv2d& op, onednn::PackedWeights
   } else {
     const ConvPd pd = onednn::create_preferring_packed<ConvPd>(
         packed, any_weights(op, p),
-        [&](const memory::desc& w) { return make_pd(op, in, layout, residual.defined(), p, w); });
+        [&](const memory::desc& w) { return make_pd(op, in, layout, residual.defined(), p, w, dst_type); });
     plan->compute = dnnl::convolution_forward(pd);
     plan->weights = packed.get(pd.weights_desc(), user_weights(op));
     plan->src = pd.src_desc();
     plan->dst = plan->compute_dst = pd.dst_desc();
     plan->bias = op.bias().defined() ? pd.bias_desc() : memory::desc();
     plan->scratchpad = pd.scratchpad_desc();
-    plan->user_src = memory::desc(dims4(in), dt::f32, layout_tag(layout));
-    if (plan->user_src != plan->src) plan->to_bf16 = onednn::make_reorder(plan->user_src, plan->src);
+    plan->user_src = memory::desc(dims4(in), onednn::data_type(in_type), layout_tag(layout));
+    if (plan->user_src != plan->src) plan->to_src = onednn::make_reorder(plan->user_src, plan->src);
   }
   plan->scratch_bytes = plan->scratchpad.get_size();
-  if (plan->to_bf16)
-    plan->scratch_bytes = std::max(plan->scratch_bytes, plan->to_bf16->scratchpad.get_size());
+  if (plan->to_src) plan->scratch_bytes = std::max(plan->scratch_bytes, plan->to_src->scratchpad.get_size());
   if (residual.defined()) {
-    // A reorder copies in parallel and also handles a residual in the other layout.
-    plan->residual = memory::desc(dims4(residual.shape()), dt::f32, layout_tag(residual.layout()));
+    // A reorder copies in parallel and also handles a residual in the other layout or dtype.
+    plan->residual = memory::desc(dims4(residual.shape()), onednn::data_type(residual.dtype()),
+                                  layout_tag(residual.layout()));
     plan->copy_residual = onednn::make_reorder(plan->residual, plan->dst);
     plan->scratch_bytes = std::max(plan->scratch_bytes, plan->copy_residual->scratchpad.get_size());
   }
@@ -209,22 +211,33 @@ bool conv2d_uses_im2col(const ops::Conv2d& op, const Shape& in, Layout layout, P
   return (hw <= 16 && c >= 512) || (hw <= 64 && c >= 1024);
 }
 
-Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tensor& residual,
+Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x_in, const Tensor& residual,
               const ExecContext& ctx, bool into_residual) {
   onednn::check_precision(ctx.precision, kWhere);
+  // oneDNN 2.6's fp32 convolutions write f32 only (no primitive takes a bf16 dst there).
+  if (ctx.precision == Precision::FP32 && ctx.activations != DType::F32)
+    throw UnsupportedError(kWhere,
+                           "fp32 convolutions write f32 activations; bf16 activations need precision bf16");
   const ThreadScope scope(ctx.threads);
-  const Shape& in = x.shape();
+  const Shape& in = x_in.shape();
   const Shape out = op.output_shape(in);
+  // The im2col path reads f32 (a bf16 input there is an fp32 convolution of bf16 values: widen it).
+  const Tensor x = conv2d_uses_im2col(op, in, x_in.layout(), ctx.precision) && x_in.dtype() != DType::F32
+                       ? x_in.to_dtype(DType::F32, ctx.allocator)
+                       : x_in;
   // The thread count is part of the key: oneDNN fixes its work split when it creates a primitive.
-  const std::string key = fmt::format("conv.plan.{}.t{}.{}x{}x{}x{}.{}.res-{}", precision_name(ctx.precision),
-                                      scope.threads(), in[0], in[1], in[2], in[3], layout_name(x.layout()),
-                                      residual.defined() ? layout_name(residual.layout()) : "none");
+  const std::string key =
+      fmt::format("conv.plan.{}.t{}.{}x{}x{}x{}.{}.{}-{}.res-{}-{}", precision_name(ctx.precision),
+                  scope.threads(), in[0], in[1], in[2], in[3], layout_name(x.layout()), dtype_name(x.dtype()),
+                  dtype_name(ctx.activations), residual.defined() ? layout_name(residual.layout()) : "none",
+                  residual.defined() ? dtype_name(residual.dtype()) : "");
   std::shared_ptr<ConvPlan> plan;
   try {
     // Fetched before the plan: get_or_create holds the cache's lock while it makes an entry.
     const auto packed = packed_weights(cache, ctx.precision);
-    plan = cache.get_or_create<ConvPlan>(
-        key, [&] { return make_plan(op, *packed, in, x.layout(), residual, ctx.precision); });
+    plan = cache.get_or_create<ConvPlan>(key, [&] {
+      return make_plan(op, *packed, in, x.layout(), x.dtype(), residual, ctx.precision, ctx.activations);
+    });
   } catch (const dnnl::error& e) {
     onednn::rethrow(e, kWhere,
                     fmt::format("no {} convolution for input {} ({})", precision_name(ctx.precision),
@@ -232,9 +245,10 @@ Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tens
   }
 
   // In place: the sum post-op adds onto what dst holds, which is then the residual already
-  // (only where the residual's memory description is dst's: same layout).
+  // (only where the residual's memory description is dst's: same layout and dtype).
   const bool in_place = into_residual && plan->residual == plan->dst;
-  Tensor y = in_place ? residual : Tensor::empty(out, DType::F32, x.layout(), Device::cpu(), ctx.allocator);
+  Tensor y =
+      in_place ? residual : Tensor::empty(out, ctx.activations, x.layout(), Device::cpu(), ctx.allocator);
   try {
     const dnnl::engine& eng = onednn::engine();
     dnnl::stream& s = onednn::stream();
@@ -256,13 +270,14 @@ Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tens
       src = memory(plan->src, eng, staged.raw());
     } else {
       src = memory(plan->user_src, eng, x.raw());
-      if (plan->to_bf16) {
-        staged = Tensor::empty(in, DType::BF16, x.layout(), Device::cpu(), ctx.allocator);
-        memory src16(plan->src, eng, staged.raw());
-        std::unordered_map<int, memory> args{{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, src16}};
-        scratch.bind(args, plan->to_bf16->scratchpad);
-        plan->to_bf16->prim.execute(s, args);
-        src = src16;
+      if (plan->to_src) {
+        staged = Tensor::empty(in, x.dtype() == DType::F32 ? DType::BF16 : DType::F32, x.layout(),
+                               Device::cpu(), ctx.allocator);
+        memory converted(plan->src, eng, staged.raw());
+        std::unordered_map<int, memory> args{{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, converted}};
+        scratch.bind(args, plan->to_src->scratchpad);
+        plan->to_src->prim.execute(s, args);
+        src = converted;
       }
     }
     // The im2col matmul runs image by image (rows H*W each; NHWC keeps an image's rows together).
@@ -272,7 +287,8 @@ Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tens
       std::unordered_map<int, memory> args{
           {DNNL_ARG_SRC, plan->im2col ? memory(plan->src, eng, staged.data<float>() + n * src_step) : src},
           {DNNL_ARG_WEIGHTS, plan->weights},
-          {DNNL_ARG_DST, memory(plan->compute_dst, eng, y.data<float>() + n * dst_step)}};
+          {DNNL_ARG_DST, memory(plan->compute_dst, eng,
+                                static_cast<char*>(y.raw()) + n * dst_step * dtype_size(y.dtype()))}};
       if (op.bias().defined()) args.emplace(DNNL_ARG_BIAS, memory(plan->bias, eng, op.bias().raw()));
       scratch.bind(args, plan->scratchpad);
       plan->compute.execute(s, args);
@@ -300,7 +316,9 @@ void conv2d_prepare(const ops::Conv2d& op, OpCache& cache, const ExecContext& ct
     // when the same implementation accepts it (see create_preferring_packed).
     const std::int64_t side = std::max<std::int64_t>(32, op.kernel_size());
     const Shape in = input ? *input : Shape{1, op.in_channels(), side, side};
-    const ConvPd pd = make_pd(op, in, Layout::NHWC, false, ctx.precision, any_weights(op, ctx.precision));
+    const dt dst = ctx.precision == Precision::FP32 ? dt::f32 : onednn::data_type(ctx.activations);
+    const ConvPd pd =
+        make_pd(op, in, Layout::NHWC, false, ctx.precision, any_weights(op, ctx.precision), dst);
     packed->prepack(pd.weights_desc(), user_weights(op));
   } catch (const dnnl::error& e) {
     onednn::rethrow(e, where, fmt::format("cannot pack the weights for {}", precision_name(ctx.precision)));

@@ -58,6 +58,12 @@ Reach reach_of(std::span<const int> blocks, int num_blocks, const char* where) {
 
 }  // namespace
 
+ExecContext activation_context(const ExecContext& ctx) {
+  ExecContext run = ctx;
+  run.activations = ctx.device.is_cpu() && ctx.precision == Precision::BF16 ? DType::BF16 : DType::F32;
+  return run;
+}
+
 // ---- Construction ----------------------------------------------------------------------------
 
 std::vector<WeightSpec> unet_weight_specs(const UNetConfig& c) {
@@ -315,7 +321,15 @@ std::map<int, Tensor> UNet::forward(const Tensor& x_t, const Tensor& t, const Te
   const AllocatorPass pass(ctx.allocator);
   ThreadScope threads(ctx.threads);
   const auto& arch = impl_->arch;
-  const Tensor emb = arch.embedding.forward(t, labels, ctx);
+  ExecContext emb_ctx = ctx;
+  emb_ctx.activations = DType::F32;  // the embedding is f32 in every mode
+  const Tensor emb = arch.embedding.forward(t, labels, emb_ctx);
+  // The reduced precisions store activations in bf16 on the CPU (half the traffic of every op
+  // between the convolutions); the returned block outputs are f32 whatever runs inside.
+  const ExecContext run = activation_context(ctx);
+  const auto as_f32 = [&](const Tensor& a) {
+    return a.dtype() == DType::F32 ? a : a.to_dtype(DType::F32, ctx.allocator);
+  };
 
   const std::set<int> wanted(blocks.begin(), blocks.end());
   std::map<int, Tensor> result;
@@ -329,26 +343,27 @@ std::map<int, Tensor> UNet::forward(const Tensor& x_t, const Tensor& t, const Te
                  : x_t.to_device(Device::cpu()).to_layout(Layout::NHWC).to_device(x_t.device());
   for (int b = 1; b <= deepest; ++b) {
     if (b <= I) {
-      h = arch.block(b).forward(std::move(h), emb, ctx);
+      h = arch.block(b).forward(std::move(h), emb, run);
       // Output block j consumes the skip of input block I-1-j, i.e. paper block 2I+1-(b-1).
       const int consumer = 2 * I + 2 - b;
       if (consumer <= deepest) skips[static_cast<std::size_t>(b - 1)] = h;
     } else if (b == I + 1) {
-      h = arch.block(b).forward(std::move(h), emb, ctx);
+      h = arch.block(b).forward(std::move(h), emb, run);
     } else {
       const int j = b - I - 2;
       Tensor& skip = skips[static_cast<std::size_t>(I - 1 - j)];
-      Tensor cat = ops::concat_channels(h, skip, ctx);
+      Tensor cat = ops::concat_channels(h, skip, run);
       skip = Tensor();  // released: nothing later needs it
       h = Tensor();
-      h = arch.block(b).forward(std::move(cat), emb, ctx);
+      h = arch.block(b).forward(std::move(cat), emb, run);
     }
-    if (wanted.count(b)) result[b] = h;
+    if (wanted.count(b)) result[b] = as_f32(h);
     if (on_block) on_block(b, h);
   }
   if (want_out) {
-    result[0] = arch.out.layer->forward(std::move(h), emb, ctx);
-    if (on_block) on_block(0, result[0]);
+    const Tensor out = arch.out.layer->forward(std::move(h), emb, run);
+    result[0] = as_f32(out);
+    if (on_block) on_block(0, out);
   }
   return result;
 }

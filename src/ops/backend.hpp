@@ -50,13 +50,18 @@ enum class OpKind : std::uint8_t {
 };
 const char* op_name(OpKind op) noexcept;
 
-/// Arguments arrive validated: shapes agree, dtypes are f32, all operands on this backend's device.
+/// Arguments arrive validated: shapes agree; image operands (x, residual, qkv, a, b) are f32 or bf16
+/// as supports_activations allows, everything else f32; all operands on this backend's device.
 class Backend : public diffprobe::detail::DeviceBackend {
  public:
   /// Whether this backend runs `op` itself. The front end asks instead of testing device types:
   /// an unsupported fused variant is run as its parts; an unsupported op is an UnsupportedError
   /// naming the backend. (Precisions are checked by the backend, which knows the hardware.)
   virtual bool supports(OpKind op) const noexcept = 0;
+  /// Whether the ops read and write activations of this dtype (ExecContext::activations and the
+  /// image operands): F32 everywhere; BF16 where the backend says so. The front end refuses the
+  /// others with an UnsupportedError naming the backend.
+  virtual bool supports_activations(DType dtype) const noexcept { return dtype == DType::F32; }
   virtual Tensor conv2d(const Conv2d& op, OpCache& cache, const Tensor& x, const Tensor& residual,
                         const ExecContext& ctx) = 0;
   /// conv2d with a residual nothing else refers to: a backend may write the output into it.

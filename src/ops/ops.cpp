@@ -11,8 +11,30 @@ using namespace detail;
 namespace {
 
 void check_image(const Tensor& x, const char* where, const char* what = "input") {
-  require_f32(x, where, what);
+  require_activation(x, where, what);
   require_rank(x, 4, where, what);
+}
+
+// The backend of an op on activations: it must run `op`, read every image operand's dtype and,
+// when the op writes an activation, write ExecContext::activations.
+Backend& activation_backend(Device dev, OpKind op, const ExecContext& ctx,
+                            std::initializer_list<const Tensor*> operands, const char* where,
+                            bool writes_activation = true) {
+  Backend& b = backend_for(dev, op, where);
+  const auto need = [&](DType d, const char* what) {
+    if (!b.supports_activations(d))
+      throw UnsupportedError(where, std::string("the ") + b.name() + " backend does not take " +
+                                        std::string(dtype_name(d)) + " " + what);
+  };
+  if (writes_activation) {
+    if (ctx.activations != DType::F32 && ctx.activations != DType::BF16)
+      throw DTypeError(where, "ExecContext::activations must be f32 or bf16, got " +
+                                  std::string(dtype_name(ctx.activations)));
+    need(ctx.activations, "activations (ExecContext::activations)");
+  }
+  for (const Tensor* t : operands)
+    if (t && t->defined()) need(t->dtype(), "operands");
+  return b;
 }
 
 Device resolve_device(const Tensor& x, const ExecContext& ctx, const char* where) {
@@ -70,7 +92,7 @@ Device Conv2d::check_operands(const Tensor& x, const Tensor& residual, const Exe
   const Device dev = resolve_device(x, ctx, "Conv2d");
   require_same_device(x, weight_, "Conv2d", "weight");
   if (residual.defined()) {
-    require_f32(residual, "Conv2d", "residual");
+    require_activation(residual, "Conv2d", "residual");
     require_shape(residual, out, "Conv2d", "residual");
     require_same_device(x, residual, "Conv2d", "residual");
   }
@@ -79,18 +101,20 @@ Device Conv2d::check_operands(const Tensor& x, const Tensor& residual, const Exe
 
 Tensor Conv2d::forward(const Tensor& x, const ExecContext& ctx) const {
   const Device dev = check_operands(x, Tensor(), ctx);
-  return backend_for(dev, OpKind::Conv2d, "Conv2d").conv2d(*this, *cache_, x, Tensor(), ctx);
+  return activation_backend(dev, OpKind::Conv2d, ctx, {&x}, "Conv2d")
+      .conv2d(*this, *cache_, x, Tensor(), ctx);
 }
 
 Tensor Conv2d::forward_add(const Tensor& x, Tensor residual, const ExecContext& ctx) const {
   const Device dev = check_operands(x, residual, ctx);
   // Only this call holds the storage, which is the library's own memory (not a view of the
   // caller's), and the output has the residual's layout: then its buffer becomes the output.
+  Backend& backend = activation_backend(dev, OpKind::Conv2d, ctx, {&x, &residual}, "Conv2d");
   const bool sole = residual.defined() && residual.storage().use_count() == 1 &&
-                    residual.storage()->owns_memory() && residual.layout() == x.layout();
-  if (!sole) return backend_for(dev, OpKind::Conv2d, "Conv2d").conv2d(*this, *cache_, x, residual, ctx);
-  return backend_for(dev, OpKind::Conv2d, "Conv2d")
-      .conv2d_into_residual(*this, *cache_, x, std::move(residual), ctx);
+                    residual.storage()->owns_memory() && residual.layout() == x.layout() &&
+                    residual.dtype() == ctx.activations;
+  if (!sole) return backend.conv2d(*this, *cache_, x, residual, ctx);
+  return backend.conv2d_into_residual(*this, *cache_, x, std::move(residual), ctx);
 }
 
 void Conv2d::prepare(const ExecContext& ctx) const {
@@ -165,7 +189,7 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
   if (args.avg_pool2x2 && (x.shape()[2] % 2 != 0 || x.shape()[3] % 2 != 0))
     throw ShapeError(where, "avg_pool2x2 needs even H and W, got " + x.shape().str());
   const Device dev = resolve_device(x, ctx, where);
-  Backend& backend = backend_for(dev, OpKind::GroupNorm, where);
+  Backend& backend = activation_backend(dev, OpKind::GroupNorm, ctx, {&x}, where);
   if (args.avg_pool2x2 && !backend.supports(OpKind::GroupNormAvgPool)) {  // then the two ops
     GroupNormArgs plain = args;
     plain.avg_pool2x2 = false;
@@ -185,7 +209,7 @@ Tensor attention(const Tensor& qkv, int heads, QkvOrder order, const ExecContext
     throw ShapeError(
         where, std::to_string(C3 / 3) + " channels cannot be split into " + std::to_string(heads) + " heads");
   const Device dev = resolve_device(qkv, ctx, where);
-  return backend_for(dev, OpKind::Attention, where).attention(qkv, heads, order, ctx);
+  return activation_backend(dev, OpKind::Attention, ctx, {&qkv}, where).attention(qkv, heads, order, ctx);
 }
 
 double attention_flops(const Shape& s, int heads) {
@@ -197,33 +221,34 @@ double attention_flops(const Shape& s, int heads) {
 // ---- Small ops ------------------------------------------------------------------------------
 
 Tensor silu(const Tensor& x, const ExecContext& ctx) {
-  require_f32(x, "silu", "input");
-  return backend_for(resolve_device(x, ctx, "silu"), OpKind::Silu, "silu").silu(x, ctx);
+  require_activation(x, "silu", "input");
+  return activation_backend(resolve_device(x, ctx, "silu"), OpKind::Silu, ctx, {&x}, "silu").silu(x, ctx);
 }
 
 Tensor add(const Tensor& a, const Tensor& b, const ExecContext& ctx) {
-  require_f32(a, "add", "a");
-  require_f32(b, "add", "b");
+  require_activation(a, "add", "a");
+  require_activation(b, "add", "b");
   require_shape(b, a.shape(), "add", "b");
   if (a.layout() != b.layout())
     throw ShapeError(
         "add", std::string("layouts differ: ") + layout_name(a.layout()) + " vs " + layout_name(b.layout()));
   require_same_device(a, b, "add", "b");
-  return backend_for(resolve_device(a, ctx, "add"), OpKind::Add, "add").add(a, b, ctx);
+  return activation_backend(resolve_device(a, ctx, "add"), OpKind::Add, ctx, {&a, &b}, "add").add(a, b, ctx);
 }
 
 Tensor avg_pool2x2(const Tensor& x, const ExecContext& ctx) {
   check_image(x, "avg_pool2x2");
   if (x.shape()[2] % 2 || x.shape()[3] % 2)
     throw ShapeError("avg_pool2x2", "H and W must be even, got " + x.shape().str());
-  return backend_for(resolve_device(x, ctx, "avg_pool2x2"), OpKind::AvgPool2x2, "avg_pool2x2")
+  return activation_backend(resolve_device(x, ctx, "avg_pool2x2"), OpKind::AvgPool2x2, ctx, {&x},
+                            "avg_pool2x2")
       .avg_pool2x2(x, ctx);
 }
 
 Tensor upsample_nearest2x(const Tensor& x, const ExecContext& ctx) {
   check_image(x, "upsample_nearest2x");
-  return backend_for(resolve_device(x, ctx, "upsample_nearest2x"), OpKind::UpsampleNearest2x,
-                     "upsample_nearest2x")
+  return activation_backend(resolve_device(x, ctx, "upsample_nearest2x"), OpKind::UpsampleNearest2x, ctx,
+                            {&x}, "upsample_nearest2x")
       .upsample_nearest2x(x, ctx);
 }
 
@@ -236,7 +261,8 @@ Tensor concat_channels(const Tensor& a, const Tensor& b, const ExecContext& ctx)
     throw ShapeError("concat_channels", "N, H, W must agree: " + sa.str() + " vs " + sb.str());
   if (a.layout() != b.layout()) throw ShapeError("concat_channels", "the two inputs have different layouts");
   require_same_device(a, b, "concat_channels", "b");
-  return backend_for(resolve_device(a, ctx, "concat_channels"), OpKind::ConcatChannels, "concat_channels")
+  return activation_backend(resolve_device(a, ctx, "concat_channels"), OpKind::ConcatChannels, ctx, {&a, &b},
+                            "concat_channels")
       .concat_channels(a, b, ctx);
 }
 
@@ -247,7 +273,8 @@ static Tensor adaptive(const Tensor& x, int oh, int ow, bool max, const ExecCont
     throw ArgumentError(where, "output size " + std::to_string(oh) + "x" + std::to_string(ow) +
                                    " must be within 1.." + std::to_string(x.shape()[2]) + "x" +
                                    std::to_string(x.shape()[3]));
-  return backend_for(resolve_device(x, ctx, where), OpKind::AdaptivePool2d, where)
+  return activation_backend(resolve_device(x, ctx, where), OpKind::AdaptivePool2d, ctx, {&x}, where,
+                            /*writes_activation=*/false)
       .adaptive_pool2d(x, oh, ow, max, ctx);
 }
 

@@ -17,6 +17,14 @@ inline void require_f32(const Tensor& t, const char* where, const char* what) {
     throw DTypeError(where, std::string(what) + " must be f32, got " + std::string(dtype_name(t.dtype())));
 }
 
+/// An activation operand: f32 or bf16 (whether its backend reads bf16 is checked at dispatch).
+inline void require_activation(const Tensor& t, const char* where, const char* what) {
+  require_defined(t, where, what);
+  if (t.dtype() != DType::F32 && t.dtype() != DType::BF16)
+    throw DTypeError(where,
+                     std::string(what) + " must be f32 or bf16, got " + std::string(dtype_name(t.dtype())));
+}
+
 inline void require_rank(const Tensor& t, int rank, const char* where, const char* what) {
   if (t.rank() != rank)
     throw ShapeError(

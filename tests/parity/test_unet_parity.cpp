@@ -4,10 +4,12 @@
 // loader reads, and computes every block's output in float64.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "diffprobe/io/npy.hpp"
@@ -136,3 +138,75 @@ TEST_P(Parity, TruncatedForwardEqualsFullForward) {
 
 INSTANTIATE_TEST_SUITE_P(Configs, Parity, ::testing::ValuesIn(kCases),
                          [](const auto& info) { return info.param.config; });
+
+namespace {
+
+// Cosine similarity of the 2x2 average-pooled maps of sample n (what a probe sees), in double.
+double pooled_cosine(const Tensor& ours, const Tensor& ref, std::int64_t n) {
+  const Shape& s = ref.shape();
+  const std::int64_t C = s[1], H = s[2], W = s[3];
+  const std::int64_t ph = std::min<std::int64_t>(2, H), pw = std::min<std::int64_t>(2, W);
+  double dot = 0, na = 0, nb = 0;
+  for (std::int64_t c = 0; c < C; ++c)
+    for (std::int64_t i = 0; i < ph; ++i)
+      for (std::int64_t j = 0; j < pw; ++j) {
+        double a = 0, b = 0;
+        const std::int64_t h0 = i * H / ph, h1 = (i + 1) * H / ph, w0 = j * W / pw, w1 = (j + 1) * W / pw;
+        for (std::int64_t h = h0; h < h1; ++h)
+          for (std::int64_t w = w0; w < w1; ++w) {
+            const std::int64_t logical = ((n * C + c) * H + h) * W + w;
+            a += ours.item_at(logical);
+            b += ref.item_at(logical);
+          }
+        dot += a * b;
+        na += a * a;
+        nb += b * b;
+      }
+  return dot / std::sqrt(na * nb);
+}
+
+}  // namespace
+
+// The CPU's bf16 mode (bf16 operands, bf16 activations between the ops, fp32 statistics,
+// softmax and accumulation) against the float64 reference: every block of every architecture
+// variant, every weight random. Bounds: the worst error relative to the block's largest value
+// and the worst sample's pooled cosine (docs/model_numerics.md has the measured values).
+TEST_P(Parity, Bf16ModeStaysCloseToTheReference) {
+  const Case& c = GetParam();
+  const fs::path dir = dump(c);
+  const auto config = UNetConfig::from_json_file(dir / "config.json");
+  const UNet net = UNet::load(dir / "weights.safetensors");
+  const Tensor x = io::load_npy(dir / "input.npy");
+  const Tensor t = io::load_npy(dir / "t.npy");
+  const Tensor labels = config.class_cond ? io::load_npy(dir / "labels.npy") : Tensor();
+  std::vector<int> blocks;
+  for (int b = 0; b <= config.num_blocks(); ++b) blocks.push_back(b);
+  ExecContext ctx;
+  ctx.threads = 2;
+  ctx.precision = Precision::BF16;
+  std::map<int, Tensor> out;
+  try {
+    out = net.forward(x, t, labels, blocks, ctx);
+  } catch (const UnsupportedError& e) {
+    GTEST_SKIP() << "no bf16 on this CPU: " << e.what();
+  }
+  double worst_err = 0, worst_cos = 1;
+  std::string per_block;
+  for (int b : blocks) {
+    const Tensor ref = io::load_npy(dir / ("ref_b" + std::to_string(b) + ".npy"));
+    ASSERT_EQ(out.at(b).dtype(), DType::F32);
+    const double e = worst_relative_error(out.at(b), ref);
+    double cos = 1;
+    for (std::int64_t n = 0; n < ref.dim(0); ++n) cos = std::min(cos, pooled_cosine(out.at(b), ref, n));
+    EXPECT_LE(e, 6e-2) << "block " << b;
+    EXPECT_GE(cos, 0.999) << "block " << b;
+    EXPECT_GT(e, 0.0) << "block " << b << ": bf16 rounding must show";
+    worst_err = std::max(worst_err, e);
+    worst_cos = std::min(worst_cos, cos);
+    char buf[64];
+    std::snprintf(buf, sizeof buf, " b%d:%.1e/%.5f", b, e, cos);
+    per_block += buf;
+  }
+  std::printf("[parity bf16] %-28s worst rel err %.2e, worst pooled cosine %.6f |%s\n", c.config.c_str(),
+              worst_err, worst_cos, per_block.c_str());
+}

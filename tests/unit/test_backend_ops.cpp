@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../support/relative_error.hpp"
+#include "cpu/simd.hpp"
 #include "diffprobe/core/device.hpp"
 #include "diffprobe/ops/attention.hpp"
 #include "diffprobe/ops/conv2d.hpp"
@@ -495,22 +496,46 @@ double tolerance(Precision p) {
   return 0;
 }
 
+// With bf16 activations (ExecContext::activations) the image operands are bf16 and so is every
+// activation an op writes: the reference is computed from the bf16 inputs' exact values, so what
+// is measured is the op's own rounding (its output to bf16: 2^-9 relative) and its arithmetic.
+double tolerance(Precision p, DType activations) {
+  if (activations == DType::BF16) return p == Precision::FP32 ? 8e-3 : 3e-2;
+  return tolerance(p);
+}
+
 struct Row {
   std::size_t case_index;
   DeviceType device;
   Precision precision;
+  DType activations = DType::F32;
 };
+
+// Ops whose operands include an activation (every op but linear and the timestep embedding).
+bool reads_activations(const OpCase& c) {
+  for (const Input& in : c.inputs)
+    if (in.image) return true;
+  return false;
+}
 
 std::vector<Row> rows() {
   std::vector<Row> out;
   for (std::size_t i = 0; i < cases().size(); ++i)
-    for (const DeviceType d : {DeviceType::CPU, DeviceType::CUDA})
+    for (const DeviceType d : {DeviceType::CPU, DeviceType::CUDA}) {
       for (const Precision p : {Precision::FP32, Precision::BF16, Precision::FP16})
         if (p == Precision::FP32 || cases()[i].reduced_precision) out.push_back({i, d, p});
+      if (!reads_activations(cases()[i])) continue;
+      // bf16 activations: convolutions compute in bf16 (oneDNN's fp32 ones write f32 only), the
+      // others in fp32, attention in both.
+      const OpKind op = cases()[i].op;
+      if (op != OpKind::Conv2d) out.push_back({i, d, Precision::FP32, DType::BF16});
+      if (op == OpKind::Conv2d || op == OpKind::Attention)
+        out.push_back({i, d, Precision::BF16, DType::BF16});
+    }
   return out;
 }
 
-std::vector<Tensor> make_inputs(const OpCase& c, std::vector<Values>& as_double) {
+std::vector<Tensor> make_inputs(const OpCase& c, DType activations, std::vector<Values>& as_double) {
   std::mt19937 rng(static_cast<unsigned>(std::hash<std::string>{}(c.name) & 0xffffffffu));
   std::vector<Tensor> host;
   for (const Input& in : c.inputs) {
@@ -529,9 +554,13 @@ std::vector<Tensor> make_inputs(const OpCase& c, std::vector<Values>& as_double)
         case Gen::Timestep: e = 500.0f * (r + 1.0f); break;
       }
     }
+    const bool bf16 = in.image && activations == DType::BF16;
+    if (bf16)  // the reference sees exactly the values the op reads
+      for (auto& e : v) e = bf16_to_float(float_to_bf16(e));
     as_double.emplace_back(v.begin(), v.end());
     Tensor t = Tensor::from_vector(in.shape, v);
-    host.push_back(in.image && c.layout == Layout::NHWC ? t.to_layout(Layout::NHWC) : t);
+    if (in.image && c.layout == Layout::NHWC) t = t.to_layout(Layout::NHWC);
+    host.push_back(bf16 ? t.to_dtype(DType::BF16) : t);
   }
   return host;
 }
@@ -555,28 +584,42 @@ TEST_P(BackendOps, MatchesDoubleReferenceAndCpu) {
   if (backend->device_count() < 1) GTEST_SKIP() << "the " << backend->name() << " backend sees no device";
 
   std::vector<Values> in_double;
-  const std::vector<Tensor> host = make_inputs(c, in_double);
+  const std::vector<Tensor> host = make_inputs(c, row.activations, in_double);
   const Values ref = c.reference(in_double);
 
   ExecContext ctx;
   ctx.device = device;
   ctx.precision = row.precision;
+  ctx.activations = row.activations;
   Tensor y;
   try {
     y = to_host(c.run(on_device(host, device), ctx));
   } catch (const UnsupportedError& e) {
     // A precision the hardware lacks (bf16 on a CPU without AVX512-BF16, fp16 on any CPU) is
     // refused with this typed error; that is the documented behaviour, not a pass.
-    GTEST_SKIP() << backend->name() << " refuses " << precision_name(row.precision) << " here: " << e.what();
+    GTEST_SKIP() << backend->name() << " refuses " << precision_name(row.precision) << " with "
+                 << dtype_name(row.activations) << " activations here: " << e.what();
   }
   ASSERT_EQ(y.layout(), c.inputs[0].image ? c.layout : y.layout()) << "the output keeps the input's layout";
-  const double tol = tolerance(row.precision);
+  // Activations come out in the context's dtype; pooled features and the others in f32.
+  const bool writes_activation = reads_activations(c) && c.op != OpKind::AdaptivePool2d;
+  EXPECT_EQ(y.dtype(), writes_activation ? row.activations : DType::F32);
+  const double tol = tolerance(row.precision, row.activations);
   const double err = worst_relative_error(y, ref);
   EXPECT_LE(err, tol) << c.name << " on " << backend->name() << " in " << precision_name(row.precision);
   RecordProperty("worst_relative_error", std::to_string(err));
 
-  if (!device.is_cpu()) {  // the same case on the CPU, in fp32: the two backends agree
+  if (device.is_cpu() && cpu::simd::use_avx512()) {  // the portable kernels too (CPUs without AVX-512)
+    const bool was = cpu::simd::set_avx512_allowed(false);
+    const Tensor portable = c.run(host, ctx);
+    cpu::simd::set_avx512_allowed(was);
+    EXPECT_EQ(portable.dtype(), y.dtype());
+    EXPECT_LE(worst_relative_error(portable, ref), tol) << c.name << ": the portable kernels";
+  }
+  if (!device.is_cpu()) {  // the same case on the CPU: the two backends agree
     ExecContext cpu_ctx;
+    cpu_ctx.activations = row.activations;
+    cpu_ctx.precision = row.activations == DType::F32 ? Precision::FP32 : row.precision;
     const Tensor cpu = c.run(host, cpu_ctx);
     EXPECT_LE(worst_relative_error(y, cpu), tol) << c.name << ": " << backend->name() << " vs cpu";
   }
@@ -585,7 +628,7 @@ TEST_P(BackendOps, MatchesDoubleReferenceAndCpu) {
 std::string row_name(const ::testing::TestParamInfo<Row>& info) {
   const Row& r = info.param;
   return cases()[r.case_index].name + "_" + (r.device == DeviceType::CPU ? "cpu" : "cuda") + "_" +
-         precision_name(r.precision);
+         precision_name(r.precision) + (r.activations == DType::BF16 ? "_bf16act" : "");
 }
 
 INSTANTIATE_TEST_SUITE_P(Table, BackendOps, ::testing::ValuesIn(rows()), row_name);

@@ -445,13 +445,21 @@ TEST(Conv2d, Errors) {
 
   // wrong channel count
   EXPECT_THROW(conv.forward(Tensor::zeros(Shape{1, 5, 6, 6}, DType::F32, NHWC), ctx), ShapeError);
-  // non-f32 input
-  EXPECT_THROW(conv.forward(x.to_dtype(DType::BF16), ctx), DTypeError);
+  // an input that is not an activation dtype (f32, bf16); a bf16 input is read (widened) in fp32
   EXPECT_THROW(conv.forward(x.to_dtype(DType::F16), ctx), DTypeError);
+  EXPECT_THROW(conv.forward(Tensor::zeros(Shape{1, 4, 6, 6}, DType::I32, NHWC), ctx), DTypeError);
+  EXPECT_NO_THROW(conv.forward(x.to_dtype(DType::BF16), ctx));
   // residual of the wrong shape or dtype
   EXPECT_THROW(conv.forward_add(x, Tensor::zeros(Shape{1, 8, 6, 5}), ctx), ShapeError);
   EXPECT_THROW(conv.forward_add(x, Tensor::zeros(Shape{1, 4, 6, 6}), ctx), ShapeError);
-  EXPECT_THROW(conv.forward_add(x, Tensor::zeros(Shape{1, 8, 6, 6}, DType::BF16), ctx), DTypeError);
+  EXPECT_THROW(conv.forward_add(x, Tensor::zeros(Shape{1, 8, 6, 6}, DType::F16), ctx), DTypeError);
+  // activations other than f32 / bf16; bf16 activations from an fp32 convolution (oneDNN has none)
+  ExecContext f16_out;
+  f16_out.activations = DType::F16;
+  EXPECT_THROW(conv.forward(x, f16_out), DTypeError);
+  ExecContext bf16_out;
+  bf16_out.activations = DType::BF16;
+  EXPECT_THROW(conv.forward(x, bf16_out), UnsupportedError);
   // even or non-square kernel
   EXPECT_THROW(Conv2d(Tensor::zeros(Shape{8, 4, 2, 2}), Tensor()), ShapeError);
   EXPECT_THROW(Conv2d(Tensor::zeros(Shape{8, 4, 3, 1}), Tensor()), ShapeError);

@@ -148,8 +148,11 @@ TEST(AvgPool2x2, MatchesDoubleReference) {
 TEST(AvgPool2x2, RejectsBadArguments) {
   EXPECT_THROW(ops::avg_pool2x2(Tensor::zeros(Shape{1, 4, 7, 6})), ShapeError);  // odd H
   EXPECT_THROW(ops::avg_pool2x2(Tensor::zeros(Shape{1, 4, 6, 5}, DType::F32, Layout::NHWC)), ShapeError);
-  EXPECT_THROW(ops::avg_pool2x2(Tensor::zeros(Shape{4, 6, 6})), ShapeError);  // rank
-  EXPECT_THROW(ops::avg_pool2x2(Tensor::zeros(Shape{1, 4, 6, 6}, DType::BF16)), DTypeError);
+  EXPECT_THROW(ops::avg_pool2x2(Tensor::zeros(Shape{4, 6, 6})), ShapeError);                 // rank
+  EXPECT_THROW(ops::avg_pool2x2(Tensor::zeros(Shape{1, 4, 6, 6}, DType::F16)), DTypeError);  // not f32/bf16
+  ExecContext i32_out;
+  i32_out.activations = DType::I32;
+  EXPECT_THROW(ops::avg_pool2x2(Tensor::zeros(Shape{1, 4, 6, 6}), i32_out), DTypeError);
 }
 
 // ---- upsample_nearest2x --------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 // precision, and where to take memory from.
 #include "diffprobe/core/allocator.hpp"
 #include "diffprobe/core/device.hpp"
+#include "diffprobe/core/dtype.hpp"
 
 namespace diffprobe {
 
@@ -19,6 +20,11 @@ struct ExecContext {
   int threads = 0;  // <= 0: default_threads()
   Precision precision = Precision::FP32;
   Allocator* allocator = nullptr;  // nullptr: the device's plain allocator
+  /// The dtype the ops write activations in (convolutions, norms, attention, the small image ops):
+  /// F32, or BF16 on the CPU (half the memory traffic between ops; the ops read either dtype and
+  /// compute in fp32). Linear layers, adaptive pooling and the timestep embedding write f32.
+  /// UNet::forward sets BF16 itself for the reduced precisions on the CPU (docs/model_numerics.md).
+  DType activations = DType::F32;
 };
 
 }  // namespace diffprobe

@@ -87,12 +87,14 @@ class UNet {
   /// (f32 [N], passed to the network as is) with optional class labels (i64 [N]; required
   /// exactly when the model is class-conditional) and returns the outputs of the requested
   /// blocks (1-based paper numbering; 0 = the final output), as NHWC f32 tensors of logical
-  /// shape [N, C, H, W]. Computation stops after the deepest requested block; skip tensors are
-  /// released as soon as nothing still to be computed needs them.
+  /// shape [N, C, H, W] (in the reduced precisions the layers keep bf16 activations inside,
+  /// see activation_context; what is returned is widened to f32). Computation stops after the deepest
+  /// requested block; skip tensors are released as soon as nothing still to be computed needs them.
   std::map<int, Tensor> forward(const Tensor& x_t, const Tensor& t, const Tensor& labels,
                                 std::span<const int> blocks, const ExecContext& ctx = {}) const;
-  /// Called right after each block is computed (block number, its output; 0 = the final
-  /// output): per-block profiling and tracing without changing what forward computes.
+  /// Called right after each block is computed (block number, its output in the activation
+  /// dtype, f32 or bf16; 0 = the final output): per-block profiling and tracing without changing
+  /// what forward computes.
   using BlockCallback = std::function<void(int block, const Tensor& output)>;
   std::map<int, Tensor> forward(const Tensor& x_t, const Tensor& t, const Tensor& labels,
                                 std::span<const int> blocks, const ExecContext& ctx,
@@ -111,6 +113,11 @@ class UNet {
   explicit UNet(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+/// The context UNet::forward runs its layers with: `ctx` with ExecContext::activations chosen by
+/// the model (the caller's value is not used): BF16 for the CPU's reduced precisions, F32
+/// otherwise (docs/model_numerics.md).
+ExecContext activation_context(const ExecContext& ctx);
 
 /// Parses "24", "0", "out" into a block number; ArgumentError otherwise.
 int parse_block(const std::string& text);

@@ -11,8 +11,9 @@ namespace diffprobe::ops {
 
 enum class QkvOrder { Legacy, Split };
 
-/// qkv: f32 [N, 3C, H, W] (NHWC or NCHW), C divisible by heads. Returns f32 [N, C, H, W]
-/// in qkv's layout. Token order is row-major over (H, W), as in ADM's reshape.
+/// qkv: f32 or bf16 [N, 3C, H, W] (NHWC or NCHW), C divisible by heads. Returns [N, C, H, W]
+/// in qkv's layout, dtype ctx.activations. Token order is row-major over (H, W), as in ADM's
+/// reshape.
 Tensor attention(const Tensor& qkv, int heads, QkvOrder order, const ExecContext& ctx = {});
 
 /// 2 * multiply-adds of the two attention matmuls (not the projections).

@@ -25,13 +25,14 @@ class Conv2d {
   /// works on the CPU). Throws ShapeError / DTypeError on bad weights.
   Conv2d(Tensor weight, Tensor bias, Conv2dSpec spec = {});
 
-  /// y = conv(x) + bias. x: [N, I, H, W] (NHWC preferred; NCHW accepted). y has x's layout,
-  /// dtype f32, on x's device.
+  /// y = conv(x) + bias. x: f32 or bf16 [N, I, H, W] (NHWC preferred; NCHW accepted). y has x's
+  /// layout and dtype ctx.activations (bf16 activations need a reduced precision: oneDNN's fp32
+  /// convolutions write f32 only, UnsupportedError otherwise), on x's device.
   Tensor forward(const Tensor& x, const ExecContext& ctx = {}) const;
-  /// y = conv(x) + bias + residual (residual: undefined or y's shape), the sum fused. Given up
-  /// with std::move, a residual that no other tensor shares and that is in y's layout becomes
-  /// y's buffer, which saves a full copy of it (N x C x H x W x 4 bytes per call); a residual
-  /// still held elsewhere is only read.
+  /// y = conv(x) + bias + residual (residual: undefined or y's shape, f32 or bf16), the sum
+  /// fused. Given up with std::move, a residual that no other tensor shares and that is in y's
+  /// layout and dtype becomes y's buffer, which saves a full copy of it (N x C x H x W x 4 bytes per call); a
+  /// residual still held elsewhere is only read.
   Tensor forward_add(const Tensor& x, Tensor residual, const ExecContext& ctx = {}) const;
 
   /// Output shape for an input shape (throws ShapeError when the channels disagree).

@@ -1,6 +1,8 @@
 #pragma once
 // Small ops of the U-Net: activation, resampling, concatenation, pooling, timestep embedding.
-// Image tensors are [N, C, H, W] in either layout; results keep the input's layout.
+// Image tensors are [N, C, H, W] in either layout, f32 or bf16; results keep the input's layout
+// and are written in ctx.activations (arithmetic in fp32), except the adaptive pools and the
+// timestep embedding, which write f32.
 #include "diffprobe/core/context.hpp"
 #include "diffprobe/core/tensor.hpp"
 

@@ -21,8 +21,9 @@ struct GroupNormArgs {
   bool avg_pool2x2 = false;
 };
 
-/// x: f32 [N, C, H, W] (NHWC or NCHW), C divisible by groups; gamma, beta: f32 [C].
-/// Returns a tensor of x's shape (halved in H and W with avg_pool2x2) and layout.
+/// x: f32 or bf16 [N, C, H, W] (NHWC or NCHW), C divisible by groups; gamma, beta: f32 [C].
+/// Statistics and arithmetic in fp32 (double across blocks) whatever x's dtype. Returns a tensor
+/// of x's shape (halved in H and W with avg_pool2x2) and layout, dtype ctx.activations.
 Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, const GroupNormArgs& args = {},
                   const ExecContext& ctx = {});
 
