@@ -1,4 +1,5 @@
-// CPU norm / attention / small-op throughput at the U-Net's shapes, 2 threads, NHWC.
+// CPU norm / attention / small-op throughput at the U-Net's shapes, 2 threads, NHWC. Arg "bf16" 1:
+// bf16 activations (input and output; for attention also bf16 operands), as the bf16 mode runs.
 // Memory-bound ops report bytes/s of compulsory traffic (inputs read once + output written once),
 // attention FLOP/s of its two matmuls (ops::attention_flops); both print as e.g. "bytes=12.3G/s".
 #include <benchmark/benchmark.h>
@@ -23,13 +24,19 @@ Tensor random_tensor(const Shape& s, Layout layout) {
 }
 
 // Outputs come from a caching allocator, as in a forward pass: no page faults in the loop.
-ExecContext bench_context() {
+ExecContext bench_context(bool bf16 = false) {
   static CachingAllocator alloc;
   ExecContext ctx;
   ctx.threads = kThreads;
   ctx.allocator = &alloc;
+  if (bf16) {
+    ctx.activations = DType::BF16;
+    ctx.precision = Precision::BF16;
+  }
   return ctx;
 }
+
+Tensor activation(const Tensor& t, bool bf16) { return bf16 ? t.to_dtype(DType::BF16) : t; }
 
 void set_gbps(benchmark::State& state, double bytes) {
   state.counters["bytes"] =
@@ -39,20 +46,23 @@ void set_gbps(benchmark::State& state, double bytes) {
 void BM_GroupNormSiluScaleShift(benchmark::State& state) {
   const Shape s{state.range(0), state.range(1), state.range(2), state.range(2)};
   const std::int64_t C = s[1];
-  const Tensor x = random_tensor(s, Layout::NHWC);
+  const bool bf16 = state.range(3) != 0;
+  const Tensor x = activation(random_tensor(s, Layout::NHWC), bf16);
   const Tensor gamma = random_tensor(Shape{C}, Layout::Contiguous),
                beta = random_tensor(Shape{C}, Layout::Contiguous);
   ops::GroupNormArgs args;
   args.scale_shift = random_tensor(Shape{s[0], 2 * C}, Layout::Contiguous);
   args.silu = true;
-  const ExecContext ctx = bench_context();
+  const ExecContext ctx = bench_context(bf16);
   for (auto _ : state) benchmark::DoNotOptimize(ops::group_norm(x, gamma, beta, args, ctx));
   set_gbps(state, 2.0 * static_cast<double>(x.nbytes()));
 }
 BENCHMARK(BM_GroupNormSiluScaleShift)
-    ->ArgNames({"N", "C", "HW"})
-    ->Args({1, 256, 256})
-    ->Args({8, 512, 32})
+    ->ArgNames({"N", "C", "HW", "bf16"})
+    ->Args({1, 256, 256, 0})
+    ->Args({1, 256, 256, 1})
+    ->Args({8, 512, 32, 0})
+    ->Args({8, 512, 32, 1})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
@@ -87,8 +97,9 @@ void BM_Attention(benchmark::State& state) {
   const std::int64_t side = state.range(0), C = state.range(1);
   const int heads = static_cast<int>(C / 64);
   const Shape s{1, 3 * C, side, side};
-  const Tensor qkv = random_tensor(s, Layout::NHWC);
-  const ExecContext ctx = bench_context();
+  const bool bf16 = state.range(2) != 0;
+  const Tensor qkv = activation(random_tensor(s, Layout::NHWC), bf16);
+  const ExecContext ctx = bench_context(bf16);
   for (auto _ : state) benchmark::DoNotOptimize(ops::attention(qkv, heads, ops::QkvOrder::Legacy, ctx));
   state.counters["FLOP"] =
       benchmark::Counter(ops::attention_flops(s, heads), benchmark::Counter::kIsIterationInvariantRate,
@@ -96,10 +107,9 @@ void BM_Attention(benchmark::State& state) {
 }
 // side x side tokens, C channels, heads of 64.
 BENCHMARK(BM_Attention)
-    ->ArgNames({"side", "C"})
-    ->Args({32, 512})
-    ->Args({16, 1024})
-    ->Args({8, 1024})
+    ->ArgNames({"side", "C", "bf16"})
+    ->ArgsProduct({{32}, {512}, {0, 1}})
+    ->ArgsProduct({{16, 8}, {1024}, {0, 1}})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 

@@ -1,8 +1,8 @@
 #pragma once
 // bf16 activations in the hand-written CPU kernels: loads widen bf16 to fp32 (exact), stores
-// round fp32 to bf16 to nearest even, NaN kept quiet, exactly as float_to_bf16 (dtype.hpp) does,
-// so every kernel and its scalar tail give the same bits. Kernels are templates over the element
-// type they read and write: float (f32) or Bf16 (the raw 16 bits of a bf16 value).
+// round fp32 to bf16 to nearest even, NaN kept quiet, as float_to_bf16 (dtype.hpp) does (the
+// AVX-512 stores also flush denormal results to zero where the CPU converts natively). Kernels are templates
+// over the element type they read and write: float (f32) or Bf16 (the raw 16 bits of a bf16 value).
 #include <cstdint>
 #include <type_traits>
 
@@ -57,8 +57,11 @@ DIFFPROBE_AVX512 inline __m512 load(const Bf16* p, __mmask16 k) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
 }
 
-/// fp32 -> bf16 bits (in the low half of each 32-bit lane): round to nearest even; NaN -> quiet.
+/// fp32 -> 16 bf16: round to nearest even, NaN -> quiet. With AVX512_BF16 one vcvtneps2bf16,
+/// which also flushes denormal results (|x| < 1.2e-38) to zero; otherwise float_to_bf16's integer
+/// steps (denormals kept).
 DIFFPROBE_AVX512 inline __m256i round_to_bf16(__m512 v) {
+  if (detail::kCpuHasAvx512Bf16) return (__m256i)_mm512_cvtneps_pbh(v);
   const __m512i u = _mm512_castps_si512(v);
   const __m512i hi = _mm512_srli_epi32(u, 16);
   const __m512i lsb = _mm512_and_si512(hi, _mm512_set1_epi32(1));

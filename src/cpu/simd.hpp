@@ -15,7 +15,9 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 #pragma GCC diagnostic pop
-#define DIFFPROBE_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+// AVX512_BF16 is allowed too, for its instructions behind run-time checks (use_avx512_bf16(),
+// native_bf16_convert()): compilers only emit them for their intrinsics.
+#define DIFFPROBE_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,avx512bf16")))
 #else
 #define DIFFPROBE_HAVE_AVX512 0
 #define DIFFPROBE_AVX512
@@ -42,6 +44,22 @@ inline bool use_avx512() noexcept {
   return false;
 #endif
 }
+
+namespace detail {
+inline bool cpu_has_avx512_bf16() noexcept {
+#if DIFFPROBE_HAVE_AVX512
+  __builtin_cpu_init();  // (may run during static initialisation)
+  return __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+// Read in inner loops: a plain global, set once.
+inline const bool kCpuHasAvx512Bf16 = cpu_has_avx512_bf16();
+}  // namespace detail
+
+/// True when the bf16 dot-product kernels may run: use_avx512() and the CPU has AVX512_BF16.
+inline bool use_avx512_bf16() noexcept { return detail::kCpuHasAvx512Bf16 && use_avx512(); }
 
 /// Lets tests run the portable kernels on an AVX-512 machine. Returns the previous setting.
 inline bool set_avx512_allowed(bool allowed) noexcept { return detail::avx512_allowed().exchange(allowed); }
@@ -75,6 +93,22 @@ DIFFPROBE_AVX512 inline __m512 exp512(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
   p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+/// exp(x) for 16 floats to about 5e-5 relative (a degree-4 polynomial): for values that are
+/// rounded to bf16 next (relative step 2^-8), where exp512's 1 ulp would be wasted work.
+DIFFPROBE_AVX512 inline __m512 exp512_for_bf16(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
+  x = _mm512_min_ps(_mm512_set1_ps(89.0f), x);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.69314718056f), x);
+  __m512 p = _mm512_set1_ps(1.0f / 24.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(p, n);
 }
 

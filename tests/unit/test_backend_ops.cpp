@@ -375,12 +375,14 @@ std::vector<OpCase> make_cases() {
                            {{1, 3 * 48, 3, 5}, 2, ops::QkvOrder::Split, Layout::NHWC},
                            {{2, 3 * 20, 2, 3}, 1, ops::QkvOrder::Legacy, Layout::Contiguous},
                            {{1, 3 * 96, 1, 1}, 3, ops::QkvOrder::Split, Layout::NHWC},
-                           {{1, 3 * 128, 8, 8}, 2, ops::QkvOrder::Split, Layout::Contiguous}}) {
+                           {{1, 3 * 128, 8, 8}, 2, ops::QkvOrder::Split, Layout::Contiguous},
+                           {{2, 3 * 42, 3, 3}, 2, ops::QkvOrder::Legacy, Layout::NHWC}}) {  // odd d, T
     OpCase c;
     c.name = std::string("attention_") + shape_name(r.qkv) + "_h" + std::to_string(r.heads) +
              (r.order == ops::QkvOrder::Legacy ? "_legacy" : "_split") +
              (r.layout == Layout::NHWC ? "_nhwc" : "_nchw");
     c.op = OpKind::Attention;
+    c.reduced_precision = true;  // QK^T and PV in bf16 with the bf16 precision
     c.layout = r.layout;
     c.inputs = {{r.qkv, Gen::Signed, true}};
     c.run = [r](const std::vector<Tensor>& in, const ExecContext& ctx) {
