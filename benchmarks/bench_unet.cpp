@@ -3,13 +3,17 @@
 // the memory plan made by a first pass).
 //   bench_unet [--preset=NAME] [--weights=FILE] [--input=X.npy] [--t=90] [--blocks=24,0]
 //              [--batch=1,8] [--threads=2] [--precision=fp32,bf16] [--per-block] [--dump=OUT.npy]
-//              [--allocator=planned|caching|heap]
+//              [--allocator=planned|caching|heap] [--int8=per-image,calibrated]
+//              [--int8-calibration=FILE]
 // Defaults: the bundled model's preset (fmnist_default), random weights generated in memory
 // (UNet::random; no file needed), random input, blocks "deepest to all": 0 (= the full forward).
 // --weights/--input use exactly the weights and input a baseline uses (benchmarks/compare_torch.py).
 // --allocator=caching uses the size-bucketed CachingAllocator instead of the memory plan
 // (FeatureExtractor's), --allocator=heap passes no allocator (ExecContext's default: plain heap
 // memory), to compare them.
+// --precision=int8 runs the convolutions in int8: --int8=per-image (default) with each image's own
+// input scales, calibrated with scales from one bf16 forward of the benchmark's own input (or, with
+// --int8-calibration=FILE, from that file); its limit is the int8 dot-product loop's.
 // Counters peak_before / peak_after / peak_GFLOP/s and of_peak: the limit of the precision that
 // runs (GFLOP/s; fma_peak.hpp: the fp32 FMA loop for fp32, the bf16 dot-product loop for bf16
 // where the CPU has AVX512_BF16) measured just before and just after the timed passes, their
@@ -50,6 +54,8 @@ struct Options {
   float t = 90;
   bool per_block = false;
   std::string allocator = "planned";  // --allocator=
+  std::vector<std::string> int8_modes{"per-image"};
+  std::string int8_calibration;
 };
 
 std::unique_ptr<UNet> g_net;
@@ -81,8 +87,9 @@ double gflop_to(const UNet& net, int block) {
   return total;
 }
 
-void run_forward(benchmark::State& state, int block, std::int64_t batch, int threads, Precision precision) {
-  const UNet& net = *g_net;
+void run_forward(benchmark::State& state, int block, std::int64_t batch, int threads, Precision precision,
+                 const std::string& int8_mode) {
+  UNet& net = *g_net;
   const Tensor x = make_input(net, batch);
   const Tensor t =
       Tensor::from_vector(Shape{batch}, std::vector<float>(static_cast<std::size_t>(batch), g_opt.t));
@@ -102,7 +109,23 @@ void run_forward(benchmark::State& state, int block, std::int64_t batch, int thr
   const int blocks[1] = {block};
   using clock = std::chrono::steady_clock;
   double prepare_ms = 0, first_pass_ms = 0;
+  struct Uncalibrate {  // the next configuration starts from per-image scales again
+    UNet& net;
+    ~Uncalibrate() { net.clear_int8_calibration(); }
+  } uncalibrate{net};
   try {
+    if (precision == Precision::INT8 && int8_mode == "calibrated") {
+      if (!g_opt.int8_calibration.empty()) {
+        net.set_int8_calibration(Int8Calibration::load(g_opt.int8_calibration));
+      } else {
+        ExecContext cal_ctx;
+        cal_ctx.threads = threads;
+        cal_ctx.precision = Precision::BF16;
+        const Int8CalibrationRecorder recorder(net);
+        (void)net.forward(x, t, labels, blocks, cal_ctx);
+        net.set_int8_calibration(recorder.result());
+      }
+    }
     const auto t0 = clock::now();
     net.prepare(ctx, blocks);  // only the blocks this forward runs
     const auto t1 = clock::now();
@@ -130,8 +153,9 @@ void run_forward(benchmark::State& state, int block, std::int64_t batch, int thr
   // shared VM the limit itself drifts (380-440 GFLOP/s within an hour on 2 threads), so a
   // fraction of peak is best taken against the limit of the same minutes.
   const bench::PeakKind peak_kind =
-      precision == Precision::BF16 && bench::peak_supported(bench::PeakKind::BF16) ? bench::PeakKind::BF16
-                                                                                   : bench::PeakKind::FP32;
+      precision == Precision::BF16 && bench::peak_supported(bench::PeakKind::BF16)   ? bench::PeakKind::BF16
+      : precision == Precision::INT8 && bench::peak_supported(bench::PeakKind::INT8) ? bench::PeakKind::INT8
+                                                                                     : bench::PeakKind::FP32;
   const double peak_before = bench::peak_gflops(peak_kind, threads, kPeakCalls);
   const double faults_before = minor_faults();
   const auto loop_start = clock::now();
@@ -216,6 +240,10 @@ int main(int argc, char** argv) {
         g_opt.per_block = true;
       else if (a == "--allocator=caching" || a == "--allocator=planned" || a == "--allocator=heap")
         g_opt.allocator = value("--allocator=");
+      else if (a.starts_with("--int8="))
+        g_opt.int8_modes = cli::split(value("--int8="));
+      else if (a.starts_with("--int8-calibration="))
+        g_opt.int8_calibration = value("--int8-calibration=");
       else if (a.starts_with("--precision=")) {
         g_opt.precisions.clear();
         for (const auto& p : cli::split(value("--precision=")))
@@ -235,18 +263,25 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench_unet: %s\n", e.what());
     return 2;
   }
+  for (const std::string& m : g_opt.int8_modes)
+    if (m != "per-image" && m != "calibrated") {
+      std::fprintf(stderr, "bench_unet: --int8: '%s' is not per-image or calibrated\n", m.c_str());
+      return 2;
+    }
   for (Precision p : g_opt.precisions)
-    for (int th : g_opt.threads)
-      for (int n : g_opt.batches)
-        for (int b : g_opt.blocks) {
-          const std::string name =
-              "unet/" + g_opt.preset + "/block:" + (b == 0 ? std::string("out") : std::to_string(b)) +
-              "/batch:" + std::to_string(n) + "/threads:" + std::to_string(th) + "/" + precision_name(p);
-          benchmark::RegisterBenchmark(name.c_str(),
-                                       [=](benchmark::State& s) { run_forward(s, b, n, th, p); })
-              ->Unit(benchmark::kMillisecond)
-              ->UseRealTime();
-        }
+    for (const std::string& mode : p == Precision::INT8 ? g_opt.int8_modes : std::vector<std::string>{""})
+      for (int th : g_opt.threads)
+        for (int n : g_opt.batches)
+          for (int b : g_opt.blocks) {
+            const std::string name = "unet/" + g_opt.preset +
+                                     "/block:" + (b == 0 ? std::string("out") : std::to_string(b)) +
+                                     "/batch:" + std::to_string(n) + "/threads:" + std::to_string(th) + "/" +
+                                     precision_name(p) + (mode.empty() ? "" : "-" + mode);
+            benchmark::RegisterBenchmark(name.c_str(),
+                                         [=](benchmark::State& s) { run_forward(s, b, n, th, p, mode); })
+                ->Unit(benchmark::kMillisecond)
+                ->UseRealTime();
+          }
   int rest_argc = static_cast<int>(rest.size());
   benchmark::Initialize(&rest_argc, rest.data());
   benchmark::RunSpecifiedBenchmarks();

@@ -68,7 +68,8 @@ kern::Elem elem_of(Precision p) {
   switch (p) {
     case Precision::FP16: return kern::Elem::F16;
     case Precision::BF16: return kern::Elem::BF16;
-    case Precision::FP32: break;
+    case Precision::FP32:
+    case Precision::INT8: break;  // (refused by require_precision)
   }
   return kern::Elem::F32;
 }
@@ -77,7 +78,8 @@ DType dtype_of(Precision p) {
   switch (p) {
     case Precision::FP16: return DType::F16;
     case Precision::BF16: return DType::BF16;
-    case Precision::FP32: break;
+    case Precision::FP32:
+    case Precision::INT8: break;
   }
   return DType::F32;
 }
@@ -86,13 +88,20 @@ cudnnDataType_t dnn_type(Precision p) {
   switch (p) {
     case Precision::FP16: return CUDNN_DATA_HALF;
     case Precision::BF16: return CUDNN_DATA_BFLOAT16;
-    case Precision::FP32: break;
+    case Precision::FP32:
+    case Precision::INT8: break;
   }
   return CUDNN_DATA_FLOAT;
 }
 
 std::string device_key(int dev, const char* what, Precision p) {
   return "cuda" + std::to_string(dev) + "." + what + "." + precision_name(p);
+}
+
+// int8 is a CPU mode (oneDNN's VNNI convolutions); the GPU runs fp32, fp16 and bf16.
+void require_precision(Precision p, const char* where) {
+  if (p == Precision::INT8)
+    throw UnsupportedError(where, "int8 runs on the CPU only; use fp16 or bf16 on the GPU");
 }
 
 void require_on(const Tensor& t, Device dev, const char* where, const char* what) {
@@ -278,6 +287,7 @@ const float* zero_bias(const ops::Conv2d& op, OpCache& cache, int dev) {
 Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tensor& residual,
               const ExecContext& ctx) {
   constexpr const char* where = "Conv2d";
+  require_precision(ctx.precision, where);
   const int dev = x.device().index;
   DeviceGuard guard(dev);
   const bool nhwc = x.layout() == Layout::NHWC;
@@ -348,6 +358,7 @@ Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const Tens
 }
 
 void conv2d_prepare(const ops::Conv2d& op, OpCache& cache, const ExecContext& ctx) {
+  require_precision(ctx.precision, "Conv2d::prepare");
   require_on(op.weight(), ctx.device, "Conv2d::prepare", "the weight");
   const int dev = ctx.device.index;
   DeviceGuard guard(dev);
@@ -384,6 +395,7 @@ std::shared_ptr<LinearWeights> linear_weights(const ops::Linear& op, OpCache& ca
 Tensor linear(const ops::Linear& op, OpCache& cache, const Tensor& x, bool silu_input,
               const ExecContext& ctx) {
   constexpr const char* where = "Linear";
+  require_precision(ctx.precision, where);
   const int dev = x.device().index;
   DeviceGuard guard(dev);
   const i64 rows = x.shape()[0], I = op.in_features(), O = op.out_features();
@@ -400,6 +412,7 @@ Tensor linear(const ops::Linear& op, OpCache& cache, const Tensor& x, bool silu_
 }
 
 void linear_prepare(const ops::Linear& op, OpCache& cache, const ExecContext& ctx) {
+  require_precision(ctx.precision, "Linear::prepare");
   require_on(op.weight(), ctx.device, "Linear::prepare", "the weight");
   const int dev = ctx.device.index;
   DeviceGuard guard(dev);

@@ -31,6 +31,7 @@
 #include "diffprobe/io/npy.hpp"
 #include "diffprobe/io/safetensors.hpp"
 #include "diffprobe/io/torch_checkpoint.hpp"
+#include "diffprobe/model/int8_calibration.hpp"
 #include "diffprobe/model/unet.hpp"
 #include "diffprobe/model/unet_config.hpp"
 #include "diffprobe/ops/attention.hpp"

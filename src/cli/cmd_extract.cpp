@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "cli/commands.hpp"
+#include "cli/int8_flags.hpp"
 #include "cli/model_flags.hpp"
 #include "cli/mpi_session.hpp"
 #include "cli/parse_list.hpp"
@@ -74,6 +75,7 @@ bool output_folder_is_shared(const MpiSession& mpi, const std::string& out) {
 Runner add_extract(CLI::App& app) {
   struct Opts {
     ModelFlags model;
+    Int8Flags int8;
     std::string input, labels, t = "90", blocks = "24", pool = "avg:2", device = "cpu", out,
                                precision = "fp32", dtype = "fp32", preprocess = "adm", augment = "none",
                                shard = "auto", on_bad_image = "stop";
@@ -114,8 +116,11 @@ Runner add_extract(CLI::App& app) {
   app.add_option("--batch", o->batch, "images per U-Net pass");
   app.add_option("--threads", o->threads, "CPU threads (default: all cores)")->check(at_least(0));
   app.add_option("--device", o->device, "cpu, cuda, cuda:N or cuda:local (the node-local rank's GPU)");
-  app.add_option("--precision", o->precision, "fp32 or bf16 (CPU, AVX-512 BF16)")
-      ->check(CLI::IsMember({"fp32", "bf16"}));
+  app.add_option(
+         "--precision", o->precision,
+         "fp32, bf16 (CPU: AVX-512 BF16) or int8 (CPU: AVX-512 VNNI and BF16; docs/model_numerics.md)")
+      ->check(CLI::IsMember({"fp32", "bf16", "int8"}));
+  o->int8.add_to(app);
   app.add_option("--limit", o->limit, "only the first N samples")->check(at_least(0));
   app.add_option("--chunk", o->chunk, "samples per resumable chunk (default: 16 batches)")
       ->check(at_least(1));
@@ -136,7 +141,8 @@ Runner add_extract(CLI::App& app) {
   return [o]() {
     const LoadOptions lo = o->model.checked_load_options();
     if (!fs::exists(o->input)) throw IoError("--input", "no such file or folder: " + o->input);
-    const UNet net = UNet::load(o->model.weights, lo);
+    UNet net = UNet::load(o->model.weights, lo);
+    o->int8.apply(net, o->model.weights, parse_precision(o->precision.c_str()));
     MpiSession mpi;
     const LaunchInfo launch = detect_launch();
     Shard shard;

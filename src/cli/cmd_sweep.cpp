@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "cli/commands.hpp"
+#include "cli/int8_flags.hpp"
 #include "cli/model_flags.hpp"
 #include "cli/parse_list.hpp"
 #include "cli/progress.hpp"
@@ -44,6 +45,7 @@ std::vector<int> parse_blocks(const std::string& text, int num_blocks) {
 Runner add_sweep(CLI::App& app) {
   struct Opts {
     ModelFlags model;
+    Int8Flags int8;
     std::string train, train_labels, test, test_labels, t = "10,50,100,200", blocks = "all", pool = "avg:2",
                                                         head = "linear", probe = "ridge", device = "cpu",
                                                         precision = "fp32", preprocess = "adm", out;
@@ -82,15 +84,18 @@ Runner add_sweep(CLI::App& app) {
   app.add_option("--batch", o->batch, "images per U-Net pass (default 64)")->check(at_least(1));
   app.add_option("--threads", o->threads, "CPU threads (default: all cores)")->check(at_least(0));
   app.add_option("--device", o->device, "cpu, cuda or cuda:N");
-  app.add_option("--precision", o->precision, "fp32 or bf16 (CPU, AVX-512 BF16)")
-      ->check(CLI::IsMember({"fp32", "bf16"}));
+  app.add_option("--precision", o->precision,
+                 "fp32, bf16 (CPU: AVX-512 BF16) or int8 (CPU: AVX-512 VNNI, BF16)")
+      ->check(CLI::IsMember({"fp32", "bf16", "int8"}));
+  o->int8.add_to(app);
   app.add_option("--out", o->out, "output folder (features, cells, sweep.csv/json, heatmaps)")->required();
   return [o]() {
     const LoadOptions lo = o->model.checked_load_options();
     for (const auto* p : {&o->train, &o->test})
       if (!fs::exists(*p))
         throw IoError(p == &o->train ? "--train" : "--test", "no such file or folder: " + *p);
-    const UNet net = UNet::load(o->model.weights, lo);
+    UNet net = UNet::load(o->model.weights, lo);
+    o->int8.apply(net, o->model.weights, parse_precision(o->precision.c_str()));
 
     SweepOptions so;
     so.timesteps = parse_int_list(o->t, "--t");

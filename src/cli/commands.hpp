@@ -27,6 +27,7 @@ inline CLI::Validator at_least(long long min) {
 Runner add_info(CLI::App& app);
 Runner add_convert(CLI::App& app);
 Runner add_extract(CLI::App& app);
+Runner add_calibrate(CLI::App& app);
 Runner add_probe(CLI::App& app);
 Runner add_merge(CLI::App& app);
 Runner add_sweep(CLI::App& app);

@@ -28,6 +28,8 @@ int main(int argc, char** argv) {
       add_info);
   add("convert", "write any supported weights file as safetensors (fp32, fp16 or bf16)", add_convert);
   add("extract", "extract (and pool) U-Net block features of a dataset into a feature file", add_extract);
+  add("calibrate", "measure the int8 precision's input scales on a few images (for extract --precision int8)",
+      add_calibrate);
   add("merge", "assemble the parts of a sharded extraction (OUT.parts/) into OUT", add_merge);
   add("sweep", "which block, t and pooling: a linear probe per cell of a grid, with a table and heatmap",
       add_sweep);

@@ -37,6 +37,7 @@ const char* precision_name(Precision p) noexcept {
     case Precision::FP32: return "fp32";
     case Precision::BF16: return "bf16";
     case Precision::FP16: return "fp16";
+    case Precision::INT8: return "int8";
   }
   return "?";
 }
@@ -46,8 +47,9 @@ Precision parse_precision(const char* text) {
   if (s == "fp32" || s == "f32") return Precision::FP32;
   if (s == "bf16") return Precision::BF16;
   if (s == "fp16" || s == "f16") return Precision::FP16;
+  if (s == "int8") return Precision::INT8;
   throw ArgumentError("parse_precision",
-                      "unknown precision '" + std::string(s) + "' (expected fp32, bf16 or fp16)");
+                      "unknown precision '" + std::string(s) + "' (expected fp32, bf16, fp16 or int8)");
 }
 
 }  // namespace diffprobe

@@ -525,7 +525,7 @@ Tensor attention(const Tensor& qkv, int heads, ops::QkvOrder order, const ExecCo
   if (out.numel() == 0) return out;
   // The matmuls' operands follow the precision, as the convolutions' do (fp16: UnsupportedError).
   onednn::check_precision(ctx.precision, "attention");
-  const bool bf16_operands = ctx.precision == Precision::BF16;
+  const bool bf16_operands = onednn::bf16_operands(ctx.precision);
   dispatch_activation(qkv.dtype(), "attention", [&](auto in_t) {
     dispatch_activation(out.dtype(), "attention", [&](auto out_t) {
       using In = decltype(in_t);

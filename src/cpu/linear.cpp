@@ -70,7 +70,7 @@ std::shared_ptr<TransposedWeights> transposed(const ops::Linear& op, OpCache& ca
     const std::int64_t O = op.out_features(), I = op.in_features();
     t->wt.resize(static_cast<std::size_t>(O * I));
     const float* w = op.weight().data<const float>();
-    const bool bf16 = p == Precision::BF16;
+    const bool bf16 = onednn::bf16_operands(p);
     for (std::int64_t o = 0; o < O; ++o)
       for (std::int64_t i = 0; i < I; ++i) {
         const float v = w[o * I + i];
@@ -99,7 +99,7 @@ Tensor linear(const ops::Linear& op, OpCache& cache, const Tensor& x, bool silu_
   const auto t = transposed(op, cache, ctx.precision);
   const float* xf = x.data<const float>();
   Tensor staged;  // SiLU(x) and/or x rounded to bf16
-  const bool bf16 = ctx.precision == Precision::BF16;
+  const bool bf16 = onednn::bf16_operands(ctx.precision);
   if (silu_input || bf16) {
     staged = Tensor::empty(x.shape(), DType::F32, Layout::Contiguous, Device::cpu(), ctx.allocator);
     float* s = staged.data<float>();

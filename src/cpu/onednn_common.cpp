@@ -37,10 +37,13 @@ bool bf16_native() noexcept {
 
 void check_precision(Precision p, const char* where) {
   if (p == Precision::FP16)
-    throw UnsupportedError(where, "fp16 is not supported on the CPU; use fp32 or bf16");
+    throw UnsupportedError(where, "fp16 is not supported on the CPU; use fp32, bf16 or int8");
   if (p == Precision::BF16 && !bf16_native())
     throw UnsupportedError(where,
                            "bf16 needs a CPU with AVX512-BF16 (oneDNN would only emulate it here); use fp32");
+  // int8 runs the other matmuls and the activations in bf16; every CPU with AVX512-BF16 has VNNI.
+  if (p == Precision::INT8 && !bf16_native())
+    throw UnsupportedError(where, "int8 needs a CPU with AVX512-VNNI and AVX512-BF16; use fp32");
 }
 
 void rethrow(const dnnl::error& e, const char* where, const std::string& what) {
@@ -56,8 +59,11 @@ dnnl::primitive_attr user_scratchpad_attr() {
   return attr;
 }
 
-WithScratch<dnnl::reorder> make_reorder(const dnnl::memory::desc& from, const dnnl::memory::desc& to) {
-  dnnl::reorder::primitive_desc pd(engine(), from, engine(), to, user_scratchpad_attr());
+WithScratch<dnnl::reorder> make_reorder(const dnnl::memory::desc& from, const dnnl::memory::desc& to,
+                                        const std::vector<float>& scales) {
+  dnnl::primitive_attr attr = user_scratchpad_attr();
+  if (!scales.empty()) attr.set_output_scales(1, scales);
+  dnnl::reorder::primitive_desc pd(engine(), from, engine(), to, attr);
   return {dnnl::reorder(pd), pd.scratchpad_desc()};
 }
 
@@ -110,7 +116,7 @@ PackedWeights::Variant& PackedWeights::find_or_pack(const dnnl::memory::desc& wa
   } else {
     packed = dnnl::memory(want, engine());
   }
-  const auto r = make_reorder(user.get_desc(), want);
+  const auto r = make_reorder(user.get_desc(), want, scales_);
   const Scratch scratch(r.scratchpad.get_size(), nullptr);
   std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, packed}};
   scratch.bind(args, r.scratchpad);

@@ -27,9 +27,13 @@ bool bf16_native() noexcept;
 /// native support).
 void check_precision(Precision p, const char* where);
 
-/// The oneDNN data type convolutions and matmuls read their operands in.
+/// Whether the matmuls that are not int8 convolutions take bf16 operands (BF16, and INT8's others).
+inline bool bf16_operands(Precision p) { return p == Precision::BF16 || p == Precision::INT8; }
+
+/// The oneDNN data type convolutions and matmuls read their operands in (an int8 convolution's
+/// own s8 types are chosen where it is built).
 inline dnnl::memory::data_type compute_type(Precision p) {
-  return p == Precision::BF16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
+  return bf16_operands(p) ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
 }
 
 /// The oneDNN data type of an activation dtype (f32 or bf16).
@@ -50,8 +54,10 @@ template <class P> struct WithScratch {
   dnnl::memory::desc scratchpad;
 };
 
-/// Reorder primitive between two descriptors, with a user scratchpad.
-WithScratch<dnnl::reorder> make_reorder(const dnnl::memory::desc& from, const dnnl::memory::desc& to);
+/// Reorder primitive between two descriptors, with a user scratchpad (and per-channel output
+/// scales along dim 0 when `scales` is not empty).
+WithScratch<dnnl::reorder> make_reorder(const dnnl::memory::desc& from, const dnnl::memory::desc& to,
+                                        const std::vector<float>& scales = {});
 
 /// Scratch memory for one call, taken from (and returned to) the context's allocator.
 class Scratch {
@@ -70,6 +76,11 @@ class Scratch {
 /// shapes usually want the same layout; each distinct layout is packed once and kept.
 class PackedWeights {
  public:
+  PackedWeights() = default;
+  /// Weights quantised on packing: each output channel o (dim 0) multiplied by scales[o] (int8:
+  /// 1 / that channel's weight scale), as the reorder to a s8 layout rounds and saturates.
+  explicit PackedWeights(std::vector<float> scales) : scales_(std::move(scales)) {}
+
   /// For a primitive: the weights in layout `want`, packed from `user` (the plain f32 weights)
   /// the first time. Packing a new layout drops the layouts packed ahead that no primitive took.
   dnnl::memory get(const dnnl::memory::desc& want, const dnnl::memory& user);
@@ -93,6 +104,7 @@ class PackedWeights {
 
   mutable std::mutex mu_;
   std::vector<Variant> variants_;
+  std::vector<float> scales_;
 };
 
 /// Hands the whole pages inside [data, data + bytes) back to the kernel (MADV_PAGEOUT; a hint:

@@ -3,6 +3,8 @@
 // one ready primitive per (input shape, layout, residual, precision, thread count), so a call
 // on a known shape creates no descriptor and packs nothing. 3x3 convolutions of small maps with
 // many channels run as one matmul over an im2col copy instead (conv2d_uses_im2col).
+#include "cpu/onednn_conv.hpp"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -17,43 +19,17 @@
 namespace diffprobe::cpu {
 namespace {
 
-using dnnl::memory;
-using tag = memory::format_tag;
-using dt = memory::data_type;
-using ConvPd = dnnl::convolution_forward::primitive_desc;
+using namespace conv_detail;
 using MatmulPd = dnnl::matmul::primitive_desc;
-
-constexpr const char* kWhere = "Conv2d";
-
-tag layout_tag(Layout l) { return l == Layout::NHWC ? tag::nhwc : tag::nchw; }
-
-memory::dims dims4(const Shape& s) { return {s[0], s[1], s[2], s[3]}; }
 
 std::shared_ptr<onednn::PackedWeights> packed_weights(OpCache& cache, Precision p) {
   return cache.get_or_create<onednn::PackedWeights>(fmt::format("conv.weights.{}", precision_name(p)),
                                                     [] { return std::make_shared<onednn::PackedWeights>(); });
 }
 
-// The PyTorch-ordered f32 weights, read in place.
-memory user_weights(const ops::Conv2d& op) {
-  return memory({dims4(op.weight().shape()), dt::f32, tag::oihw}, onednn::engine(), op.weight().raw());
-}
-
 memory::desc any_weights(const ops::Conv2d& op, Precision p) {
   const memory::dim k = op.kernel_size();
   return memory::desc({op.out_channels(), op.in_channels(), k, k}, onednn::compute_type(p), tag::any);
-}
-
-// User scratchpad, and with `sum` the residual add: the residual is copied into dst first and
-// the primitive adds onto it.
-dnnl::primitive_attr attr_with_sum(bool sum) {
-  dnnl::primitive_attr attr = onednn::user_scratchpad_attr();
-  if (sum) {
-    dnnl::post_ops po;
-    po.append_sum(1.0f);
-    attr.set_post_ops(po);
-  }
-  return attr;
 }
 
 // Activations stay in the caller's layout (NHWC: oneDNN's fast brgemm path; NCHW: its gemm
@@ -191,12 +167,6 @@ std::shared_ptr<ConvPlan> make_plan(const ops::Conv2d& op, onednn::PackedWeights
   return plan;
 }
 
-void require_cpu_weights(const ops::Conv2d& op, const char* where) {
-  if (!op.weight().device().is_cpu())
-    throw DeviceError(
-        where, "the CPU backend needs the weights on the CPU, they are on " + op.weight().device().str());
-}
-
 }  // namespace
 
 // oneDNN 2.6's brgemm convolution has too few output pixels per weight block on small maps;
@@ -214,6 +184,14 @@ bool conv2d_uses_im2col(const ops::Conv2d& op, const Shape& in, Layout layout, P
 Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x_in, const Tensor& residual,
               const ExecContext& ctx, bool into_residual) {
   onednn::check_precision(ctx.precision, kWhere);
+  if (ctx.precision == Precision::INT8) {  // int8 unless this convolution is to stay bf16
+    const ops::Int8Input mode = ops::detail::unpack_int8(cache.int8_input.load(std::memory_order_relaxed));
+    if (mode.mode != ops::Int8Input::Mode::Bf16)
+      return conv2d_int8(op, cache, x_in, residual, ctx, into_residual, mode);
+    ExecContext bf16 = ctx;
+    bf16.precision = Precision::BF16;
+    return conv2d(op, cache, x_in, residual, bf16, into_residual);
+  }
   // oneDNN 2.6's fp32 convolutions write f32 only (no primitive takes a bf16 dst there).
   if (ctx.precision == Precision::FP32 && ctx.activations != DType::F32)
     throw UnsupportedError(kWhere,
@@ -304,6 +282,13 @@ void conv2d_prepare(const ops::Conv2d& op, OpCache& cache, const ExecContext& ct
   constexpr const char* where = "Conv2d::prepare";
   onednn::check_precision(ctx.precision, where);
   require_cpu_weights(op, where);
+  if (ctx.precision == Precision::INT8) {
+    const ops::Int8Input mode = ops::detail::unpack_int8(cache.int8_input.load(std::memory_order_relaxed));
+    if (mode.mode != ops::Int8Input::Mode::Bf16) return conv2d_int8_prepare(op, cache, ctx, input);
+    ExecContext bf16 = ctx;
+    bf16.precision = Precision::BF16;
+    return conv2d_prepare(op, cache, bf16, input);
+  }
   const ThreadScope scope(ctx.threads);
   try {
     const auto packed = packed_weights(cache, ctx.precision);

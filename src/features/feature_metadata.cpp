@@ -158,6 +158,16 @@ FeatureMetadata FeatureMetadata::describe(const FeatureExtractor& fx, const fs::
                           : o.noise == NoiseMode::None ? "none"
                                                        : "given";
   m.extra["precision"] = precision_name(o.exec.precision);
+  if (o.exec.precision == Precision::INT8) {
+    // Which input scales: the features of another calibration are other features.
+    if (const Int8Calibration* cal = fx.model().int8_calibration()) {
+      detail::Sha256 h;
+      h.update(cal->to_json());
+      m.extra["int8_scales"] = "calibrated sha256:" + h.hex();
+    } else {
+      m.extra["int8_scales"] = "per-image";
+    }
+  }
   if (o.label) m.extra["class_label"] = std::to_string(*o.label);
   if (dataset) {
     m.preprocessing = dataset->describe();

@@ -4,7 +4,10 @@
 #include "diffprobe/model/unet.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -24,6 +27,9 @@ struct UNet::Impl {
   std::vector<std::string> notes;
   io::NamedTensors weights;  // f32, contiguous; the ops hold references into these
   std::int64_t parameters = 0;
+  std::vector<detail::NamedConv> convs;  // every convolution, sharing the layers' int8 settings
+  std::optional<Int8Calibration> calibration;
+  std::atomic<bool> recording{false};  // an Int8CalibrationRecorder is attached
 };
 
 namespace {
@@ -60,7 +66,8 @@ Reach reach_of(std::span<const int> blocks, int num_blocks, const char* where) {
 
 ExecContext activation_context(const ExecContext& ctx) {
   ExecContext run = ctx;
-  run.activations = ctx.device.is_cpu() && ctx.precision == Precision::BF16 ? DType::BF16 : DType::F32;
+  const bool reduced = ctx.precision == Precision::BF16 || ctx.precision == Precision::INT8;
+  run.activations = ctx.device.is_cpu() && reduced ? DType::BF16 : DType::F32;
   return run;
 }
 
@@ -77,6 +84,11 @@ std::int64_t unet_num_parameters(const UNetConfig& config) {
 }
 
 namespace {
+
+// The first convolution (3 input channels) and the output head's stay bf16 in the int8 mode.
+bool is_int8_convolution(const std::string& name) {
+  return name != "input_blocks.0.0" && !name.starts_with("out.");
+}
 
 // Weights this large are handed back to the kernel after their finiteness check (smaller ones are
 // not worth a system call).
@@ -145,8 +157,10 @@ UNet UNet::from_weights(const UNetConfig& config, const io::NamedTensors& weight
     impl->weights.set(s.name, t);
   }
   std::vector<WeightSpec> bound;
-  detail::WeightTable bind(bound, impl->weights);
+  detail::WeightTable bind(bound, impl->weights, &impl->convs);
   impl->arch.weights(bind);
+  for (const auto& c : impl->convs)
+    if (!is_int8_convolution(c.name)) c.conv.set_int8_input({ops::Int8Input::Mode::Bf16, 0.0f});
   impl->weights.metadata = weights.metadata;
   return UNet(std::move(impl));
 }
@@ -388,6 +402,64 @@ void UNet::prepare(const ExecContext& ctx, std::span<const int> blocks) const {
   // hold memory.
   impl_->arch.walk(deepest, want_out,
                    [&](int, const detail::PlacedLayer& l, const Shape& in) { l.layer->prepare(ctx, in); });
+}
+
+// ---- int8 ------------------------------------------------------------------------------------
+
+std::vector<std::string> UNet::int8_convolutions() const {
+  std::vector<std::string> names;
+  for (const auto& c : impl_->convs)
+    if (is_int8_convolution(c.name)) names.push_back(c.name);
+  return names;
+}
+
+void UNet::set_int8_calibration(const Int8Calibration& calibration) {
+  constexpr const char* where = "UNet::set_int8_calibration";
+  std::map<std::string, const ops::Conv2d*> by_name;
+  for (const auto& c : impl_->convs)
+    if (is_int8_convolution(c.name)) by_name[c.name] = &c.conv;
+  std::vector<std::string> unknown;
+  for (const auto& [name, scale] : calibration.scales) {
+    if (!by_name.count(name)) unknown.push_back(name);
+    if (!(scale > 0.0f) || !std::isfinite(scale))
+      throw ConfigError(where, "the scale of '" + name + "' is not positive and finite");
+  }
+  if (!unknown.empty()) {
+    std::string list;
+    for (std::size_t i = 0; i < unknown.size() && i < 5; ++i) list += "\n  " + unknown[i];
+    throw ConfigError(where, std::to_string(unknown.size()) +
+                                 " calibrated convolutions are not int8 convolutions of this model "
+                                 "(a calibration of another model?):" +
+                                 list);
+  }
+  if (!calibration.config_json.empty() && UNetConfig::from_json(calibration.config_json) != impl_->config)
+    throw ConfigError(where, "the calibration was made for another model configuration");
+  for (const auto& [name, conv] : by_name) {
+    const auto it = calibration.scales.find(name);
+    conv->set_int8_input(it == calibration.scales.end()
+                             ? ops::Int8Input{}
+                             : ops::Int8Input{ops::Int8Input::Mode::Calibrated, it->second});
+  }
+  impl_->calibration = calibration;
+}
+
+void UNet::clear_int8_calibration() {
+  for (const auto& c : impl_->convs)
+    if (is_int8_convolution(c.name)) c.conv.set_int8_input({});
+  impl_->calibration.reset();
+}
+
+std::vector<std::pair<std::string, ops::Conv2d>> UNet::int8_ops() const {
+  std::vector<std::pair<std::string, ops::Conv2d>> out;
+  for (const auto& c : impl_->convs)
+    if (is_int8_convolution(c.name)) out.emplace_back(c.name, c.conv);
+  return out;
+}
+
+bool UNet::mark_recording(bool on) const { return impl_->recording.exchange(on); }
+
+const Int8Calibration* UNet::int8_calibration() const noexcept {
+  return impl_->calibration ? &*impl_->calibration : nullptr;
 }
 
 }  // namespace diffprobe

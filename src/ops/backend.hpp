@@ -4,7 +4,9 @@
 // object per device type serves memory, copies (DeviceBackend) and ops, found through one
 // registry: the CPU backend (src/cpu/, oneDNN) is always registered; the CUDA backend (kernels/)
 // registers itself when it is linked in, or explicitly (diffprobe::cuda::register_backend()).
+#include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -19,11 +21,16 @@
 
 namespace diffprobe::ops::detail {
 
+class ConvInputObserver;
+
 /// Backend-prepared state of one parameterised op (reordered weights, primitives per shape).
-/// Each backend stores what it likes under keys of its choosing.
+/// Each backend stores what it likes under keys of its choosing. Shared by the op's copies, as
+/// are a convolution's int8 setting and calibration observer.
 struct OpCache {
   std::mutex mu;
   std::map<std::string, std::shared_ptr<void>> entries;
+  std::atomic<std::uint64_t> int8_input{0};  // Int8Input packed by pack_int8 (0: PerImage)
+  std::atomic<ConvInputObserver*> observer{nullptr};
 
   template <class T, class Make> std::shared_ptr<T> get_or_create(const std::string& key, Make&& make) {
     std::lock_guard lock(mu);
@@ -31,6 +38,31 @@ struct OpCache {
     if (!slot) slot = std::shared_ptr<T>(make());
     return std::static_pointer_cast<T>(slot);
   }
+};
+
+inline std::uint64_t pack_int8(const Int8Input& in) {
+  std::uint32_t bits = 0;
+  std::memcpy(&bits, &in.scale, sizeof bits);
+  return (static_cast<std::uint64_t>(in.mode) << 32) | bits;
+}
+inline Int8Input unpack_int8(std::uint64_t v) {
+  Int8Input in;
+  in.mode = static_cast<Int8Input::Mode>(v >> 32);
+  const auto bits = static_cast<std::uint32_t>(v);
+  std::memcpy(&in.scale, &bits, sizeof bits);
+  return in;
+}
+
+/// Sees each input of the convolutions it is attached to, before they run (the statistics of
+/// UNet::calibrate_int8). Called from the thread that runs the op.
+class ConvInputObserver {
+ public:
+  virtual ~ConvInputObserver() = default;
+  virtual void observe(const Conv2d& op, const Tensor& x) = 0;
+};
+
+struct ConvAccess {
+  static OpCache& cache(const Conv2d& op) { return *op.cache_; }
 };
 
 /// The ops (and fused variants) a front end may ask a backend about before choosing how to run.

@@ -99,14 +99,40 @@ Device Conv2d::check_operands(const Tensor& x, const Tensor& residual, const Exe
   return dev;
 }
 
+const char* int8_mode_name(Int8Input::Mode mode) noexcept {
+  switch (mode) {
+    case Int8Input::Mode::PerImage: return "per-image";
+    case Int8Input::Mode::Calibrated: return "calibrated";
+    case Int8Input::Mode::Bf16: return "bf16";
+  }
+  return "?";
+}
+
+void Conv2d::set_int8_input(const Int8Input& input) const {
+  if (!defined()) throw ArgumentError("Conv2d::set_int8_input", "the convolution is undefined");
+  if (input.mode == Int8Input::Mode::Calibrated && !(input.scale > 0.0f && std::isfinite(input.scale)))
+    throw ArgumentError("Conv2d::set_int8_input",
+                        "a calibrated scale must be positive and finite, got " + std::to_string(input.scale));
+  Int8Input stored = input;
+  if (stored.mode != Int8Input::Mode::Calibrated) stored.scale = 0.0f;
+  cache_->int8_input.store(pack_int8(stored), std::memory_order_relaxed);
+}
+
+Int8Input Conv2d::int8_input() const {
+  if (!defined()) return {};
+  return unpack_int8(cache_->int8_input.load(std::memory_order_relaxed));
+}
+
 Tensor Conv2d::forward(const Tensor& x, const ExecContext& ctx) const {
   const Device dev = check_operands(x, Tensor(), ctx);
+  if (ConvInputObserver* o = cache_->observer.load(std::memory_order_acquire)) o->observe(*this, x);
   return activation_backend(dev, OpKind::Conv2d, ctx, {&x}, "Conv2d")
       .conv2d(*this, *cache_, x, Tensor(), ctx);
 }
 
 Tensor Conv2d::forward_add(const Tensor& x, Tensor residual, const ExecContext& ctx) const {
   const Device dev = check_operands(x, residual, ctx);
+  if (ConvInputObserver* o = cache_->observer.load(std::memory_order_acquire)) o->observe(*this, x);
   // Only this call holds the storage, which is the library's own memory (not a view of the
   // caller's), and the output has the residual's layout: then its buffer becomes the output.
   Backend& backend = activation_backend(dev, OpKind::Conv2d, ctx, {&x, &residual}, "Conv2d");

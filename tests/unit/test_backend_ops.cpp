@@ -233,6 +233,9 @@ Values ref_resample(const Values& x, const Shape& s, bool up) {
 
 // ---- the table ----------------------------------------------------------------------------------
 
+// The int8 rows' input quantisation: per image (false, the default) or one calibrated scale.
+bool g_int8_calibrated = false;
+
 enum class Gen { Signed, Weight, Gamma, Small, Timestep };
 
 struct Input {
@@ -296,6 +299,11 @@ std::vector<OpCase> make_cases() {
     const Shape xs = r.x, ws{r.O, C, r.k, r.k};
     c.run = [stride, residual](const std::vector<Tensor>& in, const ExecContext& ctx) {
       const ops::Conv2d conv(in[1], in[2], {.stride = stride, .padding = static_cast<int>(in[1].dim(2) / 2)});
+      if (g_int8_calibrated) {  // one scale for the whole batch: its largest |x| / 127
+        float m = 0;
+        for (const float v : in[0].to_vector()) m = std::max(m, std::fabs(v));
+        conv.set_int8_input({ops::Int8Input::Mode::Calibrated, m / 127.0f});
+      }
       return residual ? conv.forward_add(in[0], in[3], ctx) : conv.forward(in[0], ctx);
     };
     c.reference = [stride, residual, xs, ws](const std::vector<Values>& v) {
@@ -494,6 +502,7 @@ double tolerance(Precision p) {
     case Precision::FP32: return 1e-4;
     case Precision::BF16: return 3e-2;
     case Precision::FP16: return 5e-3;
+    case Precision::INT8: return 2e-2;  // s8 inputs and weights: steps of max / 127 each
   }
   return 0;
 }
@@ -502,7 +511,7 @@ double tolerance(Precision p) {
 // activation an op writes: the reference is computed from the bf16 inputs' exact values, so what
 // is measured is the op's own rounding (its output to bf16: 2^-9 relative) and its arithmetic.
 double tolerance(Precision p, DType activations) {
-  if (activations == DType::BF16) return p == Precision::FP32 ? 8e-3 : 3e-2;
+  if (activations == DType::BF16) return p == Precision::FP32 ? 8e-3 : p == Precision::INT8 ? 2e-2 : 3e-2;
   return tolerance(p);
 }
 
@@ -511,6 +520,7 @@ struct Row {
   DeviceType device;
   Precision precision;
   DType activations = DType::F32;
+  bool int8_calibrated = false;
 };
 
 // Ops whose operands include an activation (every op but linear and the timestep embedding).
@@ -533,6 +543,9 @@ std::vector<Row> rows() {
       if (op != OpKind::Conv2d) out.push_back({i, d, Precision::FP32, DType::BF16});
       if (op == OpKind::Conv2d || op == OpKind::Attention)
         out.push_back({i, d, Precision::BF16, DType::BF16});
+      if (op == OpKind::Conv2d)  // int8: per-image and calibrated input scales, f32 and bf16 out
+        for (const DType a : {DType::F32, DType::BF16})
+          for (const bool calibrated : {false, true}) out.push_back({i, d, Precision::INT8, a, calibrated});
     }
   return out;
 }
@@ -593,6 +606,7 @@ TEST_P(BackendOps, MatchesDoubleReferenceAndCpu) {
   ctx.device = device;
   ctx.precision = row.precision;
   ctx.activations = row.activations;
+  g_int8_calibrated = row.int8_calibrated;
   Tensor y;
   try {
     y = to_host(c.run(on_device(host, device), ctx));
@@ -609,6 +623,7 @@ TEST_P(BackendOps, MatchesDoubleReferenceAndCpu) {
   const double tol = tolerance(row.precision, row.activations);
   const double err = worst_relative_error(y, ref);
   EXPECT_LE(err, tol) << c.name << " on " << backend->name() << " in " << precision_name(row.precision);
+  if (row.precision == Precision::INT8) EXPECT_GT(err, 0.0) << "int8 rounding must show";
   RecordProperty("worst_relative_error", std::to_string(err));
 
   if (device.is_cpu() && cpu::simd::use_avx512()) {  // the portable kernels too (CPUs without AVX-512)
@@ -630,7 +645,8 @@ TEST_P(BackendOps, MatchesDoubleReferenceAndCpu) {
 std::string row_name(const ::testing::TestParamInfo<Row>& info) {
   const Row& r = info.param;
   return cases()[r.case_index].name + "_" + (r.device == DeviceType::CPU ? "cpu" : "cuda") + "_" +
-         precision_name(r.precision) + (r.activations == DType::BF16 ? "_bf16act" : "");
+         precision_name(r.precision) + (r.activations == DType::BF16 ? "_bf16act" : "") +
+         (r.precision == Precision::INT8 ? (r.int8_calibrated ? "_calibrated" : "_perimage") : "");
 }
 
 INSTANTIATE_TEST_SUITE_P(Table, BackendOps, ::testing::ValuesIn(rows()), row_name);

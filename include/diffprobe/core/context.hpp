@@ -8,11 +8,13 @@
 namespace diffprobe {
 
 /// Compute precision of convolutions and matmuls. Norm statistics, softmax and accumulation
-/// stay fp32 in every mode.
-enum class Precision : std::uint8_t { FP32, BF16, FP16 };
+/// stay fp32 in every mode. INT8 (CPU): convolutions with s8 activations (one scale per image or
+/// a calibrated one, Conv2d::set_int8_input) and s8 weights (one scale per output channel), int32
+/// accumulation; every other matmul as BF16.
+enum class Precision : std::uint8_t { FP32, BF16, FP16, INT8 };
 
 const char* precision_name(Precision p) noexcept;
-/// "fp32" | "bf16" | "fp16"; ArgumentError otherwise.
+/// "fp32" | "bf16" | "fp16" | "int8"; ArgumentError otherwise.
 Precision parse_precision(const char* text);
 
 struct ExecContext {

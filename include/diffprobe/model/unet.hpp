@@ -14,7 +14,9 @@
 #include "diffprobe/core/tensor.hpp"
 #include "diffprobe/io/file_access.hpp"
 #include "diffprobe/io/named_tensors.hpp"
+#include "diffprobe/model/int8_calibration.hpp"
 #include "diffprobe/model/unet_config.hpp"
+#include "diffprobe/ops/conv2d.hpp"
 
 namespace diffprobe {
 
@@ -108,7 +110,26 @@ class UNet {
   /// Prepares only the ops a forward to these blocks runs (0 = the final output = everything).
   void prepare(const ExecContext& ctx, std::span<const int> blocks) const;
 
+  /// The int8 precision (Precision::INT8, CPU): the convolutions that run in int8, by state-dict
+  /// prefix: all but the first and the output's, which stay bf16 (3 input channels, the output's
+  /// few: a small share of the work, and the two most exposed to rounding).
+  std::vector<std::string> int8_convolutions() const;
+  /// Quantises each convolution named in the calibration with its calibrated scale; the others
+  /// take each image's own scale at run time. ConfigError naming what is wrong when a name is not
+  /// one of int8_convolutions() or the calibration's config is another model's. Not while
+  /// forwards run.
+  void set_int8_calibration(const Int8Calibration& calibration);
+  /// Back to per-image scales everywhere.
+  void clear_int8_calibration();
+  /// The calibration in use, or null.
+  const Int8Calibration* int8_calibration() const noexcept;
+
  private:
+  friend class Int8CalibrationRecorder;
+  // For the recorder: the int8 convolutions with their names; marks one attached (the previous
+  // mark is returned).
+  std::vector<std::pair<std::string, ops::Conv2d>> int8_ops() const;
+  bool mark_recording(bool on) const;
   struct Impl;  // the configuration, the placed layers and the f32 weights they hold (unet.cpp)
   explicit UNet(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;

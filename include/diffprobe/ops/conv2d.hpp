@@ -2,6 +2,7 @@
 // 2-D convolution (3x3 pad 1 stride 1/2, 1x1) with bias and an optional fused residual add.
 // Describe once, run many times: the backend prepares the weights (reordered for the device
 // and precision) and its primitives per input shape on first use, then reuses them.
+#include <cstdint>
 #include <memory>
 
 #include "diffprobe/core/context.hpp"
@@ -15,8 +16,22 @@ struct Conv2dSpec {
 };
 
 namespace detail {
-struct OpCache;  // backend-private prepared state (weights, primitives), keyed by device/precision/shape
-}
+struct OpCache;     // backend-private prepared state (weights, primitives), keyed by device/precision/shape
+struct ConvAccess;  // the library's access to a convolution's shared state (calibration)
+}  // namespace detail
+
+/// How a convolution quantises its input to s8 in the int8 precision (ExecContext::precision
+/// INT8): q = round(x / scale) clamped to [-127, 127], so that x ~ scale * q.
+struct Int8Input {
+  enum class Mode : std::uint8_t {
+    PerImage,    // each image's own scale, max|x| / 127 over that image, found at run time (default)
+    Calibrated,  // `scale` for every image, fixed (from calibration data: UNet::calibrate_int8)
+    Bf16,        // not quantised: this convolution runs in bf16 (the U-Net's first and last)
+  };
+  Mode mode = Mode::PerImage;
+  float scale = 0;  // Calibrated only: positive and finite
+};
+const char* int8_mode_name(Int8Input::Mode mode) noexcept;
 
 class Conv2d {
  public:
@@ -47,6 +62,12 @@ class Conv2d {
   /// they need another layout. ShapeError when the channels disagree with the weights.
   void prepare(const ExecContext& ctx, const Shape& input) const;
 
+  /// The int8 quantisation of the input. Copies of a convolution share it, as they share the
+  /// prepared weights; set it before forwards run (it is read once per call). ArgumentError for
+  /// a Calibrated scale that is not positive and finite, or an undefined convolution.
+  void set_int8_input(const Int8Input& input) const;
+  Int8Input int8_input() const;
+
   bool defined() const noexcept { return weight_.defined(); }
   const Tensor& weight() const noexcept { return weight_; }
   const Tensor& bias() const noexcept { return bias_; }
@@ -59,6 +80,7 @@ class Conv2d {
   // Validates x and the residual (if defined) against the weights; the device to run on.
   Device check_operands(const Tensor& x, const Tensor& residual, const ExecContext& ctx) const;
 
+  friend struct detail::ConvAccess;
   Tensor weight_, bias_;
   Conv2dSpec spec_;
   std::shared_ptr<detail::OpCache> cache_;

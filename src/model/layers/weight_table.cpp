@@ -8,6 +8,12 @@ std::string leaf(const std::string& name, const char* what) {
   return name.empty() ? what : name + "." + what;
 }
 
+// The layer's own name: its prefix without the dot, or prefix + name.
+std::string layer_name(const std::string& prefix, const std::string& name) {
+  if (!name.empty()) return prefix + name;
+  return prefix.empty() ? prefix : prefix.substr(0, prefix.size() - 1);
+}
+
 }  // namespace
 
 WeightTable WeightTable::scoped(const std::string& name) const {
@@ -31,14 +37,18 @@ ops::Conv2d WeightTable::conv(const std::string& name, std::int64_t cin, std::in
   Tensor w = tensor(leaf(name, "weight"), {cout, cin, k, k});
   Tensor b = tensor(leaf(name, "bias"), {cout});
   if (!weights_) return {};
-  return ops::Conv2d(std::move(w), std::move(b), {.stride = stride, .padding = k / 2});
+  ops::Conv2d c(std::move(w), std::move(b), {.stride = stride, .padding = k / 2});
+  if (convs_) convs_->push_back({layer_name(prefix_, name), c});
+  return c;
 }
 
 ops::Conv2d WeightTable::conv1x1_from_1d(const std::string& name, std::int64_t cin, std::int64_t cout) {
   Tensor w = tensor(leaf(name, "weight"), {cout, cin, 1});
   Tensor b = tensor(leaf(name, "bias"), {cout});
   if (!weights_) return {};
-  return ops::Conv2d(w.reshape({cout, cin, 1, 1}), std::move(b), {.stride = 1, .padding = 0});
+  ops::Conv2d c(w.reshape({cout, cin, 1, 1}), std::move(b), {.stride = 1, .padding = 0});
+  if (convs_) convs_->push_back({layer_name(prefix_, name), c});
+  return c;
 }
 
 ops::Linear WeightTable::linear(const std::string& name, std::int64_t in, std::int64_t out) {

@@ -15,6 +15,13 @@
 
 namespace diffprobe::detail {
 
+/// A bound convolution and its state-dict prefix ("input_blocks.1.0.in_layers.2"); the copy
+/// shares the layer's int8 setting and prepared state.
+struct NamedConv {
+  std::string name;
+  ops::Conv2d conv;
+};
+
 /// GroupNorm's affine parameters.
 struct NormWeights {
   Tensor gamma, beta;
@@ -26,8 +33,9 @@ class WeightTable {
   explicit WeightTable(std::vector<WeightSpec>& specs) : specs_(&specs) {}
   /// Declaration and binding: `weights` must already hold every declared name with its shape
   /// (UNet::from_weights checks the whole state dict first, so the report lists every problem).
-  WeightTable(std::vector<WeightSpec>& specs, const io::NamedTensors& weights)
-      : specs_(&specs), weights_(&weights) {}
+  WeightTable(std::vector<WeightSpec>& specs, const io::NamedTensors& weights,
+              std::vector<NamedConv>* convs = nullptr)
+      : specs_(&specs), weights_(&weights), convs_(convs) {}
 
   /// The same table with `name + "."` prepended to every name ("input_blocks.3.0").
   WeightTable scoped(const std::string& name) const;
@@ -45,6 +53,7 @@ class WeightTable {
  private:
   std::vector<WeightSpec>* specs_;
   const io::NamedTensors* weights_ = nullptr;
+  std::vector<NamedConv>* convs_ = nullptr;  // every convolution bound, in declaration order
   std::string prefix_;
 };
 
