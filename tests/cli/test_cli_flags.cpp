@@ -753,6 +753,65 @@ TEST(CliExtract, PrecisionBf16) {
   expect_refused(extract_args("--precision fp16 --out " + q(work() / "x.safetensors")), {"fp16"});
 }
 
+// int8: per-image scales by default, calibrated ones from `calibrate`; the metadata says which.
+TEST(CliExtract, PrecisionInt8AndCalibration) {
+  const fs::path per_image = work() / "int8.safetensors";
+  fs::remove(per_image);
+  const Result r = run(extract_args("--precision int8 --out " + q(per_image)));
+  if (r.code != 0) {
+    EXPECT_EQ(r.code, 2) << r.out;
+    EXPECT_TRUE(has(r.out, "int8 needs a CPU with AVX512-VNNI")) << r.out;
+    GTEST_SKIP() << "no int8 on this CPU: " << r.out;
+  }
+  const auto ref = values(base()), v = values(per_image);
+  EXPECT_NE(v, ref) << "int8 must round somewhere";
+  EXPECT_LT(rel_err(v, ref), 5e-2);
+  EXPECT_EQ(FeatureFile::open(per_image).metadata().extra.at("int8_scales"), "per-image");
+  EXPECT_EQ(FeatureFile::open(per_image).metadata().extra.at("precision"), "int8");
+
+  // calibrate: on 16 training images at the extraction's t, to the block it needs
+  const fs::path cal = work() / "cal.int8.json";
+  fs::remove(cal);
+  const Result c = run("calibrate --weights " + q(kModel) + " --input " + kTrainImages +
+                       " --images 16 --t 50 --blocks 2 --batch 8 --threads 2 --out " + q(cal));
+  ASSERT_EQ(c.code, 0) << c.out;
+  EXPECT_TRUE(has(c.out, "int8 convolutions calibrated")) << c.out;
+  const Int8Calibration loaded = Int8Calibration::load(cal);
+  EXPECT_EQ(loaded.images, 16);
+  EXPECT_EQ(loaded.timesteps, std::vector<int>{50});
+  EXPECT_EQ(loaded.weights_sha256, file_sha256(kModel));
+  // Blocks 1-2 reach one int8 layer, block 2's ResBlock (block 1, the first convolution, stays bf16).
+  EXPECT_EQ(loaded.scales.size(), 2u) << loaded.to_json();
+  EXPECT_EQ(loaded.scales.count("input_blocks.1.0.in_layers.2"), 1u) << loaded.to_json();
+  const fs::path calibrated =
+      extract_ok(extract_args("--precision int8 --int8-calibration " + q(cal)), "int8_cal.safetensors");
+  const auto vc = values(calibrated);
+  EXPECT_NE(vc, v) << "calibrated scales are other scales than each image's own";
+  EXPECT_LT(rel_err(vc, ref), 5e-2);
+  EXPECT_TRUE(has(FeatureFile::open(calibrated).metadata().extra.at("int8_scales"), "calibrated sha256:"));
+
+  // refused: a calibration without int8, one for other weights, a corrupt one, a missing one
+  expect_refused(extract_args("--int8-calibration " + q(cal) + " --out " + q(work() / "x.safetensors")),
+                 {"--int8-calibration", "--precision int8"});
+  const fs::path other = work() / "other.int8.json";
+  Int8Calibration wrong = loaded;
+  wrong.weights_sha256 = std::string(64, 'a');
+  wrong.save(other);
+  expect_refused(extract_args("--precision int8 --int8-calibration " + q(other) + " --out " +
+                              q(work() / "x.safetensors")),
+                 {"made for another weights file"});
+  std::ofstream(work() / "bad.int8.json") << "{\"format\": \"diffprobe.int8_calibration\"}";
+  expect_refused(extract_args("--precision int8 --int8-calibration " + q(work() / "bad.int8.json") +
+                              " --out " + q(work() / "x.safetensors")),
+                 {"format_version"});
+  expect_refused(extract_args("--precision int8 --int8-calibration " + q(work() / "none.json") + " --out " +
+                              q(work() / "x.safetensors")),
+                 {"cannot open"});
+  expect_refused("calibrate --weights " + q(kModel) + " --input " + kTrainImages + " --method median --out " +
+                     q(work() / "x.json"),
+                 {"--method"});
+}
+
 TEST(CliExtract, Limit) {
   const fs::path f = extract_ok(extract_args("", 3), "limit3.safetensors");
   EXPECT_EQ(FeatureFile::open(f).size(), 3);

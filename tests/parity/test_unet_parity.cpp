@@ -167,15 +167,24 @@ double pooled_cosine(const Tensor& ours, const Tensor& ref, std::int64_t n) {
 
 }  // namespace
 
-// The CPU's bf16 mode (bf16 operands, bf16 activations between the ops, fp32 statistics,
-// softmax and accumulation) against the float64 reference: every block of every architecture
-// variant, every weight random. Bounds: the worst error relative to the block's largest value
-// and the worst sample's pooled cosine (docs/model_numerics.md has the measured values).
-TEST_P(Parity, Bf16ModeStaysCloseToTheReference) {
-  const Case& c = GetParam();
+// The CPU's reduced precisions against the float64 reference: every block of every architecture
+// variant, every weight random. bf16: bf16 operands, bf16 activations between the ops, fp32
+// statistics, softmax and accumulation. int8: s8 convolutions (but the first and the output's)
+// with each image's own input scales, or with scales calibrated on other images (the input's
+// values in reverse order: the same distribution), the rest as bf16. Bounds: the worst error relative to the
+// block's largest value and the worst sample's pooled cosine (docs/model_numerics.md has the measured
+// values).
+struct Reduced {
+  const char* name;
+  Precision precision;
+  bool calibrated;
+  double max_error, min_cosine;
+};
+
+void check_reduced(const Case& c, const Reduced& mode) {
   const fs::path dir = dump(c);
   const auto config = UNetConfig::from_json_file(dir / "config.json");
-  const UNet net = UNet::load(dir / "weights.safetensors");
+  UNet net = UNet::load(dir / "weights.safetensors");
   const Tensor x = io::load_npy(dir / "input.npy");
   const Tensor t = io::load_npy(dir / "t.npy");
   const Tensor labels = config.class_cond ? io::load_npy(dir / "labels.npy") : Tensor();
@@ -183,12 +192,22 @@ TEST_P(Parity, Bf16ModeStaysCloseToTheReference) {
   for (int b = 0; b <= config.num_blocks(); ++b) blocks.push_back(b);
   ExecContext ctx;
   ctx.threads = 2;
-  ctx.precision = Precision::BF16;
+  ctx.precision = mode.precision;
   std::map<int, Tensor> out;
   try {
+    if (mode.calibrated) {
+      // Other images of the same distribution: the input's values in reverse order.
+      std::vector<float> other = x.to_vector();
+      std::reverse(other.begin(), other.end());
+      const Int8CalibrationRecorder rec(net);
+      ExecContext cal = ctx;
+      cal.precision = Precision::FP32;
+      (void)net.forward(Tensor::from_vector(x.shape(), other), t, labels, blocks, cal);
+      net.set_int8_calibration(rec.result());
+    }
     out = net.forward(x, t, labels, blocks, ctx);
   } catch (const UnsupportedError& e) {
-    GTEST_SKIP() << "no bf16 on this CPU: " << e.what();
+    GTEST_SKIP() << "no " << mode.name << " on this CPU: " << e.what();
   }
   double worst_err = 0, worst_cos = 1;
   std::string per_block;
@@ -198,15 +217,27 @@ TEST_P(Parity, Bf16ModeStaysCloseToTheReference) {
     const double e = worst_relative_error(out.at(b), ref);
     double cos = 1;
     for (std::int64_t n = 0; n < ref.dim(0); ++n) cos = std::min(cos, pooled_cosine(out.at(b), ref, n));
-    EXPECT_LE(e, 6e-2) << "block " << b;
-    EXPECT_GE(cos, 0.999) << "block " << b;
-    EXPECT_GT(e, 0.0) << "block " << b << ": bf16 rounding must show";
+    EXPECT_LE(e, mode.max_error) << "block " << b;
+    EXPECT_GE(cos, mode.min_cosine) << "block " << b;
+    EXPECT_GT(e, 0.0) << "block " << b << ": the rounding must show";
     worst_err = std::max(worst_err, e);
     worst_cos = std::min(worst_cos, cos);
     char buf[64];
     std::snprintf(buf, sizeof buf, " b%d:%.1e/%.5f", b, e, cos);
     per_block += buf;
   }
-  std::printf("[parity bf16] %-28s worst rel err %.2e, worst pooled cosine %.6f |%s\n", c.config.c_str(),
-              worst_err, worst_cos, per_block.c_str());
+  std::printf("[parity %s] %-28s worst rel err %.2e, worst pooled cosine %.6f |%s\n", mode.name,
+              c.config.c_str(), worst_err, worst_cos, per_block.c_str());
+}
+
+TEST_P(Parity, Bf16ModeStaysCloseToTheReference) {
+  check_reduced(GetParam(), {"bf16", Precision::BF16, false, 6e-2, 0.999});
+}
+
+TEST_P(Parity, Int8PerImageModeStaysCloseToTheReference) {
+  check_reduced(GetParam(), {"int8", Precision::INT8, false, 0.2, 0.995});
+}
+
+TEST_P(Parity, Int8CalibratedModeStaysCloseToTheReference) {
+  check_reduced(GetParam(), {"int8-cal", Precision::INT8, true, 0.3, 0.99});
 }
