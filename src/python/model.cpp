@@ -145,12 +145,71 @@ process with SIGBUS).)doc")
           py::arg("labels") = py::none(), py::arg("threads") = 0, py::arg("precision") = "fp32",
           "Runs the U-Net on x_t (float32 [N, C, S, S]) at timesteps t ([N], passed as is) and returns "
           "{block: float32 [N, C, H, W]} (NumPy views of the NHWC activations: strided, not copied).")
+      .def_property_readonly("int8_convolutions", &UNet::int8_convolutions,
+                             "The convolutions that run in int8 (all but the first and the output's).")
+      .def(
+          "set_int8_calibration",
+          [](UNet& u, const std::filesystem::path& path) {
+            u.set_int8_calibration(Int8Calibration::load(path));
+          },
+          py::arg("path"),
+          "Quantises the int8 convolutions' inputs with the scales of a calibration file (diffprobe "
+          "calibrate, Int8CalibrationRecorder.save) instead of each image's own.")
+      .def("clear_int8_calibration", &UNet::clear_int8_calibration, "Back to per-image int8 scales.")
+      .def_property_readonly(
+          "int8_calibration",
+          [](const UNet& u) -> py::object {
+            const Int8Calibration* c = u.int8_calibration();
+            return c ? py::object(py::str(c->to_json())) : py::object(py::none());
+          },
+          "The calibration in use as JSON text, or None.")
       .def("__repr__", [](const UNet& u) {
         return "<diffprobe.UNet " + std::to_string(u.num_parameters()) + " parameters, " +
                std::to_string(u.num_blocks()) + " blocks, " + std::to_string(u.config().image_size) + "px>";
       });
 
   m.def("parse_block", &parse_block, py::arg("text"));
+
+  // A context manager around Int8CalibrationRecorder (which detaches itself when destroyed).
+  struct PyRecorder {
+    std::shared_ptr<UNet> model;
+    std::unique_ptr<Int8CalibrationRecorder> rec;
+    Int8CalibrationRecorder& get() {
+      if (!rec) throw ArgumentError("Int8CalibrationRecorder", "the recorder is closed");
+      return *rec;
+    }
+  };
+  py::class_<PyRecorder>(m, "Int8CalibrationRecorder", R"doc(
+While open, records the max |x| of each image at every int8 convolution's input, in every forward
+of the model (fp32 or bf16: UNet.forward, FeatureExtractor.extract, run_extraction). save() writes
+the int8 scales as a calibration file for UNet.set_int8_calibration and `--int8-calibration`.
+Use it as a context manager (or call close()).)doc")
+      .def(py::init([](std::shared_ptr<UNet> model) {
+             auto r = std::make_unique<PyRecorder>();
+             r->rec = std::make_unique<Int8CalibrationRecorder>(*model);
+             r->model = std::move(model);
+             return r;
+           }),
+           py::arg("model"))
+      .def(
+          "__enter__", [](PyRecorder& r) -> PyRecorder& { return r; }, py::return_value_policy::reference)
+      .def("__exit__", [](PyRecorder& r, const py::args&) { r.rec.reset(); })
+      .def("close", [](PyRecorder& r) { r.rec.reset(); })
+      .def_property_readonly("images_seen", [](PyRecorder& r) { return r.get().images_seen(); })
+      .def(
+          "save",
+          [](PyRecorder& r, const std::filesystem::path& path, const std::string& method,
+             const std::vector<int>& timesteps, const std::string& weights_sha256) {
+            Int8Calibration c = r.get().result(parse_int8_scale_method(method));
+            c.timesteps = timesteps;
+            c.weights_sha256 = weights_sha256;
+            c.save(path);
+            return c.scales.size();
+          },
+          py::arg("path"), py::arg("method") = "max", py::arg("timesteps") = std::vector<int>{},
+          py::arg("weights_sha256") = "",
+          "Writes the scales seen so far (method 'max' or 'mean' over the images' max |x|); returns how "
+          "many convolutions were calibrated. timesteps and weights_sha256 are recorded as provenance.");
 }
 
 }  // namespace diffprobe::python

@@ -189,3 +189,36 @@ def test_keyboard_interrupt_stops_extraction(model):
         fx.extract(x)
     assert time.perf_counter() - t0 < 10
     timer.cancel()
+
+
+def test_int8_calibration_recorded_saved_and_applied(model_path, fmnist, tmp_path):
+    net = dp.UNet.load(model_path)  # its own model: the calibration below is set on it
+    x = fmnist["images"][:8]
+    fp32 = dp.FeatureExtractor(net, timesteps=[10], blocks=[9], pool="avg:2").extract(x)[10, 9]
+    try:
+        per_image = dp.FeatureExtractor(net, timesteps=[10], blocks=[9], pool="avg:2",
+                                        precision="int8").extract(x)[10, 9]
+    except dp.UnsupportedError as e:
+        pytest.skip(f"no int8 on this CPU: {e}")
+    assert len(net.int8_convolutions) == 74 and "input_blocks.0.0" not in net.int8_convolutions
+    with dp.Int8CalibrationRecorder(net) as rec:
+        dp.FeatureExtractor(net, timesteps=[10], blocks=[9]).extract(fmnist["images"][100:132])
+        assert rec.images_seen == 32
+        n = rec.save(tmp_path / "cal.json", method="max", timesteps=[10])
+    assert 0 < n < 74  # the convolutions of blocks 2-9 only
+    with pytest.raises(dp.ArgumentError):
+        rec.save(tmp_path / "again.json")  # closed
+    assert net.int8_calibration is None
+    net.set_int8_calibration(tmp_path / "cal.json")
+    assert '"format": "diffprobe.int8_calibration"' in net.int8_calibration
+    calibrated = dp.FeatureExtractor(net, timesteps=[10], blocks=[9], pool="avg:2",
+                                     precision="int8").extract(x)[10, 9]
+    net.clear_int8_calibration()
+    for f in (per_image, calibrated):
+        a, b = f.reshape(8, -1).astype(np.float64), fp32.reshape(8, -1).astype(np.float64)
+        cos = (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
+        assert cos.min() > 0.995, cos
+    assert not (per_image == calibrated).all()
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(dp.FormatError):
+        net.set_int8_calibration(tmp_path / "bad.json")

@@ -14,7 +14,8 @@ done, so an interrupted study resumes):
   heads      linear, MLP, CNN, attention and fusion heads on the trained model, the first
              --heads-train training images (default 20,000)
   pixels     logistic regression on the raw pixels (the same C++ linear probe)
-  precision  the trained model's best linear probe with features extracted in bf16 (--precision bf16)
+  precision  the trained model's best linear probe with features extracted in fp32, bf16 and int8
+             (per-image scales, and scales calibrated on 256 training images), in one run
   attention  the attention head on the full training set and the whole 8x8 map
   report     results JSON -> docs/results/*.png and docs/results/results.json
   all        every stage in order
@@ -79,23 +80,24 @@ class Study:
                             "--export-init", path, "--seed", "0"], check=True)
         return path
 
-    def features(self, model, split, n, ts, blocks, pool, precision="fp32"):
+    def features(self, model, split, n, ts, blocks, pool, precision="fp32", calibration=None, tag=None):
         """Extract (cached) features t{t}.b{b} for the first n images of a split."""
         images, labels, size, seed = SPLITS[split]
         n = min(n, size)
         name = f"{model}_{split}{n}_t{'-'.join(map(str, ts))}_b{'-'.join(map(str, blocks))}_{pool.replace(':', '')}"
         if precision != "fp32":
-            name += f"_{precision}"
+            name += f"_{tag or precision}"
         out = os.path.join(self.work, "features", name + ".safetensors")
         if os.path.exists(out):
             return out
         os.makedirs(os.path.dirname(out), exist_ok=True)
         weights = self.ensure_untrained() if model == "untrained" else self.models[model]
         log(f"extract {name}")
+        extra = ["--int8-calibration", calibration] if calibration else []
         _, dt = self.run([self.a.bin, "extract", "--weights", weights, "--input", images, "--labels", labels,
                           "--t", ",".join(map(str, ts)), "--blocks", ",".join(map(str, blocks)), "--pool", pool,
                           "--noise-seed", str(seed), "--batch", "64", "--threads", str(self.a.threads),
-                          "--precision", precision, "--limit", str(n), "--out", out])
+                          "--precision", precision, "--limit", str(n), "--out", out] + extra)
         self.timing(f"extract {name}", dt, n)
         return out
 
@@ -282,24 +284,41 @@ class Study:
         self.save("attention_full", res)
         return res
 
+    def best_cell(self):
+        """The trained model's best (t, block, pool): from this study's pool stage, else the committed one."""
+        path = os.path.join(self.res_dir, "pool_trained.json")
+        pl = json.load(open(path if os.path.exists(path) else os.path.join(ROOT, "docs", "results", "results.json")))
+        pl = pl.get("pool_trained", pl)
+        return pl["t"], pl["block"], pl["best"]["pool"]
+
     def precision(self):
-        """The best linear probe again, with bf16 features (same noise, same head recipe)."""
-        pl = self.load("pool_trained")
-        t, b, p = pl["t"], pl["block"], pl["best"]["pool"]
-        files = {split: self.features("trained", split, n, [t], [b], f"avg:{p}", precision="bf16")
-                 for split, n in (("train", 60000), ("test", 10000))}
+        """The best linear probe with fp32, bf16 and int8 features (same noise, same head recipe, one run)."""
+        t, b, p = self.best_cell()
         feat = f"t{t}.b{b}"
-        r = self.probe(f"precision_bf16_{feat}_avg{p}", files["train"], files["test"], feat, LINEAR)
-        fp32 = next(row for row in pl["rows"] if row["pool"] == p)  # the same probe on fp32 features
-        # Cosine similarity of the test features, bf16 vs fp32, per sample.
-        a = read_safetensors(files["test"])[0][feat].reshape(10000, -1).astype(np.float64)
-        ref = read_safetensors(self.pooled("trained", "test", 10000, t, b, p))[0][feat]
-        ref = ref.reshape(10000, -1).astype(np.float64)
-        cos = (a * ref).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(ref, axis=1))
-        res = {"t": t, "block": b, "pool": p, "fp32_top1": fp32["top1"], "bf16_top1": r["top1"],
-               "cos_min": float(cos.min()), "cos_mean": float(cos.mean())}
+        images, _, _, _ = SPLITS["train"]
+        cal = os.path.join(self.work, "features", f"trained_int8_t{t}_b{b}.json")
+        if not os.path.exists(cal):
+            os.makedirs(os.path.dirname(cal), exist_ok=True)
+            self.run([self.a.bin, "calibrate", "--weights", self.models["trained"], "--input", images,
+                      "--images", "256", "--t", str(t), "--blocks", str(b), "--threads", str(self.a.threads),
+                      "--out", cal])
+        modes = {"fp32": ("fp32", None), "bf16": ("bf16", None), "int8": ("int8", None),
+                 "int8_calibrated": ("int8", cal)}
+        res = {"t": t, "block": b, "pool": p, "calibration": "256 training images, max", "modes": {}}
+        ref = None
+        for mode, (prec, calibration) in modes.items():
+            files = {split: self.features("trained", split, n, [t], [b], f"avg:{p}", precision=prec,
+                                          calibration=calibration, tag=mode)
+                     for split, n in (("train", 60000), ("test", 10000))}
+            r = self.probe(f"precision_{mode}_{feat}_avg{p}", files["train"], files["test"], feat, LINEAR)
+            a = read_safetensors(files["test"])[0][feat].reshape(10000, -1).astype(np.float64)
+            if ref is None:
+                ref = a
+            cos = (a * ref).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(ref, axis=1))
+            res["modes"][mode] = {"top1": r["top1"], "top5": r["top5"], "cos_min": float(cos.min()),
+                                  "cos_mean": float(cos.mean())}
+            log(f"{mode}: top-1 {100 * r['top1']:.2f}%, test-feature cosine to fp32 min {cos.min():.6f}")
         self.save("precision", res)
-        log(f"bf16: top-1 {100 * r['top1']:.2f}% vs fp32 {100 * fp32['top1']:.2f}%, feature cosine min {cos.min():.6f}")
         return res
 
     def pixels(self):
