@@ -4,8 +4,8 @@
 //   extractor  FeatureExtractor::extract (noise, the forward, pooling, copying the features out),
 //   job        run_extraction (the library call behind `diffprobe extract`: decoding on its own
 //              thread, the extractor, the feature file written, checksummed and renamed),
-// each over --batches batches of --batch images (the job writes chunks of 16 batches, the CLI's
-// default, and its fixed cost per call, the final file's assembly and checksum, is spread over
+// each over --batches batches of --batch images (the job writes chunks of the CLI's default size,
+// 16 batches and at least 128 GFLOP of forward work, and its fixed cost per call, the final file's assembly and checksum, is spread over
 // the --batches batches as in a run of that many images), and reports each one's median ms per image and the
 // ratios extractor/forward and job/forward (medians of the per-iteration ratios, so a slow minute
 // of a shared VM moves numerator and denominator together).
@@ -146,7 +146,7 @@ void run(benchmark::State& state, std::int64_t batch, int threads) {
     }
   };
   auto job = [&] {
-    ExtractionJobOptions jo;  // chunks of 16 batches, as the CLI's default
+    ExtractionJobOptions jo;  // the default chunks, as the CLI's
     const ExtractionResult r = run_extraction(fx, *ds, out, jo);
     fs::remove(out);
     return r;

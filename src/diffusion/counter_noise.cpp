@@ -28,11 +28,17 @@ void philox4x32(const std::uint32_t counter[4], const std::uint32_t key[2], std:
 }
 
 void gaussian_noise(const NoiseKey& key, float* out, std::int64_t n) noexcept {
+  gaussian_noise(key, out, 0, n);
+}
+
+void gaussian_noise(const NoiseKey& key, float* out_all, std::int64_t first, std::int64_t count) noexcept {
   // Key: the seed. Counter: (element pair index, sample low/high, t and draw packed).
   const std::uint32_t k[2] = {static_cast<std::uint32_t>(key.seed),
                               static_cast<std::uint32_t>(key.seed >> 32)};
   const std::uint32_t tag = (key.t & 0xFFFFu) | (key.draw << 16);
-  for (std::int64_t i = 0; i < n; i += 2) {
+  float* const out = out_all - first;  // element i of the stream at out[i]
+  const std::int64_t n = first + count;
+  for (std::int64_t i = first & ~std::int64_t{1}; i < n; i += 2) {
     const std::uint32_t ctr[4] = {static_cast<std::uint32_t>(i / 2), static_cast<std::uint32_t>(key.sample),
                                   static_cast<std::uint32_t>(key.sample >> 32), tag};
     std::uint32_t r[4];
@@ -44,7 +50,7 @@ void gaussian_noise(const NoiseKey& key, float* out, std::int64_t n) noexcept {
         (static_cast<double>((static_cast<std::uint64_t>(r[2]) << 21) ^ r[3]) + 1.0) / 9007199254740992.0;
     const double rad = std::sqrt(-2.0 * std::log(u1));
     const double th = 2.0 * std::numbers::pi * u2;
-    out[i] = static_cast<float>(rad * std::cos(th));
+    if (i >= first) out[i] = static_cast<float>(rad * std::cos(th));
     if (i + 1 < n) out[i + 1] = static_cast<float>(rad * std::sin(th));
   }
 }

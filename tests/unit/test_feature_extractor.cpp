@@ -94,6 +94,15 @@ TEST(CounterNoise, IsStandardNormalAndKeyed) {
   }
   gaussian_noise({1, 5, 90, 0}, b.data(), 1001);  // a prefix is the same whatever the length
   for (int i = 0; i < 1001; ++i) ASSERT_EQ(a[static_cast<std::size_t>(i)], b[static_cast<std::size_t>(i)]);
+  // Any piece [first, first + n), odd ends included, holds the stream's own values.
+  for (const auto& [first, n] :
+       std::vector<std::pair<std::int64_t, std::int64_t>>{{0, 7}, {1, 1}, {3, 500}, {500, 501}, {999, 2}}) {
+    std::vector<float> piece(static_cast<std::size_t>(n), -7.0f);
+    gaussian_noise({1, 5, 90, 0}, piece.data(), first, n);
+    for (std::int64_t i = 0; i < n; ++i)
+      ASSERT_EQ(piece[static_cast<std::size_t>(i)], a[static_cast<std::size_t>(first + i)])
+          << first << "+" << i;
+  }
 }
 
 TEST(FeatureExtractor, FeaturesDoNotDependOnBatchThreadsOrOffset) {

@@ -19,5 +19,8 @@ void philox4x32(const std::uint32_t counter[4], const std::uint32_t key[2], std:
 /// Fills `out` (f32, n values) with standard normal noise for `key`, element i from counter i
 /// (Box-Muller on two 32-bit uniforms in (0, 1]).
 void gaussian_noise(const NoiseKey& key, float* out, std::int64_t n) noexcept;
+/// Elements [first, first + n) of the same stream, so one sample's noise can be made in pieces,
+/// in parallel, with the same values.
+void gaussian_noise(const NoiseKey& key, float* out, std::int64_t first, std::int64_t n) noexcept;
 
 }  // namespace diffprobe

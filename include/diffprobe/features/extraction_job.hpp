@@ -59,7 +59,7 @@ struct ExtractionProgress {
 };
 
 struct ExtractionJobOptions {
-  std::int64_t chunk_size = 0;    // rows per resumable chunk; <= 0: 16 batches
+  std::int64_t chunk_size = 0;    // rows per resumable chunk; <= 0: 16 batches and >= 128 GFLOP
   int copies = 1;                 // rows per sample (augmented copies, copy-major; needs a random transform)
   std::int64_t limit = 0;         // > 0: only the first `limit` samples
   DType store = DType::F32;       // f32, f16 or bf16
