@@ -5,10 +5,10 @@
 //   job        run_extraction (the library call behind `diffprobe extract`: decoding on its own
 //              thread, the extractor, the feature file written, checksummed and renamed),
 // each over --batches batches of --batch images (the job writes chunks of the CLI's default size,
-// 16 batches and at least 128 GFLOP of forward work, and its fixed cost per call, the final file's assembly and checksum, is spread over
-// the --batches batches as in a run of that many images), and reports each one's median ms per image and the
-// ratios extractor/forward and job/forward (medians of the per-iteration ratios, so a slow minute
-// of a shared VM moves numerator and denominator together).
+// 16 batches and at least 128 GFLOP of forward work, and its fixed cost per call, the final file's assembly
+// and checksum, is spread over the --batches batches as in a run of that many images), and reports each one's
+// median ms per image and the ratios extractor/forward and job/forward (medians of the per-iteration ratios,
+// so a slow minute of a shared VM moves numerator and denominator together).
 //   bench_extract [--preset=fmnist_default] [--weights=FILE] [--block=9] [--t=10] [--batch=1,8]
 //                 [--batches=4] [--threads=2] [--precision=fp32] [--pool=avg:2] [--data=PATH]
 //                 [--dir=/tmp]

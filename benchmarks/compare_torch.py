@@ -239,8 +239,11 @@ def run_torch(args, cfg, pt, x, block, batch, dump):
 
 
 def run_ours(args, st, x, block, batch, precision, dump):
+    # "int8" is int8 with per-image scales, "int8-cal" with scales calibrated by one bf16 forward of
+    # the benchmark's own input (bench_unet --int8=calibrated).
+    mode = ["--precision=int8", "--int8=calibrated"] if precision == "int8-cal" else [f"--precision={precision}"]
     cmd = [args.bench, f"--weights={st}", f"--preset={args.preset}", f"--input={x}", f"--t={args.t}",
-           f"--blocks={block}", f"--batch={batch}", f"--threads={args.threads}", f"--precision={precision}",
+           f"--blocks={block}", f"--batch={batch}", f"--threads={args.threads}", *mode,
            f"--dump={dump}", f"--benchmark_repetitions={args.repeats}", "--benchmark_min_time=0.01",
            "--benchmark_format=json", "--benchmark_report_aggregates_only=false"]
     if args.per_block:
@@ -326,7 +329,8 @@ def main():
     p.add_argument("--batch", default="1,8")
     p.add_argument("--pairs", default=None,
                    help="explicit block:batch pairs instead of blocks x batch, e.g. 24:1,out:1,24:8")
-    p.add_argument("--precision", default="fp32,bf16")
+    p.add_argument("--precision", default="fp32,bf16",
+                   help="fp32, bf16, int8 (per-image scales), int8-cal (calibrated on the input), comma-separated")
     p.add_argument("--baselines", default="torch",
                    help="torch, or torch,ort to add ONNX Runtime (benchmarks/onnx, see above)")
     p.add_argument("--threads", type=int, default=2)
@@ -402,11 +406,12 @@ def main():
                     check += f", pooled cos vs fp32 {cos:.5f}"
                 except ValueError:
                     pass
-            prec_peak = peaks.get(prec, peak)  # the limit of the precision that ran
+            kind = prec.split("-")[0]
+            prec_peak = peaks.get(kind, peak)  # the limit of the precision that ran
             row = {"block": block, "batch": batch, "precision": prec, "ours_s": omed, "torch_s": tmed,
                    "speedup": tmed / omed, "gflop": work, "ours_gflops": work / omed,
                    "torch_gflops": work / tmed, "fraction_of_peak": work / omed / prec_peak,
-                   "peak_kind": prec if prec in peaks else "fp32",
+                   "peak_kind": kind if kind in peaks else "fp32",
                    "fraction_of_adjacent_peak": statistics.median(orr["of_adjacent_peak"]),
                    "adjacent_peaks": orr["adjacent_peaks"],
                    "ours_rss_mib": orss, "torch_rss_mib": trss, "rss_ratio": orss / trss,

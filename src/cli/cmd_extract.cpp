@@ -122,7 +122,8 @@ Runner add_extract(CLI::App& app) {
       ->check(CLI::IsMember({"fp32", "bf16", "int8"}));
   o->int8.add_to(app);
   app.add_option("--limit", o->limit, "only the first N samples")->check(at_least(0));
-  app.add_option("--chunk", o->chunk, "samples per resumable chunk (default: 16 batches, and at least 128 GFLOP of forward work)")
+  app.add_option("--chunk", o->chunk,
+                 "samples per resumable chunk (default: 16 batches, and at least 128 GFLOP of forward work)")
       ->check(at_least(1));
   app.add_option("--dtype", o->dtype, "storage type of the features: fp32, fp16 or bf16")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
