@@ -38,12 +38,14 @@ def main():
     print(f"CPU: {cpu['model_name']} (family {cpu['family']}, model {cpu['model']}"
           f"{', ' + cpu['generation'] if cpu.get('generation') else ''}); ISA {' '.join(cpu['isa'])}", flush=True)
     rows = []
-    print(f"{'prec':>5} {'batch':>5} {'s/batch':>9} {'img/s':>8} {'GFLOP/s':>8} {'of peak':>7} {'RSS MB':>8} "
+    print(f"{'prec':>8} {'batch':>5} {'s/batch':>9} {'img/s':>8} {'GFLOP/s':>8} {'of peak':>7} {'RSS MB':>8} "
           f"{'arena MiB':>9}", flush=True)
     for prec in a.precision.split(","):
         for n in (int(x) for x in a.batch.split(",")):
+            # "int8" has per-image scales, "int8-cal" scales calibrated on the benchmark's input.
+            mode = ["--precision=int8", "--int8=calibrated"] if prec == "int8-cal" else [f"--precision={prec}"]
             cmd = [a.bench, f"--preset={a.preset}", f"--blocks={a.block}", f"--batch={n}", f"--threads={a.threads}",
-                   f"--precision={prec}", f"--benchmark_repetitions={a.repeats}", "--benchmark_min_time=0.3",
+                   *mode, f"--benchmark_repetitions={a.repeats}", "--benchmark_min_time=0.3",
                    "--benchmark_format=json", "--benchmark_report_aggregates_only=false"]
             if a.weights:
                 cmd.append(f"--weights={a.weights}")
@@ -52,11 +54,11 @@ def main():
             s = statistics.median(b["real_time"] for b in runs) / 1e3
             row = {"precision": prec, "batch": n, "s_per_batch": s, "img_per_s": n / s,
                    "gflops": runs[0]["GFLOP"] / s, "of_adjacent_peak": statistics.median(b["of_peak"] for b in runs),
-                   "peak_kind": ["fp32", "bf16"][int(runs[0].get("peak_kind", 0))],
+                   "peak_kind": ["fp32", "bf16", "int8"][int(runs[0].get("peak_kind", 0))],
                    "rss_mib": rss, "arena_mib": runs[0].get("arena_MiB"),
                    "first_pass_s": runs[0].get("first_pass_ms", 0) / 1e3, "times_s": [b["real_time"] / 1e3 for b in runs]}
             rows.append(row)
-            print(f"{prec:>5} {n:>5} {s:9.3f} {n / s:8.2f} {row['gflops']:8.1f} {row['of_adjacent_peak']:6.1%} "
+            print(f"{prec:>8} {n:>5} {s:9.3f} {n / s:8.2f} {row['gflops']:8.1f} {row['of_adjacent_peak']:6.1%} "
                   f"{rss:8.0f} {row['arena_mib'] or 0:9.0f}", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     json.dump({"cpu": cpu, "preset": a.preset, "block": a.block, "threads": a.threads, "repeats": a.repeats,
