@@ -100,9 +100,9 @@ Int8Calibration Int8Calibration::from_json(const std::string& text) {
   if (!scales.is_object() || scales.empty())
     throw FormatError(where, "field 'scales' must be a non-empty object");
   for (const auto& [name, v] : scales.items()) {
-    if (!v.is_number() || !(v.get<double>() > 0.0) || !std::isfinite(v.get<double>()) ||
-        v.get<double>() > 3.0e38)
-      throw FormatError(where, "the scale of '" + name + "' must be a positive finite number");
+    // A scale outside [1e-30, 1e30] would make 1/scale overflow or the codes meaningless.
+    if (!v.is_number() || !(v.get<double>() >= 1e-30 && v.get<double>() <= 1e30))
+      throw FormatError(where, "the scale of '" + name + "' must be a number in [1e-30, 1e30]");
     c.scales[name] = v.get<float>();
   }
   return c;

@@ -110,9 +110,9 @@ const char* int8_mode_name(Int8Input::Mode mode) noexcept {
 
 void Conv2d::set_int8_input(const Int8Input& input) const {
   if (!defined()) throw ArgumentError("Conv2d::set_int8_input", "the convolution is undefined");
-  if (input.mode == Int8Input::Mode::Calibrated && !(input.scale > 0.0f && std::isfinite(input.scale)))
+  if (input.mode == Int8Input::Mode::Calibrated && !(input.scale >= 1e-30f && input.scale <= 1e30f))
     throw ArgumentError("Conv2d::set_int8_input",
-                        "a calibrated scale must be positive and finite, got " + std::to_string(input.scale));
+                        "a calibrated scale must be in [1e-30, 1e30], got " + std::to_string(input.scale));
   Int8Input stored = input;
   if (stored.mode != Int8Input::Mode::Calibrated) stored.scale = 0.0f;
   cache_->int8_input.store(pack_int8(stored), std::memory_order_relaxed);

@@ -1,6 +1,6 @@
 // Writes small valid inputs for the fuzz targets with the library's own writers:
 //   fuzz_make_seeds OUT   ->  OUT/<target>/<name> for fuzz_png, fuzz_jpeg, fuzz_npy,
-//   fuzz_safetensors, fuzz_feature_file, fuzz_head, fuzz_unet_config.
+//   fuzz_safetensors, fuzz_feature_file, fuzz_head, fuzz_unet_config, fuzz_int8_calibration.
 // tests/fuzz/make_seeds.py adds what needs PyTorch / NumPy (checkpoints, pickles, IDX, weights of
 // a small U-Net). scripts/fuzz.sh runs both into build/fuzz/seeds/; nothing here is committed.
 #include <cstdint>
@@ -17,6 +17,7 @@
 #include "diffprobe/heads/head.hpp"
 #include "diffprobe/io/npy.hpp"
 #include "diffprobe/io/safetensors.hpp"
+#include "diffprobe/model/int8_calibration.hpp"
 #include "diffprobe/model/unet_config.hpp"
 
 using namespace diffprobe;
@@ -132,6 +133,17 @@ int main(int argc, char** argv) {
     std::ofstream(uc / "small.json")
         << R"({"image_size": 8, "num_channels": 8, "channel_mult": "1,2", "num_res_blocks": 1, "attention_resolutions": "4", "num_heads": 2})";
     std::ofstream(uc / "minimal.json") << R"({"image_size": 32})";
+    const fs::path ic = dir(out, "fuzz_int8_calibration");
+    Int8Calibration cal;
+    cal.scales = {{"input_blocks.1.0.in_layers.2", 0.125f}, {"middle_block.1.qkv", 0.0039f}};
+    cal.images = 64;
+    cal.timesteps = {10, 90};
+    cal.weights_sha256 = std::string(64, 'a');
+    cal.config_json = UNetConfig::preset("fmnist_default").to_json();
+    std::ofstream(ic / "fmnist.json") << cal.to_json();
+    cal.config_json.clear();
+    cal.method = Int8ScaleMethod::Mean;
+    std::ofstream(ic / "no_config.json") << cal.to_json();
   } catch (const Error& e) {
     std::fprintf(stderr, "fuzz_make_seeds: %s\n", e.what());
     return 1;

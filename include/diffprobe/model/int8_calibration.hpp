@@ -34,7 +34,7 @@ Int8ScaleMethod parse_int8_scale_method(const std::string& text);
 
 struct Int8Calibration {
   /// Convolution (state-dict prefix, e.g. "input_blocks.1.0.in_layers.2") -> its input's scale s:
-  /// x ~ s * q, q = round(x / s) in [-127, 127]. Positive and finite.
+  /// x ~ s * q, q = round(x / s) in [-127, 127]. In [1e-30, 1e30].
   std::map<std::string, float> scales;
   // Provenance, kept in the file and shown by tools.
   Int8ScaleMethod method = Int8ScaleMethod::Max;

@@ -29,7 +29,7 @@ struct Int8Input {
     Bf16,        // not quantised: this convolution runs in bf16 (the U-Net's first and last)
   };
   Mode mode = Mode::PerImage;
-  float scale = 0;  // Calibrated only: positive and finite
+  float scale = 0;  // Calibrated only: in [1e-30, 1e30]
 };
 const char* int8_mode_name(Int8Input::Mode mode) noexcept;
 
@@ -64,7 +64,7 @@ class Conv2d {
 
   /// The int8 quantisation of the input. Copies of a convolution share it, as they share the
   /// prepared weights; set it before forwards run (it is read once per call). ArgumentError for
-  /// a Calibrated scale that is not positive and finite, or an undefined convolution.
+  /// a Calibrated scale outside [1e-30, 1e30], or an undefined convolution.
   void set_int8_input(const Int8Input& input) const;
   Int8Input int8_input() const;
 
