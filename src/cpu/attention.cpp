@@ -74,37 +74,49 @@ DIFFPROBE_AVX512 void gemm_micro(i64 K, const float* A, i64 lda, const float* B,
     for (int v = 0; v < NV; ++v) _mm512_storeu_ps(C + r * ldc + 16 * v, acc[r][v]);
 }
 
-constexpr int kMR = 6, kNV = 4;
-using MicroFn = void (*)(i64, const float*, i64, const float*, i64, float*, i64);
+// The fp32 micro-kernel as one of the two that gemm_panels runs (the bf16 one is below).
+struct Fp32Kernel {
+  using T = float;
+  using Fn = void (*)(i64, const float*, i64, const float*, i64, float*, i64);
+  static constexpr i64 kPerColumn = 1;  // elements of B per column of a row
+  template <int MR, int NV> static constexpr Fn micro() { return gemm_micro<MR, NV>; }
+};
 
-template <int MR> constexpr MicroFn micro_for(int nv) {
-  return nv == 1   ? gemm_micro<MR, 1>
-         : nv == 2 ? gemm_micro<MR, 2>
-         : nv == 3 ? gemm_micro<MR, 3>
-                   : gemm_micro<MR, 4>;
+constexpr int kMR = 6, kNV = 4;
+
+template <class Kernel, int MR> constexpr typename Kernel::Fn micro_for(int nv) {
+  return nv == 1   ? Kernel::template micro<MR, 1>()
+         : nv == 2 ? Kernel::template micro<MR, 2>()
+         : nv == 3 ? Kernel::template micro<MR, 3>()
+                   : Kernel::template micro<MR, 4>();
 }
 
-MicroFn micro_table(int mr, int nv) {
+template <class Kernel> typename Kernel::Fn micro_table(int mr, int nv) {
   switch (mr) {
-    case 1: return micro_for<1>(nv);
-    case 2: return micro_for<2>(nv);
-    case 3: return micro_for<3>(nv);
-    case 4: return micro_for<4>(nv);
-    case 5: return micro_for<5>(nv);
-    default: return micro_for<6>(nv);
+    case 1: return micro_for<Kernel, 1>(nv);
+    case 2: return micro_for<Kernel, 2>(nv);
+    case 3: return micro_for<Kernel, 3>(nv);
+    case 4: return micro_for<Kernel, 4>(nv);
+    case 5: return micro_for<Kernel, 5>(nv);
+    default: return micro_for<Kernel, 6>(nv);
   }
 }
 
-DIFFPROBE_AVX512 void gemm_avx512(i64 M, i64 N, i64 K, const float* A, i64 lda, const float* B, i64 ldb,
-                                  float* C, i64 ldc) {
-  // Column panels outermost: a K x 64 panel of B stays in L1 while the rows of A stream past.
+// C[M, N] = A * B with Kernel's micro-kernels, N a multiple of 16. Column panels outermost: a
+// K x 64 panel of B stays in L1 while the rows of A stream past.
+template <class Kernel> void gemm_panels(i64 M, i64 N, i64 K, const typename Kernel::T* A, i64 lda,
+                                         const typename Kernel::T* B, i64 ldb, float* C, i64 ldc) {
   for (i64 j = 0; j < N; j += 16 * kNV) {
     const int nv = static_cast<int>(std::min<i64>(kNV, (N - j) / 16));
     for (i64 i = 0; i < M; i += kMR) {
       const int mr = static_cast<int>(std::min<i64>(kMR, M - i));
-      micro_table(mr, nv)(K, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc);
+      micro_table<Kernel>(mr, nv)(K, A + i * lda, lda, B + Kernel::kPerColumn * j, ldb, C + i * ldc + j, ldc);
     }
   }
+}
+
+void gemm_avx512(i64 M, i64 N, i64 K, const float* A, i64 lda, const float* B, i64 ldb, float* C, i64 ldc) {
+  gemm_panels<Fp32Kernel>(M, N, K, A, lda, B, ldb, C, ldc);
 }
 
 // In-place p = exp((s - max) * scale) over s[0, n); returns the sum of p.
@@ -198,35 +210,16 @@ template <int MR, int NV> DIFFPROBE_AVX512 void gemm_bf16_micro(i64 K2, const Bf
     for (int v = 0; v < NV; ++v) _mm512_storeu_ps(C + r * ldc + 16 * v, acc[r][v]);
 }
 
-using MicroBf16Fn = void (*)(i64, const Bf16*, i64, const Bf16*, i64, float*, i64);
+struct Bf16Kernel {
+  using T = Bf16;
+  using Fn = void (*)(i64, const Bf16*, i64, const Bf16*, i64, float*, i64);
+  static constexpr i64 kPerColumn = 2;  // a column of B is a pair of rows
+  template <int MR, int NV> static constexpr Fn micro() { return gemm_bf16_micro<MR, NV>; }
+};
 
-template <int MR> constexpr MicroBf16Fn micro_bf16_for(int nv) {
-  return nv == 1   ? gemm_bf16_micro<MR, 1>
-         : nv == 2 ? gemm_bf16_micro<MR, 2>
-         : nv == 3 ? gemm_bf16_micro<MR, 3>
-                   : gemm_bf16_micro<MR, 4>;
-}
-
-MicroBf16Fn micro_bf16_table(int mr, int nv) {
-  switch (mr) {
-    case 1: return micro_bf16_for<1>(nv);
-    case 2: return micro_bf16_for<2>(nv);
-    case 3: return micro_bf16_for<3>(nv);
-    case 4: return micro_bf16_for<4>(nv);
-    case 5: return micro_bf16_for<5>(nv);
-    default: return micro_bf16_for<6>(nv);
-  }
-}
-
-// N a multiple of 16; the same panel order as gemm_avx512.
+// K2 = the number of pairs of A's columns (B's rows of pairs).
 void gemm_bf16(i64 M, i64 N, i64 K2, const Bf16* A, i64 lda, const Bf16* B, i64 ldb, float* C, i64 ldc) {
-  for (i64 j = 0; j < N; j += 16 * kNV) {
-    const int nv = static_cast<int>(std::min<i64>(kNV, (N - j) / 16));
-    for (i64 i = 0; i < M; i += kMR) {
-      const int mr = static_cast<int>(std::min<i64>(kMR, M - i));
-      micro_bf16_table(mr, nv)(K2, A + i * lda, lda, B + 2 * j, ldb, C + i * ldc + j, ldc);
-    }
-  }
+  gemm_panels<Bf16Kernel>(M, N, K2, A, lda, B, ldb, C, ldc);
 }
 #endif
 
