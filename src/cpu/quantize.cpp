@@ -84,26 +84,38 @@ template <class Out, class Res> DIFFPROBE_AVX512 void dequantize_row_avx512(cons
 
 }  // namespace
 
-std::vector<float> image_max_abs(const Tensor& x, int threads) {
+namespace {
+
+// body(values, item, n, offset, len) for every chunk of every image of x (values: x's elements from
+// `offset`, float or Bf16), in parallel over fixed chunks (the results do not depend on threads).
+template <class Body> void for_each_image_chunk(const Tensor& x, int threads, Body&& body) {
   const i64 N = x.dim(0), per = N ? x.numel() / N : 0, chunks = (per + kChunk - 1) / kChunk;
-  std::vector<float> part(static_cast<std::size_t>(N * chunks), 0.0f), out(static_cast<std::size_t>(N), 0.0f);
   dispatch_activation(x.dtype(), "int8 quantisation", [&](auto t) {
     using T = decltype(t);
     const T* p = elems<const T>(x);
-    const bool avx = simd::use_avx512();
-    (void)avx;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (i64 item = 0; item < N * chunks; ++item) {
-      const i64 n = item / chunks, i0 = (item % chunks) * kChunk, len = std::min(kChunk, per - i0);
-      const T* v = p + n * per + i0;
-#if DIFFPROBE_HAVE_AVX512
-      if (avx) {
-        part[static_cast<std::size_t>(item)] = max_abs_avx512(v, len);
-        continue;
-      }
-#endif
-      part[static_cast<std::size_t>(item)] = max_abs_generic(v, len);
+      const i64 n = item / chunks, i0 = (item % chunks) * kChunk, at = n * per + i0;
+      body(p + at, item, n, at, std::min(kChunk, per - i0));
     }
+  });
+}
+
+}  // namespace
+
+std::vector<float> image_max_abs(const Tensor& x, int threads) {
+  const i64 N = x.dim(0), per = N ? x.numel() / N : 0, chunks = (per + kChunk - 1) / kChunk;
+  std::vector<float> part(static_cast<std::size_t>(N * chunks), 0.0f), out(static_cast<std::size_t>(N), 0.0f);
+  const bool avx = simd::use_avx512();
+  (void)avx;
+  for_each_image_chunk(x, threads, [&](const auto* v, i64 item, i64, i64, i64 len) {
+#if DIFFPROBE_HAVE_AVX512
+    if (avx) {
+      part[static_cast<std::size_t>(item)] = max_abs_avx512(v, len);
+      return;
+    }
+#endif
+    part[static_cast<std::size_t>(item)] = max_abs_generic(v, len);
   });
   for (i64 n = 0; n < N; ++n)
     for (i64 c = 0; c < chunks; ++c) {
@@ -115,25 +127,17 @@ std::vector<float> image_max_abs(const Tensor& x, int threads) {
 }
 
 void quantize_s8(const Tensor& x, std::int8_t* q, const std::vector<float>& scales, int threads) {
-  const i64 N = x.dim(0), per = N ? x.numel() / N : 0, chunks = (per + kChunk - 1) / kChunk;
-  dispatch_activation(x.dtype(), "int8 quantisation", [&](auto t) {
-    using T = decltype(t);
-    const T* p = elems<const T>(x);
-    const bool avx = simd::use_avx512();
-    (void)avx;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (i64 item = 0; item < N * chunks; ++item) {
-      const i64 n = item / chunks, i0 = (item % chunks) * kChunk, len = std::min(kChunk, per - i0);
-      const float inv = 1.0f / scales[scales.size() == 1 ? 0 : static_cast<std::size_t>(n)];
-      const i64 at = n * per + i0;
+  const bool avx = simd::use_avx512();
+  (void)avx;
+  for_each_image_chunk(x, threads, [&](const auto* v, i64, i64 n, i64 at, i64 len) {
+    const float inv = 1.0f / scales[scales.size() == 1 ? 0 : static_cast<std::size_t>(n)];
 #if DIFFPROBE_HAVE_AVX512
-      if (avx) {
-        quantize_avx512(p + at, q + at, len, inv);
-        continue;
-      }
-#endif
-      quantize_generic(p + at, q + at, len, inv);
+    if (avx) {
+      quantize_avx512(v, q + at, len, inv);
+      return;
     }
+#endif
+    quantize_generic(v, q + at, len, inv);
   });
 }
 
