@@ -73,6 +73,13 @@ Scratch::Scratch(std::size_t bytes, Allocator* alloc) {
                          Device::cpu(), alloc);
 }
 
+void execute(const WithScratch<dnnl::reorder>& r, const dnnl::memory& from, const dnnl::memory& to,
+             const Scratch& scratch) {
+  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
+  scratch.bind(args, r.scratchpad);
+  r.prim.execute(stream(), args);
+}
+
 void Scratch::bind(std::unordered_map<int, dnnl::memory>& args, const dnnl::memory::desc& md) const {
   if (md.get_size() == 0) return;
   args.insert_or_assign(DNNL_ARG_SCRATCHPAD, dnnl::memory(md, engine(), data()));
@@ -117,12 +124,8 @@ PackedWeights::Variant& PackedWeights::find_or_pack(const dnnl::memory::desc& wa
     packed = dnnl::memory(want, engine());
   }
   const auto r = make_reorder(user.get_desc(), want, scales_);
-  const Scratch scratch(r.scratchpad.get_size(), nullptr);
-  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, packed}};
-  scratch.bind(args, r.scratchpad);
-  dnnl::stream& s = stream();
-  r.prim.execute(s, args);
-  s.wait();
+  execute(r, user, packed, Scratch(r.scratchpad.get_size(), nullptr));
+  stream().wait();
   release_pages(user.get_data_handle(), user.get_desc().get_size());
   return variants_.emplace_back(Variant{packed, std::move(storage), false});
 }

@@ -72,6 +72,11 @@ class Scratch {
   Tensor block_;
 };
 
+/// Runs `r` from -> to on this thread's stream, its scratchpad from `scratch` (which must be at
+/// least as large); does not wait.
+void execute(const WithScratch<dnnl::reorder>& r, const dnnl::memory& from, const dnnl::memory& to,
+             const Scratch& scratch);
+
 /// One op's weights packed for the primitives that use them. Primitives of different input
 /// shapes usually want the same layout; each distinct layout is packed once and kept.
 class PackedWeights {

@@ -86,12 +86,8 @@ memory im2col_weights(const ops::Conv2d& op, onednn::PackedWeights& packed, cons
       matrix ? memory::desc({9 * C, O}, dt::f32, tag::ab) : memory::desc({O, C, 3, 3}, dt::f32, tag::cdba),
       eng, dense.raw());
   const auto r = onednn::make_reorder(from.get_desc(), flat.get_desc());
-  const onednn::Scratch scratch(r.scratchpad.get_size(), nullptr);
-  std::unordered_map<int, memory> args{{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, flat}};
-  scratch.bind(args, r.scratchpad);
-  dnnl::stream& s = onednn::stream();
-  r.prim.execute(s, args);
-  s.wait();
+  onednn::execute(r, from, flat, onednn::Scratch(r.scratchpad.get_size(), nullptr));
+  onednn::stream().wait();
   const memory out = packed.get(want, memory({{9 * C, O}, dt::f32, tag::ab}, eng, dense.raw()));
   if (!ahead) onednn::release_pages(op.weight().raw(), op.weight().nbytes());
   return out;
@@ -159,8 +155,7 @@ std::shared_ptr<ConvPlan> make_plan(const ops::Conv2d& op, onednn::PackedWeights
   if (plan->to_src) plan->scratch_bytes = std::max(plan->scratch_bytes, plan->to_src->scratchpad.get_size());
   if (residual.defined()) {
     // A reorder copies in parallel and also handles a residual in the other layout or dtype.
-    plan->residual = memory::desc(dims4(residual.shape()), onednn::data_type(residual.dtype()),
-                                  layout_tag(residual.layout()));
+    plan->residual = activation_desc(residual);
     plan->copy_residual = onednn::make_reorder(plan->residual, plan->dst);
     plan->scratch_bytes = std::max(plan->scratch_bytes, plan->copy_residual->scratchpad.get_size());
   }
@@ -232,12 +227,8 @@ Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x_in, const T
     dnnl::stream& s = onednn::stream();
     const onednn::Scratch scratch(plan->scratch_bytes, ctx.allocator);
     memory dst(plan->dst, eng, y.raw());
-    if (plan->copy_residual && !in_place) {
-      std::unordered_map<int, memory> args{{DNNL_ARG_FROM, memory(plan->residual, eng, residual.raw())},
-                                           {DNNL_ARG_TO, dst}};
-      scratch.bind(args, plan->copy_residual->scratchpad);
-      plan->copy_residual->prim.execute(s, args);
-    }
+    if (plan->copy_residual && !in_place)
+      onednn::execute(*plan->copy_residual, memory(plan->residual, eng, residual.raw()), dst, scratch);
     memory src;
     Tensor staged;  // the im2col copy or the bf16 copy of x, alive until the primitive has run
     if (plan->im2col) {
@@ -251,10 +242,8 @@ Tensor conv2d(const ops::Conv2d& op, OpCache& cache, const Tensor& x_in, const T
       if (plan->to_src) {
         staged = Tensor::empty(in, x.dtype() == DType::F32 ? DType::BF16 : DType::F32, x.layout(),
                                Device::cpu(), ctx.allocator);
-        memory converted(plan->src, eng, staged.raw());
-        std::unordered_map<int, memory> args{{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, converted}};
-        scratch.bind(args, plan->to_src->scratchpad);
-        plan->to_src->prim.execute(s, args);
+        const memory converted(plan->src, eng, staged.raw());
+        onednn::execute(*plan->to_src, src, converted, scratch);
         src = converted;
       }
     }

@@ -19,6 +19,11 @@ inline tag layout_tag(Layout l) { return l == Layout::NHWC ? tag::nhwc : tag::nc
 
 inline memory::dims dims4(const Shape& s) { return {s[0], s[1], s[2], s[3]}; }
 
+/// The description of a rank-4 activation tensor (f32 or bf16, NHWC or NCHW) as it is in memory.
+inline memory::desc activation_desc(const Tensor& t) {
+  return memory::desc(dims4(t.shape()), onednn::data_type(t.dtype()), layout_tag(t.layout()));
+}
+
 /// The PyTorch-ordered f32 weights, read in place.
 inline memory user_weights(const ops::Conv2d& op) {
   return memory({dims4(op.weight().shape()), dt::f32, tag::oihw}, onednn::engine(), op.weight().raw());

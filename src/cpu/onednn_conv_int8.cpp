@@ -111,8 +111,7 @@ std::shared_ptr<Int8Plan> make_int8_plan(const ops::Conv2d& op, Int8Weights& w, 
     for (std::size_t o = 0; o < out_scales.size(); ++o) plan->bias_scaled[o] = b[o] / out_scales[o];
   }
   if (calibrated && residual.defined()) {
-    plan->residual = memory::desc(dims4(residual.shape()), onednn::data_type(residual.dtype()),
-                                  layout_tag(residual.layout()));
+    plan->residual = activation_desc(residual);
     plan->copy_residual = onednn::make_reorder(plan->residual, plan->dst);
     plan->scratch_bytes = std::max(plan->scratch_bytes, plan->copy_residual->scratchpad.get_size());
   }
@@ -189,10 +188,8 @@ Tensor conv2d_int8(const ops::Conv2d& op, OpCache& cache, const Tensor& x, const
       acc = Tensor::empty(out, DType::F32, x.layout(), Device::cpu(), ctx.allocator);
       dst = acc.raw();
     } else if (plan->copy_residual && !in_place) {
-      std::unordered_map<int, memory> args{{DNNL_ARG_FROM, memory(plan->residual, eng, residual.raw())},
-                                           {DNNL_ARG_TO, memory(plan->dst, eng, y.raw())}};
-      scratch.bind(args, plan->copy_residual->scratchpad);
-      plan->copy_residual->prim.execute(s, args);
+      onednn::execute(*plan->copy_residual, memory(plan->residual, eng, residual.raw()),
+                      memory(plan->dst, eng, y.raw()), scratch);
     }
     std::unordered_map<int, memory> args{{DNNL_ARG_SRC, memory(plan->src, eng, q.raw())},
                                          {DNNL_ARG_WEIGHTS, plan->weights},
